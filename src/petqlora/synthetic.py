@@ -1,0 +1,95 @@
+"""A generated "pets" image folder: the embedded default dataset.
+
+Each breed has its own colour, shape and texture, so the classes are learnable from pixels; sizes and
+aspect ratios vary so that Gemma 4 gives the images different soft-token counts; folder names follow the
+Oxford-IIIT Pet convention (cats capitalised, dogs lower case, words joined by underscores) so the same
+loader and canonical naming serve this set and the real one. Deterministic from the seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# folder name -> (background RGB, foreground RGB, shape, texture)
+BREEDS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], str, str]] = {
+    "Abyssinian": ((205, 120, 60), (250, 220, 170), "circle", "plain"),
+    "British_Shorthair": ((90, 100, 125), (190, 200, 220), "square", "dots"),
+    "Maine_Coon": ((120, 80, 40), (30, 20, 10), "triangle", "stripes"),
+    "american_pit_bull_terrier": ((40, 130, 70), (240, 240, 240), "diamond", "plain"),
+    "yorkshire_terrier": ((200, 190, 60), (70, 50, 140), "ellipse", "stripes"),
+    "shiba_inu": ((170, 40, 60), (250, 250, 120), "cross", "dots"),
+}
+
+
+def _shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], fill) -> None:
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if kind == "circle":
+        r = min(x1 - x0, y1 - y0) / 2
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif kind == "ellipse":
+        draw.ellipse(box, fill=fill)
+    elif kind == "square":
+        r = min(x1 - x0, y1 - y0) / 2
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif kind == "triangle":
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
+    elif kind == "diamond":
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
+    elif kind == "cross":
+        w, h = (x1 - x0) / 6, (y1 - y0) / 6
+        draw.rectangle((cx - w, y0, cx + w, y1), fill=fill)
+        draw.rectangle((x0, cy - h, x1, cy + h), fill=fill)
+    else:
+        raise ValueError(f"unknown shape {kind!r}")
+
+
+def _texture(arr: np.ndarray, kind: str, rng: np.random.Generator) -> None:
+    h, w, _ = arr.shape
+    if kind == "stripes":
+        period = int(rng.integers(8, 14))
+        stripes = ((np.arange(w)[None, :] + np.arange(h)[:, None]) // period) % 2 == 0
+        arr[stripes] = (arr[stripes] * 0.7).astype(arr.dtype)
+    elif kind == "dots":
+        step = int(rng.integers(10, 16))
+        yy, xx = np.mgrid[0:h, 0:w]
+        dots = ((yy % step) < 3) & ((xx % step) < 3)
+        arr[dots] = 255 - arr[dots]
+
+
+def render_pet(breed: str, rng: np.random.Generator) -> Image.Image:
+    """One image of `breed`: jittered colours, a shape at a random place and size, texture and noise."""
+    bg, fg, shape, texture = BREEDS[breed]
+    width, height = int(rng.integers(96, 320)), int(rng.integers(96, 320))
+    jitter = lambda c: tuple(int(np.clip(v + rng.integers(-25, 26), 0, 255)) for v in c)  # noqa: E731
+    img = Image.new("RGB", (width, height), jitter(bg))
+    draw = ImageDraw.Draw(img)
+    size = rng.uniform(0.45, 0.8)
+    bw, bh = int(width * size), int(height * size)
+    x0, y0 = int(rng.integers(0, width - bw + 1)), int(rng.integers(0, height - bh + 1))
+    _shape(draw, shape, (x0, y0, x0 + bw, y0 + bh), jitter(fg))
+    arr = np.asarray(img).copy()
+    _texture(arr, texture, rng)
+    noise = rng.normal(0, 8, arr.shape)
+    return Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8))
+
+
+def generate_synthetic_pets(out_dir: str | Path, per_class: int = 60, seed: int = 0,
+                            breeds: list[str] | None = None) -> Path:
+    """Write `out_dir/<breed>/<breed>_<i>.jpg` for each breed; returns `out_dir`."""
+    names = list(BREEDS) if breeds is None else breeds
+    unknown = [b for b in names if b not in BREEDS]
+    if unknown or per_class < 1:
+        raise ValueError(f"synthetic dataset: unknown breeds {unknown} (known: {list(BREEDS)}) "
+                         f"or per_class={per_class} < 1")
+    out = Path(out_dir)
+    for b_idx, breed in enumerate(names):
+        folder = out / breed
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng([seed, b_idx])
+        for i in range(per_class):
+            render_pet(breed, rng).save(folder / f"{breed}_{i + 1}.jpg", quality=92)
+    return out
