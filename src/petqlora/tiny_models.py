@@ -143,7 +143,7 @@ def _gemma3_config(vocab_size: int, tok):
     )
     # 64 px / patch 4 = 16 x 16 patches = 256 soft tokens per image, as in the real model.
     vision = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                num_attention_heads=2, image_size=64, patch_size=4)
+                                num_attention_heads=2, image_size=64, patch_size=4, vision_use_head=False)
     return Gemma3Config(
         text_config=text, vision_config=vision, mm_tokens_per_image=256,
         boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
@@ -165,7 +165,8 @@ def set_clip_bounds(model: torch.nn.Module, bound: float) -> int:
     return n
 
 
-def build_tiny_checkpoint(variant: str, out_dir: str | Path, seed: int = 0, clip_bound: float = 0.5) -> Path:
+def build_tiny_checkpoint(variant: str, out_dir: str | Path, seed: int = 0, clip_bound: float = 0.5,
+                          embedding_std: float = 0.5) -> Path:
     """Write a tiny random checkpoint of `variant` to `out_dir` and return the folder."""
     from transformers import Gemma3ForConditionalGeneration, Gemma4ForConditionalGeneration
 
@@ -187,6 +188,10 @@ def build_tiny_checkpoint(variant: str, out_dir: str | Path, seed: int = 0, clip
         tok = build_tokenizer("gemma3", _GEMMA3_TEMPLATE)
         vocab_size = ((len(tok) + 63) // 64) * 64
         model = Gemma3ForConditionalGeneration(_gemma3_config(vocab_size, tok))
+    # Trained vocabularies have embeddings far larger than the 0.02 init; with tied 0.02 embeddings no
+    # hidden state can produce a confident logit, and no adapter could learn the answer.
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, embedding_std)
     model.generation_config.do_sample = False
     model.save_pretrained(out, safe_serialization=True)
     processor = make_processor(family, tok, max_soft_tokens=70)

@@ -1,0 +1,83 @@
+"""Loading base models (4-bit NF4 or full precision) with their processors, the same for tiny and real."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from petqlora.processors import family_of, load_processor
+
+log = logging.getLogger(__name__)
+
+# Kept in bf16 by default: the vision tower and its projection are small and precision-sensitive, and
+# lm_head stays unquantized so logits can be computed at chosen positions only.
+DEFAULT_SKIP_QUANTIZATION = ("model.vision_tower", "model.embed_vision", "lm_head")
+
+
+def model_family(path: str | Path) -> str:
+    config_file = Path(path) / "config.json"
+    if config_file.exists():
+        return family_of(json.loads(config_file.read_text())["model_type"])
+    from transformers import AutoConfig
+
+    return family_of(AutoConfig.from_pretrained(str(path), trust_remote_code=False).model_type)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def quantization_config(skip_modules: tuple[str, ...] = DEFAULT_SKIP_QUANTIZATION):
+    """QLoRA's recipe: NF4 with double quantization, bf16 compute and storage."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16,
+        llm_int8_skip_modules=list(skip_modules))
+
+
+def load_model(path: str | Path, *, quantize_4bit: bool, device: torch.device,
+               skip_modules: tuple[str, ...] = DEFAULT_SKIP_QUANTIZATION, dtype: torch.dtype | None = None):
+    """The base model for training or evaluation; bf16 on GPU, fp32 on CPU unless `dtype` is given."""
+    from transformers import AutoModelForImageTextToText
+
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    kwargs = dict(dtype=dtype, trust_remote_code=False, use_safetensors=True)
+    if quantize_4bit:
+        kwargs["quantization_config"] = quantization_config(skip_modules)
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+    if not quantize_4bit:
+        model.to(device)
+    model.generation_config.do_sample = False  # evaluation never samples
+    return model
+
+
+def load_model_and_processor(path: str | Path, *, quantize_4bit: bool, device: torch.device,
+                             image_token_budget: int | None = None, **kwargs):
+    family = model_family(path)
+    processor = load_processor(path, family, max_soft_tokens=image_token_budget if family == "gemma4" else None)
+    return load_model(path, quantize_4bit=quantize_4bit, device=device, **kwargs), processor, family
+
+
+def supervised_logits(model, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets at the supervised positions only.
+
+    Projecting every position onto a 262k vocabulary costs more memory than the rest of the step; the
+    loss needs only the few answer positions. Works on a PEFT-wrapped or a plain model.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.model(**batch, use_cache=False).last_hidden_state
+    pos = (labels[:, 1:] != -100).nonzero(as_tuple=False)
+    logits = inner.lm_head(hidden[pos[:, 0], pos[:, 1]])
+    cap = inner.config.get_text_config().final_logit_softcapping
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float(), labels[pos[:, 0], pos[:, 1] + 1]

@@ -1,0 +1,185 @@
+"""``gs://`` helpers for the entrypoints: parse URIs, map them to mounted paths, copy files and folders.
+
+The Cloud Storage client is created lazily (project from the environment's default) so that importing
+this module, or using only the pure helpers, needs neither credentials nor network; every copy function
+also accepts an injected ``google.cloud.storage.Client`` (tests pass one that talks to an emulator).
+Access errors are turned into :class:`StorageAccessError` naming the URI and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+if TYPE_CHECKING:  # the import is deferred: only the copy functions need the library
+    from google.cloud import storage as gcs
+
+__all__ = [
+    "GCS_MOUNT_ROOT",
+    "StorageAccessError",
+    "download_dir",
+    "download_file",
+    "is_gcs",
+    "local_path",
+    "split_gcs",
+    "upload_dir",
+    "upload_file",
+]
+
+# Where Vertex AI (Cloud Storage FUSE) mounts every bucket: gs://b/x is /gcs/b/x inside a step.
+GCS_MOUNT_ROOT = "/gcs"
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+
+_T = TypeVar("_T")
+
+
+class StorageAccessError(RuntimeError):
+    """A gs:// path could not be read or written: missing bucket or object, or no permission."""
+
+    def __init__(self, message: str, *, uri: str) -> None:
+        super().__init__(message)
+        self.uri = uri
+
+
+def is_gcs(uri: str | os.PathLike) -> bool:
+    """True for a ``gs://`` URI."""
+    return isinstance(uri, str) and uri.startswith("gs://")
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> ``("bucket", "a/b")``; ``gs://bucket`` -> ``("bucket", "")``."""
+    if not is_gcs(uri):
+        raise ValueError(f"uri={uri!r} is not a Cloud Storage URI; write it as 'gs://<bucket>/<path>'")
+    bucket, _, blob = uri[len("gs://"):].partition("/")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise ValueError(f"uri={uri!r} has an invalid bucket name {bucket!r}; bucket names are 3-63 "
+                         "lowercase letters, digits, '-', '_' or '.', e.g. 'gs://my-project-petqlora/data'")
+    return bucket, blob
+
+
+def local_path(uri: str | os.PathLike) -> str:
+    """The path at which a step sees ``uri``: ``gs://b/x`` -> ``/gcs/b/x`` (as Vertex AI mounts buckets);
+    local paths are returned unchanged."""
+    if not is_gcs(uri):
+        return os.fspath(uri)
+    bucket, blob = split_gcs(str(uri))
+    return f"{GCS_MOUNT_ROOT}/{bucket}/{blob}".rstrip("/")
+
+
+_default_client: "gcs.Client | None" = None
+
+
+def _client(client: "gcs.Client | None") -> "gcs.Client":
+    global _default_client
+    if client is not None:
+        return client
+    if _default_client is None:
+        from google.cloud import storage
+
+        _default_client = storage.Client()  # project and credentials from the environment's defaults
+    return _default_client
+
+
+def _guarded(uri: str, action: str, client: "gcs.Client", fn: Callable[[], _T]) -> _T:
+    """Run ``fn``, turning Forbidden/NotFound into a StorageAccessError that names the URI and the fix."""
+    from google.api_core import exceptions
+
+    bucket, _ = split_gcs(uri)
+    role = "roles/storage.objectViewer" if action == "read" else "roles/storage.objectUser"
+    try:
+        return fn()
+    except exceptions.Forbidden as exc:
+        raise StorageAccessError(
+            f"No permission to {action} {uri}: {exc.message}. Grant {role} on the bucket to the service "
+            f"account this step runs as: gcloud storage buckets add-iam-policy-binding gs://{bucket} "
+            f"--member=serviceAccount:<SA_EMAIL> --role={role}", uri=uri) from exc
+    except exceptions.NotFound as exc:
+        try:
+            bucket_exists = client.lookup_bucket(bucket) is not None
+        except exceptions.GoogleAPICallError:
+            bucket_exists = True  # can't tell; report the object as missing
+        if not bucket_exists:
+            raise StorageAccessError(
+                f"Cannot {action} {uri}: bucket gs://{bucket} does not exist (or is in another project). "
+                f"Create it in the GPU region (gcloud storage buckets create gs://{bucket} --location=<REGION>) "
+                "or fix the URI; see docs/cloud_setup.md", uri=uri) from exc
+        raise StorageAccessError(
+            f"Cannot {action} {uri}: no such object. Check the path (gcloud storage ls {uri}) or run the step "
+            "that writes it first", uri=uri) from exc
+
+
+def upload_file(src: str | os.PathLike, uri: str, *, client: "gcs.Client | None" = None) -> str:
+    """Copy one local file to ``uri`` (a full object URI); returns ``uri``."""
+    path = Path(src)
+    if not path.is_file():
+        raise FileNotFoundError(f"src={os.fspath(src)!r} is not a file; pass the path of an existing file")
+    bucket, blob = split_gcs(uri)
+    if not blob or blob.endswith("/"):
+        raise ValueError(f"uri={uri!r} must name an object, e.g. 'gs://{bucket}/dir/{path.name}'")
+    c = _client(client)
+    _guarded(uri, "write", c, lambda: c.bucket(bucket).blob(blob).upload_from_filename(str(path)))
+    return uri
+
+
+def download_file(uri: str, dest: str | os.PathLike, *, client: "gcs.Client | None" = None) -> Path:
+    """Copy the object ``uri`` to the local file ``dest`` (parents created); returns ``dest``."""
+    bucket, blob = split_gcs(uri)
+    if not blob or blob.endswith("/"):
+        raise ValueError(f"uri={uri!r} must name an object, not a bucket or folder; use download_dir for folders")
+    out = Path(dest)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    c = _client(client)
+    tmp = out.with_name(out.name + ".partial")  # a failed download leaves no truncated file behind
+    try:
+        _guarded(uri, "read", c, lambda: c.bucket(bucket).blob(blob).download_to_filename(str(tmp)))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def upload_dir(src: str | os.PathLike, uri: str, *, client: "gcs.Client | None" = None) -> list[str]:
+    """Copy every file under the local folder ``src`` to ``uri/<relative path>``; returns the URIs."""
+    root = Path(src)
+    if not root.is_dir():
+        raise NotADirectoryError(f"src={os.fspath(src)!r} is not a directory; pass the folder to upload")
+    bucket, prefix = split_gcs(uri)
+    prefix = prefix.strip("/")
+    c = _client(client)
+    uploaded = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        name = f"{prefix}/{rel}" if prefix else rel
+        target = f"gs://{bucket}/{name}"
+        _guarded(target, "write", c, lambda: c.bucket(bucket).blob(name).upload_from_filename(str(path)))
+        uploaded.append(target)
+    return uploaded
+
+
+def download_dir(uri: str, dest: str | os.PathLike, *, client: "gcs.Client | None" = None) -> list[Path]:
+    """Copy every object under the ``uri`` prefix into the local folder ``dest``; returns the files."""
+    bucket, prefix = split_gcs(uri)
+    prefix = prefix.strip("/")
+    listing_prefix = f"{prefix}/" if prefix else ""  # "data" must not match "data2/..."
+    out = Path(dest)
+    c = _client(client)
+    blobs = _guarded(uri, "read", c, lambda: list(c.list_blobs(bucket, prefix=listing_prefix)))
+    files = [b for b in blobs if not b.name.endswith("/")]  # skip "folder" placeholder objects
+    if not files:
+        raise StorageAccessError(
+            f"Nothing to download under {uri}: the prefix has no objects. Check the path "
+            f"(gcloud storage ls {uri}/) or run the step that writes it first", uri=uri)
+    written = []
+    for blob in files:
+        rel = PurePosixPath(blob.name[len(listing_prefix):])
+        if rel.is_absolute() or ".." in rel.parts:
+            raise StorageAccessError(f"Refusing to download gs://{bucket}/{blob.name}: its name escapes {dest}",
+                                     uri=f"gs://{bucket}/{blob.name}")
+        target = out.joinpath(*rel.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        blob_uri = f"gs://{bucket}/{blob.name}"
+        _guarded(blob_uri, "read", c, lambda: blob.download_to_filename(str(target)))
+        written.append(target)
+    return written

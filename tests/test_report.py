@@ -1,0 +1,314 @@
+"""report: console table, Markdown summary, self-contained HTML report and loss-curve PNG."""
+
+from __future__ import annotations
+
+import html
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from petqlora.metrics import classification_result
+from petqlora.report import ModelRow, format_seconds, html_report, loss_curve_png, markdown_summary, results_table
+
+# A class name with every HTML special character, to prove escaping.
+NASTY = 'Abyssinian <b>"cat"</b> & co'
+CLASSES = [NASTY, "beagle", "pug"]
+
+ROWS = [
+    ModelRow("Gemma 3 27B (zero-shot)", 0.6123, 0.598, 54.3, 725.0),
+    ModelRow("Gemma 4 31B (zero-shot)", 0.7012, 0.6884, 61.04, 45.25, images_per_s=4.4),
+    ModelRow("Gemma 4 + QLoRA", 0.875, 0.8612, 22.7, 7384.0, images_per_s=5.5, top3_accuracy=0.95),
+]
+
+
+def _finetuned():
+    # 8 examples; 6 right: accuracy 75%, one "unparseable" answer that lands in no column.
+    y_true = [NASTY, NASTY, NASTY, "beagle", "beagle", "beagle", "pug", "pug"]
+    y_pred = [NASTY, NASTY, "pug", "beagle", "beagle", "beagle", "pug", "unparseable"]
+    scores = np.eye(3)[[0, 0, 2, 1, 1, 1, 2, 0]]
+    return classification_result(y_true, y_pred, CLASSES, scores)
+
+
+def _report(**overrides) -> str:
+    kwargs = dict(
+        rows=ROWS,
+        classes=CLASSES,
+        finetuned=_finetuned(),
+        loss_curve=[(10, 2.5), (20, 1.25), (30, 0.625)],
+        title="Pets <run 7> & friends",
+        registered=True,
+        reason="accuracy 87.5% > 70.1% + margin & <ok>",
+        extra={"base model": "google/gemma-4-31b-it", "lora": {"r": 16}, "lr": 0.0002},
+    )
+    kwargs.update(overrides)
+    return html_report(**kwargs)
+
+
+class _Collector(HTMLParser):
+    """Collects tags, attributes and text; a parse that ends with open tags means broken nesting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str | None]] = []
+        self.text: list[str] = []
+        self.stack: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs += attrs
+        if tag not in {"meta", "br", "rect", "line", "polyline"}:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs += attrs
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1:]}>"
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+# --- console table ----------------------------------------------------------------------------------------
+
+
+def test_results_table_contents_and_alignment() -> None:
+    table = results_table(ROWS)
+    lines = table.rstrip("\n").split("\n")
+    assert lines[0].split(" | ") == [
+        "Approach               ",
+        "Accuracy",
+        "Macro-F1",
+        "Top-3",
+        " Peak memory",
+        "   Time",
+        "Images/s",
+    ]
+    assert set(lines[1]) <= {"-", "+"}
+    assert lines[2] == (
+        "Gemma 3 27B (zero-shot) |    61.2% |    0.598 |   n/a | 54.3 GiB GPU | 12m 05s |      n/a"
+    )
+    assert lines[3] == (
+        "Gemma 4 31B (zero-shot) |    70.1% |    0.688 |   n/a | 61.0 GiB GPU |  45.2 s |     4.40"
+    )
+    assert lines[4] == (
+        "Gemma 4 + QLoRA         |    87.5% |    0.861 | 95.0% | 22.7 GiB GPU |  2h 03m |     5.50"
+    )
+    # Every line has the separators at the same columns.
+    bars = [[m.start() for m in re.finditer(r"\|", line)] for line in lines[:1] + lines[2:]]
+    pluses = [m.start() for m in re.finditer(r"\+", lines[1])]
+    assert all(b == pluses for b in bars)
+
+
+def test_results_table_minimal_columns_and_cpu_memory() -> None:
+    table = results_table([ModelRow("tiny", 0.5, 0.25, 1.234, 3.0, memory_kind="CPU RSS")])
+    assert table.splitlines() == [
+        "Approach | Accuracy | Macro-F1 |     Peak memory |  Time",
+        "---------+----------+----------+-----------------+------",
+        "tiny     |    50.0% |    0.250 | 1.2 GiB CPU RSS | 3.0 s",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0, "0.0 s"), (59.94, "59.9 s"), (60, "1m 00s"), (725, "12m 05s"), (3600, "1h 00m")]
+)
+def test_format_seconds(seconds: float, text: str) -> None:
+    assert format_seconds(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(accuracy=87.5), r"ModelRow.accuracy .* \[0, 1\]"),
+        (dict(macro_f1=float("nan")), "ModelRow.macro_f1"),
+        (dict(top3_accuracy=1.5), "ModelRow.top3_accuracy"),
+        (dict(peak_memory_gib=-1.0), "ModelRow.peak_memory_gib"),
+        (dict(seconds=float("inf")), "ModelRow.seconds"),
+        (dict(images_per_s=0.0), "ModelRow.images_per_s"),
+        (dict(memory_kind="TPU"), "ModelRow.memory_kind"),
+        (dict(approach=" "), "ModelRow.approach"),
+        (dict(accuracy=True), "ModelRow.accuracy"),
+    ],
+)
+def test_model_row_validation(kwargs: dict, match: str) -> None:
+    base = dict(approach="m", accuracy=0.5, macro_f1=0.5, peak_memory_gib=1.0, seconds=1.0)
+    with pytest.raises(ValueError, match=match):
+        ModelRow(**{**base, **kwargs})
+
+
+def test_results_table_rejects_empty_rows() -> None:
+    with pytest.raises(ValueError, match="rows must be a non-empty list"):
+        results_table([])
+    with pytest.raises(ValueError, match="rows must hold ModelRow"):
+        results_table([{"approach": "x"}])
+
+
+# --- Markdown ---------------------------------------------------------------------------------------------
+
+
+def test_markdown_summary_registered() -> None:
+    md = markdown_summary(
+        ROWS, registered=True, model_version="3", reason="beats *both* baselines", dataset_hash="abc1"
+    )
+    lines = md.splitlines()
+    assert lines[2] == "| Approach | Accuracy | Macro-F1 | Top-3 | Peak memory | Time | Images/s |"
+    assert lines[3] == "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    assert lines[6] == "| Gemma 4 + QLoRA | 87.5% | 0.861 | 95.0% | 22.7 GiB GPU | 2h 03m | 5.50 |"
+    assert "**Decision: registered** as model version `3`. Reason: beats \\*both\\* baselines" in md
+    assert "Dataset hash: `abc1`" in md
+
+
+def test_markdown_summary_not_registered_escapes_pipes() -> None:
+    rows = [ModelRow("a|b", 0.1, 0.1, 1.0, 1.0)]
+    md = markdown_summary(rows, registered=False, model_version=None, reason="lost by 2 points")
+    assert "| a\\|b | 10.0% |" in md
+    assert "**Decision: not registered.** Reason: lost by 2 points" in md
+    assert "Dataset hash" not in md
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(registered=True, model_version=None), "model_version is None but registered=True"),
+        (dict(registered=False, model_version="2"), "registered=False; pass None"),
+        (dict(registered="yes", model_version=None), "registered must be True or False"),
+        (dict(registered=False, model_version=None, reason=""), "reason must be a non-empty"),
+        (dict(registered=False, model_version=None, dataset_hash="a`b"), "dataset_hash"),
+    ],
+)
+def test_markdown_summary_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        markdown_summary(ROWS, **{"reason": "r", **kwargs})
+
+
+# --- HTML -------------------------------------------------------------------------------------------------
+
+
+def test_html_parses_and_is_self_contained() -> None:
+    page = _report()
+    parser = _Collector()
+    parser.feed(page)
+    parser.close()
+    assert parser.stack == [], f"unclosed tags: {parser.stack}"
+    assert page.startswith("<!DOCTYPE html>")
+    for tag in ("script", "link", "img", "iframe", "object", "embed"):
+        assert tag not in parser.tags, f"<{tag}> would load or run something in the sandboxed iframe"
+    for name, value in parser.attrs:
+        assert name not in {"src", "href"}, f"{name}={value!r} refers outside the file"
+    assert not re.search(r"https?://|url\(|@import", page.replace("google/gemma-4-31b-it", ""))
+    assert {"svg", "polyline"} <= set(parser.tags)
+
+
+def test_html_escapes_every_class_name_title_and_reason() -> None:
+    page = _report()
+    escaped = html.escape(NASTY, quote=True)
+    assert NASTY not in page  # never raw
+    # Row label, column label, per-class row, and the confusion lists all name it.
+    assert page.count(escaped) >= 3
+    for name in CLASSES:
+        assert html.escape(name) in page
+    assert "Pets &lt;run 7&gt; &amp; friends" in page
+    assert "&amp; &lt;ok&gt;" in page
+    text = "".join(_parse(page).text)
+    assert NASTY in text  # and the browser shows the original name
+
+
+def _parse(page: str) -> _Collector:
+    p = _Collector()
+    p.feed(page)
+    return p
+
+
+def test_html_numbers_appear() -> None:
+    page = _report()
+    numbers = ("61.2%", "70.1%", "87.5%", "0.598", "0.688", "0.861", "95.0%", "22.7 GiB GPU", "2h 03m", "5.50")
+    for number in numbers:
+        assert number in page, number
+    # Fine-tuned: 6/8 right; per-class: NASTY P=2/2 R=2/3, beagle P=R=1, pug P=1/2 R=1/2 (one unparseable).
+    assert "8 examples, accuracy 75.0%" in page
+    for value in ("0.667", "0.800", "1.000", "0.500"):
+        assert f"<td>{value}</td>" in page, value
+    assert "(not a class)" in page  # the unparseable answer shows as its own column
+    assert "Registered." in page
+    assert "google/gemma-4-31b-it" in page and "{&quot;r&quot;: 16}" in page
+    assert "loss 2.5 at step 10" in page and "0.625 at step 30" in page
+
+
+def test_html_confusion_cells_carry_counts_and_row_normalised_shades() -> None:
+    page = _report()
+    rows = re.findall(r"<tr><th class=\"row\">(.*?)</tr>", page, flags=re.S)
+    assert len(rows) == 3
+    counts = [re.findall(r"<td[^>]*>(\d+)</td>", r) for r in rows]
+    # 3 class columns, "(not a class)", support.
+    assert counts == [["2", "0", "1", "0", "3"], ["0", "3", "0", "0", "3"], ["0", "0", "1", "1", "2"]]
+    # Full-row diagonal (beagle 3/3) is the darkest blue; an off-diagonal 1/3 is tinted red.
+    assert 'style="background:#1a5fb4;color:#fff"' in rows[1]
+    assert re.search(r'background:#(..)(..)(..)', rows[0].split("</td>")[2])
+
+
+def test_html_not_registered_and_no_loss_curve() -> None:
+    page = _report(registered=False, reason="did not beat Gemma 4", loss_curve=None, extra=None)
+    assert "Not registered." in page and "did not beat Gemma 4" in page
+    assert "No training loss was recorded" in page and "<svg" not in page
+    assert "Run details" not in page
+    assert "No training loss was recorded" in _report(loss_curve=[])
+
+
+def test_html_single_point_and_flat_loss_curve_draw() -> None:
+    for curve in ([(5, 1.0)], [(0, 2.0), (10, 2.0)]):
+        page = _report(loss_curve=curve)
+        points = re.search(r'<polyline points="([^"]*)"', page).group(1)
+        coords = [float(v) for pair in points.split() for v in pair.split(",")]
+        assert len(coords) == 2 * len(curve) and all(np.isfinite(coords))
+
+
+def test_html_thirty_seven_classes() -> None:
+    classes = [f"breed_{i:02d}_with_a_long_name" for i in range(37)]
+    rng = np.random.default_rng(0)
+    y_true = [c for c in classes for _ in range(5)]
+    y_pred = [c if rng.random() < 0.8 else classes[int(rng.integers(37))] for c in y_true]
+    page = _report(classes=classes, finetuned=classification_result(y_true, y_pred, classes))
+    parser = _parse(page)
+    parser.close()
+    assert parser.stack == []
+    assert all(c in page for c in classes)
+    assert page.count('<th class="row">') == 37
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (dict(classes=["beagle", NASTY, "pug"]), "classes .* do not match"),
+        (dict(loss_curve=[(10, 1.0), (10, 0.9)]), "steps must increase"),
+        (dict(loss_curve=[(1, float("nan"))]), r"loss_curve\[0\]"),
+        (dict(loss_curve=[(1.5, 1.0)]), r"loss_curve\[0\]"),
+        (dict(title=""), "title must be"),
+        (dict(reason=" "), "reason must be"),
+        (dict(finetuned={"accuracy": 1}), "finetuned must be a ClassificationResult"),
+        (dict(extra={1: "x"}), "extra must be a dict"),
+        (dict(rows=[]), "rows must be a non-empty"),
+    ],
+)
+def test_html_validation(overrides: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _report(**overrides)
+
+
+# --- PNG --------------------------------------------------------------------------------------------------
+
+
+def test_loss_curve_png_writes_a_png(tmp_path: Path) -> None:
+    out = tmp_path / "plots" / "loss.png"
+    loss_curve_png([(1, 2.0), (2, 1.5), (3, 1.2)], out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loss_curve_png_rejects_empty(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="loss_curve is empty"):
+        loss_curve_png([], tmp_path / "x.png")
