@@ -108,7 +108,7 @@ def _gemma4_config(variant: str, vocab_size: int, tok):
             ("boa", "<|audio>"), ("eoa", "<audio|>"), ("audio", "<|audio|>")]}
     text = dict(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=64,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=512,
         layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
         max_position_embeddings=4096, pad_token_id=0, eos_token_id=[1, tok.convert_tokens_to_ids("<turn|>")],
         bos_token_id=2, final_logit_softcapping=30.0,
@@ -137,7 +137,7 @@ def _gemma3_config(vocab_size: int, tok):
 
     text = Gemma3TextConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=64,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=512,
         max_position_embeddings=4096, pad_token_id=0, eos_token_id=[1, tok.convert_tokens_to_ids("<end_of_turn>")],
         bos_token_id=2,
     )
@@ -166,7 +166,7 @@ def set_clip_bounds(model: torch.nn.Module, bound: float) -> int:
 
 
 def build_tiny_checkpoint(variant: str, out_dir: str | Path, seed: int = 0, clip_bound: float = 0.5,
-                          embedding_std: float = 0.5) -> Path:
+                          embedding_std: float = 0.5, patch_std: float = 0.5) -> Path:
     """Write a tiny random checkpoint of `variant` to `out_dir` and return the folder."""
     from transformers import Gemma3ForConditionalGeneration, Gemma4ForConditionalGeneration
 
@@ -192,6 +192,11 @@ def build_tiny_checkpoint(variant: str, out_dir: str | Path, seed: int = 0, clip
     # hidden state can produce a confident logit, and no adapter could learn the answer.
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0.0, embedding_std)
+        # Likewise a trained patch embedder carries the pixels; at 0.02 the position embeddings drown them
+        # and every image looks alike to the language model.
+        for name, param in model.named_parameters():
+            if ("patch_embedder.input_proj" in name or "patch_embedding" in name) and param.dim() > 1:
+                param.normal_(0.0, patch_std)
     model.generation_config.do_sample = False
     model.save_pretrained(out, safe_serialization=True)
     processor = make_processor(family, tok, max_soft_tokens=70)

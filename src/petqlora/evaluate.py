@@ -1,0 +1,217 @@
+"""evaluate: score a model (a baseline, or a base model + LoRA adapter) on a held-out split.
+
+    python -m petqlora.evaluate --dataset DIR --output DIR --name finetuned --base-model PATH [--adapter DIR]
+
+The default mode scores every class name as a continuation of the prompt and takes the most likely:
+deterministic, and it cannot produce an unparseable answer. The prompt (with its image) is encoded once
+and its key/value cache is shared by all the candidates. `--mode generate` decodes greedily (never
+sampling) and matches the normalized text, for comparison with published numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import sys
+import time
+import unicodedata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from petqlora import data as data_lib
+from petqlora.encoding import PromptEncoder
+from petqlora.masking import supervised_span
+from petqlora.metrics import classification_result
+from petqlora.modeling import load_model_and_processor, resolve_device
+
+log = logging.getLogger("petqlora.evaluate")
+
+UNPARSEABLE = "<unparseable>"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    name: str                        # the approach, e.g. finetuned, gemma4_baseline, gemma3_baseline
+    base_model: str
+    adapter: str | None = None       # LoRA adapter folder; None evaluates the base model as is
+    split: str = "test"
+    mode: str = "score"              # score | generate
+    image_token_budget: int = 280
+    quantize: str = "auto"           # auto (4-bit on GPU) | 4bit | none
+    max_examples: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.name.replace("_", "").isalnum():
+            problems.append(f"name={self.name!r} must be letters, digits and underscores")
+        if self.mode not in ("score", "generate"):
+            problems.append(f"mode={self.mode!r} must be 'score' or 'generate'")
+        if self.quantize not in ("auto", "4bit", "none"):
+            problems.append(f"quantize={self.quantize!r} must be auto, 4bit or none")
+        if self.image_token_budget not in (70, 140, 280, 560, 1120):
+            problems.append(f"image_token_budget={self.image_token_budget} must be one of 70, 140, 280, 560, 1120")
+        if self.split not in data_lib.SPLITS:
+            problems.append(f"split={self.split!r} must be one of {data_lib.SPLITS}")
+        if self.max_examples is not None and self.max_examples < 1:
+            problems.append(f"max_examples={self.max_examples} must be >= 1 or unset")
+        if problems:
+            raise ValueError("invalid evaluation config:\n- " + "\n- ".join(problems))
+
+
+def candidate_ids(encoder: PromptEncoder, classes: list[str]) -> list[list[int]]:
+    """Each class as the exact ids training supervises: the answer and the end-of-turn token."""
+    tok = encoder.processor.tokenizer
+    out = []
+    for label in classes:
+        ids = tok(encoder.training_text(label), add_special_tokens=False)["input_ids"]
+        start, end = supervised_span(ids, encoder.tokens)
+        out.append(ids[start:end])
+    return out
+
+
+@torch.no_grad()
+def score_classes(model, encoder: PromptEncoder, image, candidates: list[list[int]]) -> np.ndarray:
+    """Log-likelihood of each candidate after the prompt; the prompt is run once, its cache shared."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in encoder.encode([image], None).items()}
+    out = model(**batch, use_cache=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    n, longest = len(candidates), max(len(c) for c in candidates)
+    scores = torch.stack([first[c[0]] for c in candidates])
+    if longest > 1:
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)
+        ids = torch.full((n, longest - 1), encoder.tokens.pad, dtype=torch.long, device=device)
+        mask = torch.zeros((n, longest - 1), dtype=torch.long, device=device)
+        for i, c in enumerate(candidates):
+            ids[i, :len(c) - 1] = torch.tensor(c[:-1], device=device)
+            mask[i, :len(c) - 1] = 1
+        prompt_mask = batch["attention_mask"].expand(n, -1)
+        logits = model(input_ids=ids, attention_mask=torch.cat([prompt_mask, mask], dim=1),
+                       past_key_values=cache, use_cache=True).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for i, c in enumerate(candidates):
+            if len(c) > 1:
+                scores[i] += logp[i, torch.arange(len(c) - 1), torch.tensor(c[1:], device=device)].sum()
+    return scores.cpu().numpy()
+
+
+def normalize_answer(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower().replace("_", " ").replace("-", " ")
+    return " ".join("".join(ch for ch in text if ch.isalnum() or ch.isspace()).split())
+
+
+def match_answer(text: str, classes: list[str]) -> str:
+    """The class the generated text names exactly (after normalization), else UNPARSEABLE."""
+    norm = normalize_answer(text)
+    by_norm = {normalize_answer(c): c for c in classes}
+    return by_norm.get(norm, UNPARSEABLE)
+
+
+@torch.no_grad()
+def generate_answer(model, encoder: PromptEncoder, image, max_new_tokens: int) -> str:
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in encoder.encode([image], None).items()}
+    out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
+                         eos_token_id=[encoder.tokens.end_of_turn], pad_token_id=encoder.tokens.pad)
+    return encoder.processor.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "GPU"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "CPU RSS"
+
+
+def load_for_eval(cfg: EvalConfig):
+    device = resolve_device(cfg.device)
+    quantize = cfg.quantize == "4bit" or (cfg.quantize == "auto" and device.type == "cuda")
+    model, processor, family = load_model_and_processor(cfg.base_model, quantize_4bit=quantize, device=device,
+                                                        image_token_budget=cfg.image_token_budget)
+    if cfg.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=False)
+    model.eval()
+    return model, processor, family, device
+
+
+def evaluate(dataset_dir: str | Path, output_dir: str | Path, cfg: EvalConfig) -> dict:
+    """Evaluate one model; writes OUTPUT/predictions.jsonl and OUTPUT/result.json; returns the result."""
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    manifest = data_lib.read_manifest(dataset_dir)
+    classes = manifest["classes"]
+    records = data_lib.read_split(dataset_dir, cfg.split)[: cfg.max_examples]
+    model, processor, family, device = load_for_eval(cfg)
+    encoder = PromptEncoder(processor, family, manifest["instruction"])
+    candidates = candidate_ids(encoder, classes)
+    max_new = max(len(c) for c in candidates) + 2
+    y_true, y_pred, all_scores, rows = [], [], [], []
+    started = time.perf_counter()
+    for k, rec in enumerate(records, 1):
+        image = data_lib.load_image(dataset_dir, rec)
+        if cfg.mode == "score":
+            scores = score_classes(model, encoder, image, candidates)
+            pred, text = classes[int(np.argmax(scores))], None
+            all_scores.append(scores)
+        else:
+            text = generate_answer(model, encoder, image, max_new)
+            pred = match_answer(text, classes)
+        y_true.append(rec["label"])
+        y_pred.append(pred)
+        rows.append({"id": rec["id"], "label": rec["label"], "prediction": pred, "generated": text,
+                     "scores": None if cfg.mode != "score" else [round(float(s), 4) for s in all_scores[-1]]})
+        if k % 20 == 0 or k == len(records):
+            log.info("%s: %d/%d evaluated, accuracy so far %.3f", cfg.name, k, len(records),
+                     np.mean([a == b for a, b in zip(y_true, y_pred)]))
+    seconds = time.perf_counter() - started
+    result = classification_result(y_true, y_pred, classes, np.stack(all_scores) if all_scores else None)
+    peak, kind = _peak_memory(device)
+    summary = {
+        "name": cfg.name, "config": asdict(cfg), "family": family, "n_eval": len(records),
+        "accuracy": result.accuracy, "macro_f1": result.macro_f1, "top3_accuracy": result.top3_accuracy,
+        "unparseable_rate": float(np.mean([p == UNPARSEABLE for p in y_pred])) if y_pred else 0.0,
+        "seconds": seconds, "images_per_s": len(records) / seconds if seconds else None,
+        "peak_memory_gib": peak, "memory_kind": kind, "classes": classes, "result": result.to_dict(),
+    }
+    with open(output / "predictions.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    (output / "result.json").write_text(json.dumps(summary, indent=1))
+    log.info("%s: accuracy %.3f, macro-F1 %.3f on %d %s examples in %.1fs", cfg.name, result.accuracy,
+             result.macro_f1, len(records), cfg.split, seconds)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m petqlora.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--base-model", required=True)
+    parser.add_argument("--adapter", default=None)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--mode", default="score", choices=["score", "generate"])
+    parser.add_argument("--image-token-budget", type=int, default=280)
+    parser.add_argument("--quantize", default="auto", choices=["auto", "4bit", "none"])
+    parser.add_argument("--max-examples", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+    from petqlora.storage import local_path
+
+    cfg = EvalConfig(name=args.name, base_model=local_path(args.base_model),
+                     adapter=local_path(args.adapter) if args.adapter else None, split=args.split, mode=args.mode,
+                     image_token_budget=args.image_token_budget, quantize=args.quantize, max_examples=args.max_examples)
+    evaluate(local_path(args.dataset), local_path(args.output), cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
