@@ -67,11 +67,23 @@ def render_pet(breed: str, rng: np.random.Generator) -> Image.Image:
     jitter = lambda c: tuple(int(np.clip(v + rng.integers(-25, 26), 0, 255)) for v in c)  # noqa: E731
     img = Image.new("RGB", (width, height), jitter(bg))
     draw = ImageDraw.Draw(img)
+    # Background objects of random grey levels: clutter, as in photos, that no breed owns.
+    for _ in range(int(rng.integers(3, 7))):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0.04, 0.12) * min(width, height)
+        grey = int(rng.integers(0, 256))
+        draw.ellipse((cx - r, cy - r * rng.uniform(0.5, 1.5), cx + r, cy + r), fill=(grey, grey, grey))
     size = rng.uniform(0.45, 0.8)
     bw, bh = int(width * size), int(height * size)
     x0, y0 = int(rng.integers(0, width - bw + 1)), int(rng.integers(0, height - bh + 1))
     _shape(draw, shape, (x0, y0, x0 + bw, y0 + bh), jitter(fg))
-    arr = np.asarray(img).copy()
+    arr = np.asarray(img).astype(np.float64)
+    # A background light gradient in a random direction, as lighting varies between photos: it makes
+    # images of one breed differ in layout too, so none is a near-duplicate of another.
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:height, 0:width]
+    ramp = (np.cos(angle) * xx / width + np.sin(angle) * yy / height)
+    arr *= (0.65 + 0.5 * (ramp - ramp.min()) / max(np.ptp(ramp), 1e-9))[..., None]
+    arr = np.clip(arr, 0, 255).astype(np.uint8)
     _texture(arr, texture, rng)
     noise = rng.normal(0, 8, arr.shape)
     return Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8))

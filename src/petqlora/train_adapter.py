@@ -5,9 +5,21 @@ subprocess:
 
     python -m petqlora.train_adapter --dataset DATASET_DIR --output OUTPUT_DIR --config CONFIG.json
 
-It resumes from the newest complete checkpoint under OUTPUT_DIR/checkpoints when there is one (a retried
-Cloud Run task, whose CLOUD_RUN_TASK_ATTEMPT is > 0, or a re-run with the same output), and a resumed run
-ends with the same adapter as an uninterrupted one.
+Outputs, all under OUTPUT_DIR:
+
+    adapter/          adapter_model.safetensors + adapter_config.json (explicit module paths) + the processor
+    metrics.json      loss per step, tokens/s, peak memory, wall time; written last: it marks a finished run
+    loss_curve.png
+    checkpoints/step-NNNNNNN/   adapter, optimizer + scheduler, RNG state, data position (the last K kept)
+
+Restarts. A retried Cloud Run task (CLOUD_RUN_TASK_ATTEMPT > 0) or a re-run with the same output resumes
+from the newest complete checkpoint, and ends with the same adapter as an uninterrupted run (bit-identical
+on CPU). A re-run of a *finished* output (metrics.json and the adapter present) returns the existing
+metrics without training again. Either way the checkpoint or output must have been made with the same
+training config and dataset; otherwise the run stops and says which fields differ.
+
+No checkpoint is written at the final step: the adapter and metrics.json are the final state, and a kill
+before metrics.json is written only repeats the steps after the last checkpoint.
 """
 
 from __future__ import annotations
@@ -68,31 +80,59 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if not self.base_model:
+        # Type errors first (a JSON config can say "8" for 8); a field of the wrong type skips its range check.
+        bad = set()
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool)) and not (name == "max_steps" and value is None):
+                problems.append(f"{name}={value!r} must be an integer" + (" or null" if name == "max_steps" else ""))
+                bad.add(name)
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+                problems.append(f"{name}={value!r} must be a finite number")
+                bad.add(name)
+        for name in ("adapt_vision",) + (("gradient_checkpointing",) if self.gradient_checkpointing is not None else ()):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}={getattr(self, name)!r} must be true or false")
+        if not isinstance(self.base_model, str) or not self.base_model:
             problems.append("base_model is empty: give a checkpoint folder or a hub id")
+        if not isinstance(self.skip_quantization, tuple) or not all(isinstance(m, str) for m in self.skip_quantization):
+            problems.append(f"skip_quantization={self.skip_quantization!r} must be a list of module-path prefixes")
+        ok = lambda name: name not in bad  # noqa: E731
         for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "keep_checkpoints", "log_every"):
-            if getattr(self, name) < 1:
+            if ok(name) and getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
-        if not 0 <= self.lora_dropout < 1:
+        if ok("seed") and self.seed < 0:
+            problems.append(f"seed={self.seed} must be >= 0")
+        if ok("lora_dropout") and not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
-        if self.epochs <= 0 and not self.max_steps:
+        if ok("epochs") and ok("max_steps") and self.epochs <= 0 and not self.max_steps:
             problems.append(f"epochs={self.epochs} must be > 0 (or set max_steps)")
-        if self.max_steps is not None and self.max_steps < 1:
+        if ok("max_steps") and self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps={self.max_steps} must be >= 1 or null")
-        if not 0 < self.learning_rate < 1:
+        if ok("learning_rate") and not 0 < self.learning_rate < 1:
             problems.append(f"learning_rate={self.learning_rate} must be in (0, 1)")
-        if not 0 <= self.warmup_ratio < 1:
+        if ok("warmup_ratio") and not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        for name in ("weight_decay", "max_grad_norm"):
+            if ok(name) and getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)} must be >= 0")
         if self.on_too_long not in ("error", "drop"):
             problems.append(f"on_too_long={self.on_too_long!r} must be 'error' or 'drop'")
-        if self.image_token_budget not in (70, 140, 280, 560, 1120):
+        if ok("image_token_budget") and self.image_token_budget not in (70, 140, 280, 560, 1120):
             problems.append(f"image_token_budget={self.image_token_budget} must be one of 70, 140, 280, 560, 1120")
         if self.quantize not in ("auto", "4bit", "none"):
             problems.append(f"quantize={self.quantize!r} must be auto, 4bit or none")
         if self.optimizer not in ("auto", "adamw", "paged_adamw_8bit"):
             problems.append(f"optimizer={self.optimizer!r} must be auto, adamw or paged_adamw_8bit")
-        if self.checkpoint_every < 0:
+        if ok("checkpoint_every") and self.checkpoint_every < 0:
             problems.append(f"checkpoint_every={self.checkpoint_every} must be >= 0")
+        try:
+            if self.device != "auto":
+                torch.device(self.device)
+        except (RuntimeError, TypeError):
+            problems.append(f"device={self.device!r} must be auto, cpu, cuda or cuda:N")
         if problems:
             raise ValueError("invalid training config:\n- " + "\n- ".join(problems))
 
@@ -103,9 +143,35 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training config keys {unknown}; known keys: {sorted(known)}")
         values = dict(values)
-        if "skip_quantization" in values:
+        if isinstance(values.get("skip_quantization"), list):
             values["skip_quantization"] = tuple(values["skip_quantization"])
         return cls(**values)
+
+
+_INT_FIELDS = ("lora_r", "lora_alpha", "max_steps", "batch_size", "grad_accum", "max_length", "image_token_budget",
+               "seed", "checkpoint_every", "keep_checkpoints", "log_every")
+_FLOAT_FIELDS = ("lora_dropout", "epochs", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm")
+# Fields that change only bookkeeping, not the trained adapter: a resume may change them.
+_BOOKKEEPING_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every")
+
+
+def run_fingerprint(cfg: TrainConfig, dataset_hash: str | None) -> dict:
+    """What must match for a checkpoint or a finished output to belong to this run."""
+    values = {k: v for k, v in asdict(cfg).items() if k not in _BOOKKEEPING_FIELDS}
+    values["skip_quantization"] = list(values["skip_quantization"])  # as JSON reads it back
+    return {"config": values, "dataset_hash": dataset_hash}
+
+
+def _check_same_run(found: dict | None, expected: dict, where: Path) -> None:
+    if found == expected:
+        return
+    found = found or {}
+    diffs = [f"{k}: {found.get('config', {}).get(k)!r} there, {v!r} now"
+             for k, v in expected["config"].items() if found.get("config", {}).get(k) != v]
+    if found.get("dataset_hash") != expected["dataset_hash"]:
+        diffs.append(f"dataset_hash: {found.get('dataset_hash')!r} there, {expected['dataset_hash']!r} now")
+    raise ValueError(f"{where} was made by a different training run ({'; '.join(diffs) or 'no run record'}): "
+                     "give this run a new --output folder, or delete that one to start over")
 
 
 @dataclass
@@ -117,20 +183,24 @@ class TrainState:
     batch_in_epoch: int = 0  # forward passes already consumed in `epoch`
     losses: list = field(default_factory=list)  # [step, loss]
     tokens_seen: int = 0
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # time spent in training steps, over all attempts (for tokens/s)
 
 
 def batch_plan(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Batches grouped by length (little padding), in an order that depends only on (seed, epoch)."""
-    g = torch.Generator().manual_seed(seed * 1000 + epoch)
-    order = torch.randperm(len(lengths), generator=g).tolist()
+    """Batches grouped by length (little padding), in an order that depends only on (seed, epoch).
+
+    Shuffle, cut into "mega-batches" of 16 batches, sort each by length, cut into batches, shuffle the
+    batches. A resumed run recomputes the plan of its epoch and skips the batches already consumed, so the
+    plan must not depend on anything but its arguments (no global RNG).
+    """
+    rng = np.random.default_rng([seed, epoch])  # a seed sequence: distinct for every (seed, epoch) pair
+    order = rng.permutation(len(lengths)).tolist()
     mega = batch_size * 16
     batches = []
     for i in range(0, len(order), mega):
         chunk = sorted(order[i:i + mega], key=lambda j: lengths[j])
         batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
-    perm = torch.randperm(len(batches), generator=g).tolist()
-    return [batches[p] for p in perm]
+    return [batches[p] for p in rng.permutation(len(batches)).tolist()]
 
 
 def _sequence_length(encoder: PromptEncoder, record: dict) -> int:
@@ -171,13 +241,27 @@ def _optimizer(params, cfg: TrainConfig, device: torch.device):
 # ---- checkpoints: written to a temporary folder, then renamed, so a kill never leaves half of one.
 
 def _checkpoint_dirs(output: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (the step number is zero-padded, so names sort by step)."""
     root = output / CHECKPOINTS
     if not root.exists():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and not p.name.endswith(".tmp"))
 
 
-def save_checkpoint(output: Path, model, optimizer, scheduler, state: TrainState, keep: int) -> Path:
+def _remove_partial_checkpoints(output: Path) -> None:
+    """Delete step-N.tmp folders a killed run left half-written."""
+    root = output / CHECKPOINTS
+    for tmp in root.glob("step-*.tmp") if root.exists() else []:
+        log.info("removing the partial checkpoint %s left by an interrupted run", tmp.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_checkpoint(output: Path, model, optimizer, scheduler, state: TrainState, keep: int,
+                    fingerprint: dict | None = None) -> Path:
+    """Write checkpoints/step-N atomically (into step-N.tmp, then one rename) and keep the newest `keep`.
+
+    Called after the optimizer step, so the RNG state saved is the one the *next* step starts from.
+    """
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -189,11 +273,13 @@ def save_checkpoint(output: Path, model, optimizer, scheduler, state: TrainState
     adapter = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
     save_file(adapter, str(tmp / "adapter.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    # Only torch's generators drive training randomness (LoRA dropout); the data order comes from
+    # batch_plan(seed, epoch) and the position in state.json, so Python's and numpy's RNGs need no saving.
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, str(tmp / "rng.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(asdict(state)))
+    (tmp / "state.json").write_text(json.dumps({**asdict(state), "run": fingerprint}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in _checkpoint_dirs(output)[:-keep]:
@@ -201,19 +287,49 @@ def save_checkpoint(output: Path, model, optimizer, scheduler, state: TrainState
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
-    from peft import set_peft_model_state_dict
+def read_checkpoint(path: Path) -> dict:
+    """Every file of a checkpoint, read into memory; raises when one is missing or damaged."""
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(str(path / "adapter.safetensors")))
-    opt = torch.load(path / "optimizer.pt", weights_only=True)  # tensors and numbers only: no pickled code
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    rng = load_file(str(path / "rng.safetensors"))
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
-    return TrainState(**json.loads((path / "state.json").read_text()))
+    saved = json.loads((path / "state.json").read_text())
+    return {
+        "run": saved.pop("run", None),
+        "state": TrainState(**saved),
+        "adapter": load_file(str(path / "adapter.safetensors")),
+        "optimizer": torch.load(path / "optimizer.pt", weights_only=True),  # tensors and numbers: no pickled code
+        "rng": load_file(str(path / "rng.safetensors")),
+    }
+
+
+def restore_checkpoint(ckpt: dict, model, optimizer, scheduler) -> TrainState:
+    """Put a read checkpoint's adapter, optimizer, scheduler and RNG state in place; returns the position."""
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, ckpt["adapter"])
+    optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
+    scheduler.load_state_dict(ckpt["optimizer"]["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    return ckpt["state"]
+
+
+def _write_json_atomically(path: Path, value: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+def finished_metrics(output: Path) -> dict | None:
+    """The metrics of a finished run in `output` (metrics.json is written last), or None."""
+    metrics_file = output / "metrics.json"
+    if metrics_file.is_file() and (output / "adapter" / "adapter_model.safetensors").is_file():
+        return json.loads(metrics_file.read_text())
+    return None
+
+
+def _count_4bit_layers(model) -> int:
+    return sum(type(m).__name__ == "Linear4bit" for m in model.modules())
 
 
 def _peak_memory_gib(device: torch.device) -> float:
@@ -225,31 +341,54 @@ def _peak_memory_gib(device: torch.device) -> float:
 
 
 def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainConfig,
-                  stop_after_steps: int | None = None) -> dict:
-    """Train the LoRA adapter; writes OUTPUT/adapter, metrics.json and loss_curve.png; returns the metrics.
+                  stop_after_steps: int | None = None, task_attempt: int = 0) -> dict:
+    """Train the LoRA adapter; writes OUTPUT/adapter, loss_curve.png and metrics.json; returns the metrics.
 
-    `stop_after_steps` ends the run early (as a kill would) after that many optimizer steps in this
-    process, leaving its checkpoints: tests use it to show that resuming gives the same adapter.
+    Resumes from the newest checkpoint in OUTPUT, and returns the existing metrics when OUTPUT already
+    holds a finished run of the same config and dataset (see the module docstring). `task_attempt` is
+    the Cloud Run task attempt, for the log and the metrics. `stop_after_steps` ends the run early (as a
+    kill would) after that many optimizer steps in this call, leaving its checkpoints: tests use it to
+    show that resuming gives the same adapter.
     """
     from peft import get_peft_model
     from transformers import get_cosine_schedule_with_warmup
 
+    if stop_after_steps is not None and stop_after_steps < 1:
+        raise ValueError(f"stop_after_steps={stop_after_steps} must be >= 1 or None")
+    started = time.perf_counter()
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    manifest = data_lib.read_manifest(dataset_dir)
+    fingerprint = run_fingerprint(cfg, manifest.get("dataset_hash"))
+
+    done = finished_metrics(output)
+    if done is not None:
+        _check_same_run(done.get("run"), fingerprint, output / "metrics.json")
+        log.info("%s already holds a finished run (%d steps, final loss %s): returning its metrics without "
+                 "training again", output, done["steps"], done["final_loss"])
+        return done
+
     device = resolve_device(cfg.device)
     quantize = cfg.quantize == "4bit" or (cfg.quantize == "auto" and device.type == "cuda")
     if not quantize:
         log.info("training without 4-bit quantization on %s (quantize=%s): the same LoRA, full-precision base",
                  device, cfg.quantize)
+    elif device.type != "cuda":
+        log.info("training with 4-bit NF4 on %s because quantize=4bit was asked for explicitly (slow)", device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # LoRA's initial weights; a resume replaces them and the RNG state
 
-    manifest = data_lib.read_manifest(dataset_dir)
     records = data_lib.read_split(dataset_dir, "train")
     model, processor, family = load_model_and_processor(
         cfg.base_model, quantize_4bit=quantize, device=device, image_token_budget=cfg.image_token_budget,
         skip_modules=cfg.skip_quantization)
+    n_4bit = _count_4bit_layers(model)
+    if quantize:
+        log.info("4-bit NF4: %d linear layers quantized (kept in %s: %s)", n_4bit,
+                 next(p for p in model.parameters() if p.is_floating_point()).dtype, ", ".join(cfg.skip_quantization))
     encoder = PromptEncoder(processor, family, manifest["instruction"])
     records, lengths, dropped = select_examples(records, encoder, cfg.max_length, cfg.on_too_long)
     if not records:
@@ -258,7 +397,7 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
         log.warning("dropped %d example(s) longer than max_length=%d: %s", len(dropped), cfg.max_length, dropped)
 
     lora_config = build_lora_config(model, LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.adapt_vision))
-    targets = list(lora_config.target_modules)
+    targets = sorted(lora_config.target_modules)
     log.info("LoRA r=%d alpha=%d on %d modules (%d vision): %s%s", cfg.lora_r, cfg.lora_alpha, len(targets),
              sum("vision_tower" in t for t in targets), ", ".join(targets[:4]), " ..." if len(targets) > 4 else "")
     if quantize:
@@ -273,16 +412,30 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
 
     batches_per_epoch = math.ceil(len(records) / cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
-    optimizer, opt_name = _optimizer([p for p in model.parameters() if p.requires_grad], cfg, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer, opt_name = _optimizer(trainable, cfg, device)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
     state = TrainState()
-    existing = _checkpoint_dirs(output)
-    attempt = os.environ.get("CLOUD_RUN_TASK_ATTEMPT", "0")  # read here, in the entrypoint's process
-    if existing:
-        state = load_checkpoint(existing[-1], model, optimizer, scheduler)
-        log.info("resuming from %s (step %d/%d, task attempt %s)", existing[-1].name, state.global_step,
-                 total_steps, attempt)
+    _remove_partial_checkpoints(output)
+    checkpoints = _checkpoint_dirs(output)
+    for path in reversed(checkpoints):
+        try:
+            ckpt = read_checkpoint(path)
+        except Exception as exc:  # noqa: BLE001 - json, safetensors and torch.load raise their own types
+            # Damaged outside our control (a bucket mount's non-atomic rename, a full disk): an older
+            # checkpoint still restores everything. Nothing was applied yet, so the model is untouched.
+            log.warning("checkpoint %s cannot be read (%s: %s): trying an older one", path.name,
+                        type(exc).__name__, exc)
+            continue
+        _check_same_run(ckpt["run"], fingerprint, path)  # a different run's checkpoint is an error, not damage
+        state = restore_checkpoint(ckpt, model, optimizer, scheduler)
+        log.info("resuming from %s (step %d/%d, epoch %d, task attempt %d)", path.name, state.global_step,
+                 total_steps, state.epoch, task_attempt)
+        break
+    else:
+        if checkpoints or task_attempt > 0:
+            log.warning("task attempt %d: no readable checkpoint in %s, starting from step 0", task_attempt, output)
 
     def micro_batches():
         epoch, start = state.epoch, state.batch_in_epoch
@@ -294,6 +447,8 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
 
     stream = micro_batches()
     steps_here, time_here = 0, 0.0
+    log.info("training %d steps (%d examples, %d per step) from step %d with %s on %s", total_steps, len(records),
+             cfg.batch_size * cfg.grad_accum, state.global_step, opt_name, device)
     while state.global_step < total_steps:
         step_started = time.perf_counter()
         group = [next(stream) for _ in range(cfg.grad_accum)]
@@ -302,6 +457,7 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
             recs = [records[i] for i in idx]
             images = [data_lib.load_image(dataset_dir, r) for r in recs]
             encoded.append(encoder.encode(images, [r["label"] for r in recs]))
+        # Mean over every supervised token of the step, however they fall into micro-batches.
         n_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in encoded)
         total = 0.0
         for b in encoded:
@@ -312,7 +468,7 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
             loss.backward()
             total += loss.item()
             state.tokens_seen += int(b["attention_mask"].sum())
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -329,33 +485,46 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
             log.info("step %d/%d  epoch %d  loss %.4f  %.2f steps/s  eta %.0fs", state.global_step, total_steps,
                      state.epoch, total, rate, (total_steps - state.global_step) / max(rate, 1e-9))
         if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0 and state.global_step < total_steps:
-            save_checkpoint(output, model, optimizer, scheduler, state, cfg.keep_checkpoints)
-        if stop_after_steps is not None and steps_here >= stop_after_steps:
+            save_checkpoint(output, model, optimizer, scheduler, state, cfg.keep_checkpoints, fingerprint)
+        if stop_after_steps is not None and steps_here >= stop_after_steps and state.global_step < total_steps:
             log.info("stopping after %d steps as asked (checkpoints kept for resume)", steps_here)
             return {"stopped_at_step": state.global_step}
 
-    wall = state.elapsed_s
-    adapter_dir = output / "adapter"
-    model.save_pretrained(adapter_dir, safe_serialization=True)
-    processor.save_pretrained(adapter_dir)
-    metrics = {
-        "base_model": cfg.base_model, "family": family, "quantized_4bit": quantize, "optimizer": opt_name,
-        "device": str(device), "steps": state.global_step, "examples": len(records), "dropped_too_long": dropped,
-        "loss": state.losses, "final_loss": state.losses[-1][1] if state.losses else None,
-        "tokens_per_s": state.tokens_seen / wall if wall else None, "wall_time_s": wall,
-        "peak_memory_gib": _peak_memory_gib(device), "memory_kind": "GPU" if device.type == "cuda" else "CPU RSS",
-        "lora_target_modules": targets, "config": asdict(cfg), "task_attempt": int(attempt),
-    }
-    (adapter_dir / "petqlora_training.json").write_text(json.dumps({"config": asdict(cfg), "targets": targets}, indent=1))
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    # The adapter is written into adapter.tmp and renamed, so `adapter/` is never a half-written mix.
+    adapter_dir, adapter_tmp = output / "adapter", output / "adapter.tmp"
+    shutil.rmtree(adapter_tmp, ignore_errors=True)
+    # PEFT condenses a list of 20+ targets in place into the shortest suffixes that match the same modules
+    # ("linear", "2.mlp.up_proj"); write the explicit module paths instead, which say what was adapted.
+    model.peft_config[model.active_adapter].target_modules = targets
+    model.save_pretrained(adapter_tmp, safe_serialization=True)
+    processor.save_pretrained(adapter_tmp)
+    (adapter_tmp / "petqlora_training.json").write_text(
+        json.dumps({"config": asdict(cfg), "targets": targets}, indent=1))
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    os.replace(adapter_tmp, adapter_dir)
     try:
         from petqlora.report import loss_curve_png
 
         loss_curve_png([tuple(x) for x in state.losses], output / "loss_curve.png")
     except Exception as exc:  # a missing plot must not lose a trained adapter
         log.warning("could not draw the loss curve: %s", exc)
-    log.info("adapter written to %s (%d steps, final loss %s, %.1fs)", adapter_dir, state.global_step,
-             metrics["final_loss"], wall)
+    train_time = state.elapsed_s
+    metrics = {
+        "base_model": cfg.base_model, "family": family, "quantized_4bit": quantize, "quantized_layers": n_4bit,
+        "optimizer": opt_name, "device": str(device), "steps": state.global_step, "examples": len(records),
+        "dropped_too_long": len(dropped), "dropped_too_long_ids": dropped,
+        "loss": state.losses, "final_loss": state.losses[-1][1] if state.losses else None,
+        "tokens_per_s": state.tokens_seen / train_time if train_time else None,
+        "train_time_s": train_time,  # time in training steps, summed over attempts
+        "wall_time_s": time.perf_counter() - started,  # this attempt, model loading and checkpoints included
+        "peak_memory_gib": _peak_memory_gib(device), "memory_kind": "GPU" if device.type == "cuda" else "CPU RSS",
+        "lora_target_modules": targets, "config": asdict(cfg), "task_attempt": task_attempt,
+        "run": fingerprint,
+    }
+    metrics = json.loads(json.dumps(metrics))  # what a re-run reads back (tuples become lists)
+    _write_json_atomically(output / "metrics.json", metrics)  # last: its presence marks a finished run
+    log.info("adapter written to %s (%d steps, final loss %s, %.1fs training)", adapter_dir, state.global_step,
+             metrics["final_loss"], train_time)
     return metrics
 
 
@@ -372,7 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     if not config_path.exists():
         parser.error(f"--config {args.config}: no such file; write the TrainConfig JSON there first")
     cfg = TrainConfig.from_dict(json.loads(config_path.read_text()))
-    train_adapter(local_path(args.dataset), local_path(args.output), cfg)
+    # The runtime contract is read here, not in the library: Cloud Run numbers a task's retries from 0.
+    attempt = int(os.environ.get("CLOUD_RUN_TASK_ATTEMPT", "0") or 0)
+    train_adapter(local_path(args.dataset), local_path(args.output), cfg, task_attempt=attempt)
     return 0
 
 

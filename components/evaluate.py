@@ -1,0 +1,45 @@
+from kfp import dsl
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, HTML, Input, Markdown, Metrics, Model, Output
+
+from components.images import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def evaluate(
+    dataset: Input[Dataset],
+    adapter: Input[Model],
+    base_model: str,
+    gemma4_baseline: str,
+    gemma3_baseline: str,
+    image_token_budget: int,
+    scoring: str,
+    win_margin: float,
+    registry: str,
+    model_name: str,
+    backend: dict,
+    project: str,
+    region: str,
+    run_id: str,
+    evaluation: Output[Artifact],
+    metrics: Output[Metrics],
+    confusion_matrix: Output[ClassificationMetrics],
+    report: Output[HTML],
+    summary: Output[Markdown],
+) -> str:
+    """Evaluate the fine-tuned model, the Gemma 4 baseline and the Gemma 3 baseline (and the current
+    registered version, if any) on the same held-out split. Returns "register" or "skip"; the reason is in
+    the report and the evaluation artifact."""
+    from petqlora.steps import Backend, run_evaluate
+
+    result = run_evaluate(
+        dataset.path, adapter.path, evaluation.path, base_model=base_model, gemma4_baseline=gemma4_baseline,
+        gemma3_baseline=gemma3_baseline, image_token_budget=image_token_budget, mode=scoring,
+        win_margin=win_margin, registry=registry, model_name=model_name, backend=Backend(project=project, region=region, **backend),
+        task_id=f"{run_id}-evaluate", report_html=report.path, summary_md=summary.path)
+    for name, values in result["models"].items():
+        metrics.log_metric(f"{name}_accuracy", values["accuracy"])
+        metrics.log_metric(f"{name}_macro_f1", values["macro_f1"])
+    confusion_matrix.log_confusion_matrix(result["classes"], result["confusion_matrix"])
+    evaluation.metadata.update({"sha256": result["evaluation_sha256"], "register": result["register"],
+                                "reason": result["reason"]})
+    return "register" if result["register"] else "skip"

@@ -1,0 +1,45 @@
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from components.images import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def register_model(
+    dataset: Input[Dataset],
+    token_report: Input[Artifact],
+    adapter: Input[Model],
+    evaluation: Input[Artifact],
+    model_name: str,
+    registry: str,
+    project: str,
+    region: str,
+    serving_image: str,
+    code_revision: str,
+    run_id: str,
+    registered: Output[Model],
+) -> str:
+    """Register model: a new version of the adapter in the model registry (Vertex AI Model Registry, or the
+    local registry), with aliases, metric labels, the dataset hash and the full lineage."""
+    import json
+
+    from petqlora.steps import run_register_model
+
+    def link(artifact, **inputs):
+        return {"uri": artifact.uri, "sha256": artifact.metadata.get("sha256", ""), "inputs": inputs}
+
+    lineage = {
+        "dataset": {"uri": dataset.uri, "sha256": dataset.metadata.get("dataset_hash", ""),
+                    "inputs": {"source": dataset.metadata.get("source", "")}},
+        "token_boundary_report": link(token_report, dataset=dataset.uri),
+        "adapter": link(adapter, dataset=dataset.uri, base_model=adapter.metadata.get("base_model", "")),
+        "evaluation": link(evaluation, adapter=adapter.uri, dataset=dataset.uri),
+    }
+    ref = run_register_model(adapter_dir=adapter.path, adapter_uri=adapter.uri, evaluation_dir=evaluation.path,
+                             lineage=lineage, run_id=run_id, model_name=model_name, registry=registry,
+                             project=project, region=region, serving_image=serving_image,
+                             code_revision=code_revision, dry_run=False)
+    with open(registered.path, "w") as f:
+        json.dump({"model_version": ref, "adapter_uri": adapter.uri, "lineage": lineage}, f, indent=1)
+    registered.metadata.update({"model_version": ref, **{k: v["sha256"] for k, v in lineage.items()}})
+    return ref

@@ -1,0 +1,43 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.images import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def train_adapter(
+    dataset: Input[Dataset],
+    base_model: str,
+    lora_r: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    epochs: float,
+    learning_rate: float,
+    batch_size: int,
+    grad_accum: int,
+    image_token_budget: int,
+    max_length: int,
+    seed: int,
+    train_options: dict,
+    backend: dict,
+    project: str,
+    region: str,
+    run_id: str,
+    adapter: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Train adapter: QLoRA (4-bit NF4, LoRA) on an NVIDIA RTX PRO 6000 as a Cloud Run Job execution, or a
+    local subprocess of the same entrypoint. Resumes from its checkpoints when retried. train_options
+    holds any other TrainConfig field (e.g. checkpoint_every, adapt_vision)."""
+    from petqlora.steps import Backend, run_train_adapter
+
+    config = dict(train_options, base_model=base_model, lora_r=lora_r, lora_alpha=lora_alpha,
+                  lora_dropout=lora_dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                  grad_accum=grad_accum, image_token_budget=image_token_budget, max_length=max_length, seed=seed)
+    values = run_train_adapter(dataset.path, adapter.path, config, Backend(project=project, region=region, **backend),
+                               task_id=f"{run_id}-train")
+    adapter.metadata.update({"sha256": values["adapter_sha256"], "base_model": base_model, "lora_r": lora_r,
+                             "lora_target_modules": len(values["lora_target_modules"])})
+    for key in ("final_loss", "steps", "tokens_per_s", "wall_time_s", "peak_memory_gib"):
+        if values.get(key) is not None:
+            metrics.log_metric(key, values[key])

@@ -1,0 +1,207 @@
+"""The pet-breed QLoRA pipeline: the @dsl.pipeline wiring and the command line.
+
+    python pipeline.py run-local --output-dir runs/latest [--config configs/local.yaml] [--dataset PATH]
+    python pipeline.py compile --output pipeline.yaml
+    python pipeline.py submit --project P --region R --pipeline-root gs://BUCKET/root [--watch] [--dry-run]
+    python pipeline.py schedule --cron "TZ=Europe/Paris 0 3 * * 1" --project P --region R --pipeline-root ...
+    python pipeline.py lineage NAME[@VERSION] [--registry runs/latest/registry.sqlite]
+"""
+
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kfp import dsl
+
+from components.evaluate import evaluate
+from components.prepare_data import prepare_data
+from components.register_model import register_model
+from components.train_adapter import train_adapter
+from components.validate_token_boundaries import validate_token_boundaries
+
+PIPELINE_NAME = "petqlora-gemma4-pets"
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Fine-tune Gemma 4 with QLoRA to classify pet breeds; evaluate "
+              "against Gemma 3 and Gemma 4 baselines; register the adapter only when it wins.")
+def pet_breeds_pipeline(
+    source: str = "timm/oxford-iiit-pet",
+    base_model: str = "google/gemma-4-31b-it",
+    gemma4_baseline: str = "google/gemma-4-31b-it",
+    gemma3_baseline: str = "google/gemma-3-27b-it",
+    seed: int = 42,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    max_per_class_train: int = 0,
+    max_per_class_eval: int = 0,
+    on_bad_input: str = "skip",
+    validation_sample: int = 0,
+    lora_r: int = 64,
+    lora_alpha: int = 64,
+    lora_dropout: float = 0.05,
+    epochs: float = 3.0,
+    learning_rate: float = 5e-5,
+    batch_size: int = 8,
+    grad_accum: int = 2,
+    image_token_budget: int = 280,
+    max_length: int = 1024,
+    train_options: dict = {"checkpoint_every": 50},
+    scoring: str = "score",
+    win_margin: float = 0.02,
+    model_name: str = "petqlora-gemma4-pets",
+    registry: str = "vertex",
+    project: str = "",
+    region: str = "us-central1",
+    backend: dict = {"kind": "cloud_run", "image": "", "service_account": "", "bucket": "", "hf_token_secret": ""},
+    serving_image: str = "us-docker.pkg.dev/vertex-ai/vertex-vision-model-garden-dockers/pytorch-vllm-serve:latest",
+    code_revision: str = "",
+):
+    data = prepare_data(
+        source=source, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+        max_per_class_train=max_per_class_train, max_per_class_eval=max_per_class_eval, on_bad_input=on_bad_input,
+    ).set_display_name("Prepare data")
+    check = validate_token_boundaries(
+        dataset=data.outputs["dataset"], base_model=base_model, image_token_budget=image_token_budget,
+        max_length=max_length, sample=validation_sample,
+    ).set_display_name("Validate token boundaries")
+    train = train_adapter(
+        dataset=data.outputs["dataset"], base_model=base_model, lora_r=lora_r, lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+        grad_accum=grad_accum, image_token_budget=image_token_budget, max_length=max_length, seed=seed,
+        train_options=train_options, backend=backend, project=project, region=region,
+        run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+    ).set_display_name("Train adapter (QLoRA, Cloud Run GPU)").after(check)
+    train.set_caching_options(False)  # launches a paid GPU job; its own checkpoints make retries cheap
+    scores = evaluate(
+        dataset=data.outputs["dataset"], adapter=train.outputs["adapter"], base_model=base_model,
+        gemma4_baseline=gemma4_baseline, gemma3_baseline=gemma3_baseline, image_token_budget=image_token_budget,
+        scoring=scoring, win_margin=win_margin, registry=registry, model_name=model_name, backend=backend,
+        project=project, region=region, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+    ).set_display_name("Evaluate vs Gemma 3 / Gemma 4 baselines")
+    scores.set_caching_options(False)  # reads the registry's current champion
+    with dsl.If(scores.outputs["Output"] == "register", name="fine-tuned model wins"):
+        register_model(
+            dataset=data.outputs["dataset"], token_report=check.outputs["records"], adapter=train.outputs["adapter"],
+            evaluation=scores.outputs["evaluation"], model_name=model_name, registry=registry, project=project,
+            region=region, serving_image=serving_image, code_revision=code_revision,
+            run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        ).set_display_name("Register model").set_caching_options(False)
+
+
+def _parameters(pairs: list) -> dict:
+    """--param key=value pairs; values parse as JSON when they can (numbers, dicts), else stay strings."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--param {pair!r}: write it as key=value")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python pipeline.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run-local", help="run the whole pipeline on this machine with kfp.local")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--config", default="configs/local.yaml")
+    p.add_argument("--dataset", default=None, help="a dataset path: Oxford layout, image folder, manifest, saved HF")
+
+    p = sub.add_parser("compile", help="write the KFP IR YAML")
+    p.add_argument("--output", required=True)
+
+    for name in ("submit", "schedule"):
+        p = sub.add_parser(name, help="submit a run to Vertex AI Pipelines" if name == "submit"
+                           else "create, list, pause, resume or delete a retraining schedule")
+        p.add_argument("--project", required=True)
+        p.add_argument("--region", required=True)
+        p.add_argument("--pipeline-root", required=name == "submit", default=None)
+        p.add_argument("--template", default=None, help="a compiled YAML; compiled afresh when omitted")
+        p.add_argument("--service-account", default=None)
+        p.add_argument("--param", action="append", default=[], help="pipeline parameter key=value (repeatable)")
+        p.add_argument("--dry-run", action="store_true", help="print the request as JSON; needs no credentials")
+        if name == "submit":
+            p.add_argument("--network", default=None)
+            p.add_argument("--watch", action="store_true")
+        else:
+            p.add_argument("--cron", default=None, help='e.g. "TZ=Europe/Paris 0 3 * * 1"')
+            p.add_argument("--display-name", default=f"{PIPELINE_NAME}-retraining")
+            p.add_argument("--max-run-count", type=int, default=None)
+            p.add_argument("--list", action="store_true")
+            p.add_argument("--pause", metavar="SCHEDULE")
+            p.add_argument("--resume", metavar="SCHEDULE")
+            p.add_argument("--delete", metavar="SCHEDULE")
+
+    p = sub.add_parser("lineage", help="print dataset -> token report -> adapter -> evaluation -> version")
+    p.add_argument("ref", help="NAME or NAME@VERSION or NAME@ALIAS")
+    p.add_argument("--registry", default="runs/latest/registry.sqlite")
+
+    args = parser.parse_args(argv)
+    if args.command == "run-local":
+        from petqlora.local_run import run_local_pipeline
+
+        summary = run_local_pipeline(pet_breeds_pipeline, Path(args.output_dir), Path(args.config), args.dataset)
+        return 0 if summary.get("status") == "succeeded" else 1
+    if args.command == "compile":
+        from kfp import compiler
+
+        compiler.Compiler().compile(pet_breeds_pipeline, args.output)
+        print(f"wrote {args.output}")
+        return 0
+    if args.command in ("submit", "schedule"):
+        return _cloud(args)
+    if args.command == "lineage":
+        from petqlora.registry import LocalRegistry, format_lineage
+
+        if not Path(args.registry).exists():
+            raise SystemExit(f"--registry {args.registry}: no such registry; run `make run` first or pass its path")
+        print(format_lineage(LocalRegistry(args.registry).get(args.ref)))
+        return 0
+    return 2
+
+
+def _cloud(args) -> int:
+    import tempfile
+
+    from kfp import compiler
+
+    from petqlora import vertex
+
+    params = _parameters(args.param)
+    params.setdefault("project", args.project)
+    params.setdefault("region", args.region)
+    template = args.template
+    if template is None and not (args.command == "schedule" and (args.list or args.pause or args.resume or args.delete)):
+        template = str(Path(tempfile.mkdtemp()) / "pipeline.yaml")
+        compiler.Compiler().compile(pet_breeds_pipeline, template)
+    common = dict(project=args.project, region=args.region, dry_run=args.dry_run)
+    if args.command == "submit":
+        vertex.submit_pipeline(template_path=template, pipeline_root=args.pipeline_root, parameter_values=params,
+                               service_account=args.service_account, network=args.network, watch=args.watch, **common)
+        return 0
+    if args.list:
+        vertex.list_schedules(**common)
+    elif args.pause:
+        vertex.pause_schedule(args.pause, **common)
+    elif args.resume:
+        vertex.resume_schedule(args.resume, **common)
+    elif args.delete:
+        vertex.delete_schedule(args.delete, **common)
+    else:
+        if not args.cron or not args.pipeline_root:
+            raise SystemExit("schedule: creating a schedule needs --cron and --pipeline-root "
+                             "(or use --list / --pause / --resume / --delete)")
+        vertex.create_schedule(template_path=template, pipeline_root=args.pipeline_root, parameter_values=params,
+                               cron=args.cron, display_name=args.display_name, max_run_count=args.max_run_count,
+                               service_account=args.service_account, **common)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The embedded default: run the whole @dsl.pipeline on this machine with kfp.local.
+
+Builds what the cloud would already have (tiny random checkpoints, a generated dataset), runs the same
+pipeline through kfp.local's SubprocessRunner, then gathers the results into DIR/run_summary.json and
+prints the comparison table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger("petqlora.local_run")
+
+TASK_DIRS = {"dataset": ("prepare-data", "dataset"), "token_boundary_report": ("validate-token-boundaries", "records"),
+             "adapter": ("train-adapter", "adapter"), "evaluation_report": ("evaluate", "report"),
+             "evaluation": ("evaluate", "evaluation")}
+
+
+def load_local_config(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"--config {path}: no such file; start from configs/local.yaml")
+    config = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(config) - {"dataset", "models", "parameters"})
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {unknown}; allowed: dataset, models, parameters")
+    return config
+
+
+def resolve_model(spec: str, models_dir: Path) -> str:
+    """`tiny:<variant>` builds (once) a tiny random checkpoint; anything else must be an existing folder."""
+    if spec.startswith("tiny:"):
+        from petqlora.tiny_models import build_tiny_checkpoint
+
+        target = models_dir / spec.split(":", 1)[1]
+        if not (target / "config.json").exists():
+            build_tiny_checkpoint(spec.split(":", 1)[1], target)
+        return str(target.resolve())
+    if not Path(spec).is_dir():
+        raise FileNotFoundError(f"model {spec!r}: not a folder. Give a local checkpoint folder (config.json, "
+                                "*.safetensors, tokenizer and processor files) or tiny:<gemma4-31b|gemma4-e|gemma3>")
+    return str(Path(spec).resolve())
+
+
+def resolve_dataset(section: dict, override: str | None, data_dir: Path) -> str:
+    if override:
+        if not Path(override).exists():
+            raise FileNotFoundError(f"--dataset {override}: no such path")
+        return str(Path(override).resolve())
+    if "path" in section:
+        return str(Path(section["path"]).resolve())
+    from petqlora.synthetic import generate_synthetic_pets
+
+    synth = section.get("synthetic", {})
+    folder = data_dir / "synthetic_pets"
+    if not folder.exists():
+        generate_synthetic_pets(folder, per_class=synth.get("per_class", 60), seed=synth.get("seed", 0))
+    return str(folder.resolve())
+
+
+def coerce_parameters(pipeline_func, params: dict) -> dict:
+    """Check names against the pipeline's signature and turn YAML ints into the floats it declares."""
+    import inspect
+
+    signature = inspect.signature(pipeline_func.pipeline_func)
+    unknown = sorted(set(params) - set(signature.parameters))
+    if unknown:
+        raise ValueError(f"unknown pipeline parameters {unknown}; known: {sorted(signature.parameters)}")
+    out = {}
+    for name, value in params.items():
+        annotation = signature.parameters[name].annotation
+        if annotation in (float, "float") and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        out[name] = value
+    return out
+
+
+def _latest_run(pipeline_root: Path, error: str | None) -> Path:
+    runs = sorted((p for p in pipeline_root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise RuntimeError(f"the local pipeline did not start: {error}")
+    return runs[-1]
+
+
+def run_local_pipeline(pipeline_func, output_dir: Path, config_path: Path, dataset: str | None = None) -> dict:
+    from kfp import local
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = load_local_config(config_path)
+    output_dir = output_dir.resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    models = {k: resolve_model(v, output_dir / "models") for k, v in config.get("models", {}).items()}
+    source = resolve_dataset(config.get("dataset", {}), dataset, output_dir / "data")
+    registry = output_dir / "registry.sqlite"
+    params = dict(config.get("parameters", {}), **models, source=source, registry=str(registry),
+                  backend={"kind": "local"}, project="local", region="local")
+    params = coerce_parameters(pipeline_func, params)
+    pipeline_root = output_dir / "pipeline_root"
+    pipeline_root.mkdir(exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+               raise_on_error=True)
+    started = time.perf_counter()
+    status, error = "succeeded", None
+    try:
+        pipeline_func(**params)
+    except Exception as exc:  # the failing task's log is above; summarise and keep what was produced
+        status, error = "failed", str(exc)
+    wall = time.perf_counter() - started
+    summary = summarize(_latest_run(pipeline_root, error), registry, params, status, error, wall)
+    (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=1))
+    print_summary(summary, output_dir)
+    return summary
+
+
+def summarize(run_dir: Path, registry: Path, params: dict, status: str, error: str | None, wall: float) -> dict:
+    artifacts = {}
+    for key, (task, output) in TASK_DIRS.items():
+        path = run_dir / task / output
+        artifacts[key] = str(path) if path.exists() else None
+    if artifacts["adapter"]:
+        artifacts["adapter"] = str(Path(artifacts["adapter"]) / "adapter")
+    evaluation, models = None, {}
+    if artifacts["evaluation"] and (Path(artifacts["evaluation"]) / "evaluation.json").exists():
+        evaluation = json.loads((Path(artifacts["evaluation"]) / "evaluation.json").read_text())
+        models = evaluation["models"]
+    version = None
+    if registry.exists():
+        from petqlora.registry import LocalRegistry
+
+        found = [v for v in LocalRegistry(registry).list_versions(params["model_name"] if "model_name" in params
+                                                                      else "petqlora-gemma4-pets")
+                 if v.run_id == run_dir.name]
+        version = found[0].ref if found else None
+    return {
+        "status": status, "error": error, "run": run_dir.name, "wall_time_s": round(wall, 1),
+        "models": models, "registered": version is not None, "model_version": version,
+        "decision_reason": evaluation["reason"] if evaluation else None,
+        "table": evaluation["table"] if evaluation else None,
+        "artifacts": artifacts, "registry": str(registry), "parameters": params,
+    }
+
+
+def print_summary(summary: dict, output_dir: Path) -> None:
+    print()
+    if summary["table"]:
+        print(summary["table"])
+    if summary["status"] != "succeeded":
+        print(f"\nThe pipeline FAILED: {summary['error']}")
+    elif summary["registered"]:
+        print(f"\nRegistered {summary['model_version']}: {summary['decision_reason']}")
+        print(f"Lineage: python pipeline.py lineage {summary['model_version']} --registry {summary['registry']}")
+    else:
+        print(f"\nNothing registered. {summary['decision_reason']}")
+    if summary["artifacts"].get("evaluation_report"):
+        print(f"Report: {summary['artifacts']['evaluation_report']}")
+    print(f"Summary: {output_dir / 'run_summary.json'} ({summary['wall_time_s']}s)")

@@ -1,0 +1,256 @@
+"""The pipeline's steps as library functions: each KFP component body is one call into this module.
+
+Each function takes plain values and local paths (Vertex mounts gs:// artifacts under /gcs), does its
+step, writes the outputs where the component asked, and returns the values the component logs as
+Metrics or passes on. GPU work (training, evaluation of the large models) goes through a `Backend`:
+a local subprocess of the entrypoint, or a Cloud Run Job execution of the trainer image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger("petqlora.steps")
+
+MODEL_KEYS = ("finetuned", "gemma4_baseline", "gemma3_baseline")
+APPROACHES = {
+    "finetuned": "Gemma 4 + QLoRA (fine-tuned)",
+    "gemma4_baseline": "Gemma 4 baseline (zero-shot)",
+    "gemma3_baseline": "Gemma 3 baseline (zero-shot)",
+    "champion": "Current registered version",
+}
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where the GPU entrypoints run: `local` (a subprocess) or `cloud_run` (a Cloud Run Job execution)."""
+
+    kind: str = "local"
+    project: str = ""
+    region: str = ""
+    job_prefix: str = "petqlora"
+    image: str = ""
+    service_account: str = ""
+    bucket: str = ""
+    hf_token_secret: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "cloud_run"):
+            raise ValueError(f"backend={self.kind!r} must be 'local' or 'cloud_run'")
+        if self.kind == "cloud_run":
+            missing = [n for n in ("project", "region", "image", "service_account", "bucket") if not getattr(self, n)]
+            if missing:
+                raise ValueError(f"backend=cloud_run needs {missing}: set the pipeline parameters "
+                                 "cloud_project, cloud_region, trainer_image, job_service_account, bucket")
+
+    def path_arg(self, path: str) -> str:
+        """A path as the entrypoint sees it: unchanged locally; on the job's bucket mount in Cloud Run."""
+        if self.kind == "local":
+            return path
+        prefix = f"/gcs/{self.bucket}/"
+        if not path.startswith(prefix):
+            raise ValueError(f"{path} is not under the Cloud Run Job's bucket mount {prefix}: use a pipeline root "
+                             f"in gs://{self.bucket}")
+        return path  # the job mounts the bucket at /gcs/<bucket>, the same path Vertex gives the step
+
+    def run(self, module: str, args: list[str], task_id: str) -> None:
+        if self.kind == "local":
+            from petqlora.cloud_run import run_local
+
+            run_local(module, args, log=lambda line: log.info("%s", line))
+            return
+        from petqlora.cloud_run import CloudRunJobConfig, CloudRunLauncher, cancel_on_sigterm
+
+        cfg = CloudRunJobConfig(
+            project=self.project, region=self.region, job_name=f"{self.job_prefix}-{module.rsplit('.', 1)[-1].replace('_', '-')}",
+            image=self.image, module=module, service_account=self.service_account, bucket=self.bucket,
+            mount_path=f"/gcs/{self.bucket}", hf_token_secret=self.hf_token_secret or None)
+        launcher = CloudRunLauncher(cfg)
+        launcher.ensure_job()
+        with cancel_on_sigterm():
+            launcher.run(args, task_id)
+
+
+def integral_floats_to_int(values: dict) -> dict:
+    """KFP passes dict parameters as protobuf Structs, whose numbers are all floats: 20 arrives as 20.0."""
+    return {k: int(v) if isinstance(v, float) and v.is_integer() and k not in FLOAT_KEYS else v
+            for k, v in values.items()}
+
+
+FLOAT_KEYS = {"epochs", "learning_rate", "lora_dropout", "warmup_ratio", "weight_decay", "max_grad_norm"}
+
+
+# ---- prepare_data
+
+def run_prepare_data(source: str, out_dir: str, report_path: str, **options) -> dict:
+    from petqlora.prepare_data import PrepareDataConfig, prepare_data
+
+    result = prepare_data(PrepareDataConfig(source=source, **options), out_dir)
+    Path(report_path).write_text((Path(out_dir) / "report.md").read_text())
+    return {"dataset_hash": result.dataset_hash, "classes": len(result.classes), "skipped": result.skipped,
+            **{f"{k}_examples": v for k, v in result.splits.items()}}
+
+
+# ---- validate_token_boundaries
+
+def run_validate_token_boundaries(dataset_dir: str, out_dir: str, report_path: str, *, base_model: str,
+                                  image_token_budget: int, max_length: int, sample: int) -> dict:
+    from petqlora.validate_token_boundaries import ValidateConfig, validate_token_boundaries
+
+    cfg = ValidateConfig(base_model=base_model, image_token_budget=image_token_budget, max_length=max_length,
+                         sample=sample or None)
+    try:
+        metrics = validate_token_boundaries(dataset_dir, out_dir, cfg)
+    finally:
+        report = Path(out_dir) / "report.md"
+        if report.exists():
+            Path(report_path).write_text(report.read_text())
+    metrics["records_sha256"] = sha256_file(Path(out_dir) / "records.jsonl")
+    return metrics
+
+
+# ---- train_adapter
+
+def run_train_adapter(dataset_dir: str, out_dir: str, train_config: dict, backend: Backend, task_id: str) -> dict:
+    """Write the config next to the outputs, run the entrypoint, and return the training metrics."""
+    from petqlora.train_adapter import TrainConfig
+
+    cfg = TrainConfig.from_dict(integral_floats_to_int(train_config))  # validate before any GPU is asked for
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "train_config.json"
+    config_path.write_text(json.dumps(asdict(cfg), indent=1))
+    args = ["--dataset", backend.path_arg(dataset_dir), "--output", backend.path_arg(str(out)),
+            "--config", backend.path_arg(str(config_path))]
+    backend.run("petqlora.train_adapter", args, task_id)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["adapter_sha256"] = sha256_file(out / "adapter" / "adapter_model.safetensors")
+    return metrics
+
+
+# ---- evaluate
+
+def registration_decision(accuracy: dict[str, float], win_margin: float) -> tuple[bool, str]:
+    """Register only when the fine-tuned model beats the best baseline by `win_margin` and the champion."""
+    ft = accuracy["finetuned"]
+    baselines = {k: v for k, v in accuracy.items() if k.endswith("_baseline")}
+    best_name = max(baselines, key=baselines.get)
+    best = baselines[best_name]
+    if ft < best + win_margin:
+        return False, (f"not registered: fine-tuned accuracy {ft:.3f} does not beat the best baseline "
+                       f"({best_name} {best:.3f}) by the margin {win_margin:.3f}")
+    if "champion" in accuracy and ft <= accuracy["champion"]:
+        return False, (f"not registered: fine-tuned accuracy {ft:.3f} does not beat the current registered "
+                       f"version ({accuracy['champion']:.3f}) on the same split")
+    reason = f"registered: fine-tuned accuracy {ft:.3f} beats {best_name} {best:.3f} by {ft - best:.3f}"
+    if "champion" in accuracy:
+        reason += f" and the current version {accuracy['champion']:.3f}"
+    return True, reason
+
+
+def champion_adapter(registry: str, model_name: str) -> str | None:
+    """The adapter folder of the registry's default version of `model_name`, if one is registered."""
+    if not registry or registry.startswith("vertex"):
+        return None  # on Vertex the champion is read by the caller from the Model Registry
+    if not Path(registry).exists():
+        return None
+    from petqlora.registry import LocalRegistry
+
+    version = LocalRegistry(registry).default_version(model_name)
+    return version.artifact_uri if version else None
+
+
+def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model: str, gemma4_baseline: str,
+                 gemma3_baseline: str, image_token_budget: int, mode: str, win_margin: float, registry: str,
+                 model_name: str, backend: Backend, task_id: str, report_html: str, summary_md: str) -> dict:
+    """Evaluate the three models (and the champion) on the test split; write the report; decide."""
+    from petqlora.metrics import ClassificationResult
+    from petqlora.report import ModelRow, html_report, markdown_summary, results_table
+
+    out = Path(out_dir)
+    models = {
+        "finetuned": (base_model, f"{adapter_dir}/adapter"),
+        "gemma4_baseline": (gemma4_baseline, None),
+        "gemma3_baseline": (gemma3_baseline, None),
+    }
+    champion = champion_adapter(registry, model_name)
+    if champion:
+        models["champion"] = (base_model, champion)
+    results = {}
+    for name, (model, adapter) in models.items():
+        args = ["--dataset", backend.path_arg(dataset_dir), "--output", backend.path_arg(str(out / name)),
+                "--name", name, "--base-model", model, "--mode", mode, "--image-token-budget", str(image_token_budget)]
+        if adapter:
+            args += ["--adapter", backend.path_arg(adapter)]
+        backend.run("petqlora.evaluate", args, f"{task_id}-{name}")
+        results[name] = json.loads((out / name / "result.json").read_text())
+
+    register, reason = registration_decision({k: r["accuracy"] for k, r in results.items()}, win_margin)
+    rows = [ModelRow(approach=APPROACHES[k], accuracy=r["accuracy"], macro_f1=r["macro_f1"],
+                     peak_memory_gib=r["peak_memory_gib"], seconds=r["seconds"], images_per_s=r["images_per_s"],
+                     memory_kind=r["memory_kind"], top3_accuracy=r["top3_accuracy"]) for k, r in results.items()]
+    ft = results["finetuned"]
+    training = json.loads(Path(adapter_dir, "metrics.json").read_text())
+    classes = ft["classes"]
+    Path(report_html).write_text(html_report(
+        rows=rows, classes=classes, finetuned=ClassificationResult(**ft["result"]),
+        loss_curve=[tuple(x) for x in training.get("loss", [])], title="Pet breeds: Gemma 4 QLoRA vs baselines",
+        registered=register, reason=reason,
+        extra={"examples evaluated": ft["n_eval"], "scoring": mode, "training steps": training.get("steps"),
+               "training wall time (s)": round(training.get("wall_time_s") or 0, 1)}))
+    Path(summary_md).write_text(markdown_summary(rows, registered=register, model_version=None, reason=reason)
+                                if not register else markdown_summary(rows, registered=True,
+                                                                      model_version="(assigned by register_model)",
+                                                                      reason=reason))
+    table = results_table(rows)
+    print(table, flush=True)
+    summary = {"models": {k: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "n_eval": r["n_eval"],
+                              "top3_accuracy": r["top3_accuracy"], "peak_memory_gib": r["peak_memory_gib"],
+                              "memory_kind": r["memory_kind"], "seconds": r["seconds"]} for k, r in results.items()},
+               "register": register, "reason": reason, "classes": classes,
+               "confusion_matrix": ft["result"]["confusion_matrix"], "table": table}
+    (out / "evaluation.json").write_text(json.dumps(summary, indent=1))
+    summary["evaluation_sha256"] = sha256_file(out / "evaluation.json")
+    return summary
+
+
+# ---- register_model
+
+def run_register_model(*, adapter_dir: str, adapter_uri: str, evaluation_dir: str, lineage: dict, run_id: str,
+                       model_name: str, registry: str, project: str, region: str, serving_image: str,
+                       code_revision: str, dry_run: bool) -> str:
+    """Register the adapter as a new version; returns NAME@VERSION (local) or the Vertex resource name."""
+    evaluation = json.loads(Path(evaluation_dir, "evaluation.json").read_text())
+    if not evaluation["register"]:
+        raise ValueError(f"register_model called although evaluation decided: {evaluation['reason']}")
+    metrics = {f"{k}_accuracy": v["accuracy"] for k, v in evaluation["models"].items()}
+    metrics["finetuned_macro_f1"] = evaluation["models"]["finetuned"]["macro_f1"]
+    labels = {"dataset_hash": lineage["dataset"]["sha256"][:63], "code_revision": code_revision[:63] or "unknown"}
+    if registry.startswith("vertex"):
+        from petqlora.vertex import register_vertex_model
+
+        result = register_vertex_model(
+            project=project, region=region, display_name=model_name, artifact_uri=adapter_uri,
+            serving_container_image_uri=serving_image, parent_model=None,
+            version_aliases=["candidate"], labels={**labels, **{k: round(v, 4) for k, v in metrics.items()}},
+            description=evaluation["reason"], run_id=run_id, dry_run=dry_run)
+        return f"{result['resource_name']}@{result['version_id']}"
+    from petqlora.registry import LocalRegistry
+
+    version = LocalRegistry(registry).register(
+        model_name, str(Path(adapter_dir) / "adapter"), run_id=run_id, metrics=metrics, labels=labels,
+        aliases=["candidate"], lineage=lineage, make_default=True)
+    log.info("registered %s", version.ref)
+    return version.ref

@@ -1,0 +1,199 @@
+"""validate_token_boundaries: prove, before any GPU is paid for, that every example trains on exactly its answer.
+
+    python -m petqlora.validate_token_boundaries --dataset DIR --output DIR --base-model PATH [--budget 280]
+
+For every example (or a seeded sample when asked) it encodes the training sequence with the real processor,
+as training does, and checks: the soft-token count of each image equals what the image processor computes
+for that image's size and budget; each image has exactly one begin/end pair; there is exactly one
+supervised span and it decodes to the label + end of turn; nothing is truncated (the sequence fits
+max_length); the evaluation prompt's ids are the training ids' prefix. It also checks the instruction:
+every class it names is in the label set and vice versa.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from petqlora import data as data_lib
+from petqlora.encoding import PromptEncoder
+from petqlora.masking import IGNORE_INDEX, BoundaryError, image_token_counts
+from petqlora.modeling import model_family
+from petqlora.processors import load_processor
+
+log = logging.getLogger("petqlora.validate_token_boundaries")
+
+
+class TokenBoundaryError(ValueError):
+    """Examples whose supervised tokens are not exactly the answer and the end of turn."""
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    base_model: str
+    image_token_budget: int = 280
+    max_length: int = 1024
+    splits: tuple[str, ...] = ("train", "validation", "test")
+    sample: int | None = None          # check a seeded sample of this many per split; None checks all
+    seed: int = 0
+    report_examples: int = 20          # offending examples shown in the report
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.image_token_budget not in (70, 140, 280, 560, 1120):
+            problems.append(f"image_token_budget={self.image_token_budget} must be one of 70, 140, 280, 560, 1120")
+        if self.max_length < 1:
+            problems.append(f"max_length={self.max_length} must be >= 1")
+        if self.sample is not None and self.sample < 1:
+            problems.append(f"sample={self.sample} must be >= 1, or unset to check every example")
+        bad = [s for s in self.splits if s not in data_lib.SPLITS]
+        if bad or not self.splits:
+            problems.append(f"splits={self.splits} must be a non-empty subset of {data_lib.SPLITS}")
+        if problems:
+            raise ValueError("invalid validation config:\n- " + "\n- ".join(problems))
+
+
+def check_instruction(instruction: str, classes: list[str]) -> list[str]:
+    """Problems between the classes the instruction names and the label set."""
+    match = re.search(r":\s*(.+?)\.?\s*$", instruction)
+    named = [c.strip() for c in match.group(1).split(",")] if match else []
+    problems = []
+    missing = [c for c in classes if c not in named]
+    extra = [c for c in named if c not in classes]
+    if missing:
+        problems.append(f"classes not named in the instruction: {missing}")
+    if extra:
+        problems.append(f"instruction names classes that are not labels: {extra}")
+    return problems
+
+
+def check_example(encoder: PromptEncoder, image, record: dict, max_length: int) -> dict:
+    """One JSON-lines record: what was found and whether it is right."""
+    problems = []
+    batch = encoder.encode([image], [record["label"]])
+    ids = batch["input_ids"][0].tolist()
+    labels = batch["labels"][0].tolist()
+    expected = encoder.image_tokens(image.width, image.height)
+    try:
+        counts = image_token_counts(ids, encoder.tokens)
+    except BoundaryError as exc:
+        counts = []
+        problems.append(str(exc))
+    if len(counts) != 1:
+        problems.append(f"expected exactly one begin/end image pair, found {len(counts)}")
+    elif counts[0] != expected:
+        problems.append(f"image has {counts[0]} soft tokens, the processor computes {expected} for "
+                        f"{image.width}x{image.height} at this budget")
+    supervised = [i for i, t in enumerate(labels) if t != IGNORE_INDEX]
+    text = encoder.processor.tokenizer.decode([ids[i] for i in supervised]) if supervised else ""
+    if not supervised:
+        problems.append("no supervised token")
+    elif supervised != list(range(supervised[0], supervised[-1] + 1)):
+        problems.append("the supervised tokens are not one contiguous span")
+    elif text != record["label"] + encoder.end_of_turn_text:
+        problems.append(f"supervised tokens decode to {text!r}, expected {record['label'] + encoder.end_of_turn_text!r}")
+    if len(ids) > max_length:
+        problems.append(f"{len(ids)} tokens exceed max_length={max_length}: training would cut the answer")
+    prompt_ids = encoder.encode([image], None)["input_ids"][0].tolist()
+    if supervised and ids[:supervised[0]] != prompt_ids:
+        problems.append("the evaluation prompt is not the prefix of the training sequence")
+    return {
+        "example_id": record["id"], "image_tokens": counts[0] if len(counts) == 1 else counts,
+        "expected_image_tokens": expected, "supervised_text": text, "label": record["label"],
+        "sequence_length": len(ids), "ok": not problems, "problem": "; ".join(problems) or None,
+    }
+
+
+def _report(records: list[dict], instruction_problems: list[str], cfg: ValidateConfig, family: str) -> str:
+    bad = [r for r in records if not r["ok"]]
+    tokens = Counter(r["expected_image_tokens"] for r in records)
+    lines = [
+        "# Token-boundary validation", "",
+        f"- model family: {family}, image-token budget: {cfg.image_token_budget}, max length: {cfg.max_length}",
+        f"- examples checked: {len(records)}; problems: {len(bad)}; instruction problems: {len(instruction_problems)}",
+        f"- longest sequence: {max((r['sequence_length'] for r in records), default=0)} tokens", "",
+        "## Soft tokens per image", "", "| soft tokens | images |", "| ---: | ---: |",
+    ] + [f"| {n} | {c} |" for n, c in sorted(tokens.items())]
+    if instruction_problems:
+        lines += ["", "## Instruction", ""] + [f"- {p}" for p in instruction_problems]
+    if bad:
+        lines += ["", f"## First offending examples ({min(len(bad), cfg.report_examples)} of {len(bad)})", "",
+                  "| example | soft tokens (found / expected) | supervised span | problem |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['example_id']} | {r['image_tokens']} / {r['expected_image_tokens']} | "
+                  f"`{r['supervised_text']!r}` | {r['problem']} |" for r in bad[: cfg.report_examples]]
+    return "\n".join(lines) + "\n"
+
+
+def validate_token_boundaries(dataset_dir: str | Path, output_dir: str | Path, cfg: ValidateConfig) -> dict:
+    """Check every example; write records.jsonl, report.md and metrics.json; raise when any is wrong."""
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    manifest = data_lib.read_manifest(dataset_dir)
+    family = model_family(cfg.base_model)
+    processor = load_processor(cfg.base_model, family, cfg.image_token_budget if family == "gemma4" else None)
+    encoder = PromptEncoder(processor, family, manifest["instruction"])
+    instruction_problems = check_instruction(manifest["instruction"], manifest["classes"])
+    checked: list[dict] = []
+    for split in cfg.splits:
+        records = data_lib.read_split(dataset_dir, split)
+        if cfg.sample is not None and cfg.sample < len(records):
+            records = random.Random(cfg.seed).sample(records, cfg.sample)
+        for k, rec in enumerate(records, 1):
+            row = check_example(encoder, data_lib.load_image(dataset_dir, rec), rec, cfg.max_length)
+            checked.append({"split": split, **row})
+            if k % 100 == 0:
+                log.info("%s: %d/%d checked", split, k, len(records))
+    with open(output / "records.jsonl", "w") as f:
+        for row in checked:
+            f.write(json.dumps(row) + "\n")
+    (output / "report.md").write_text(_report(checked, instruction_problems, cfg, family))
+    bad = [r for r in checked if not r["ok"]]
+    counts = [r["expected_image_tokens"] for r in checked]
+    metrics = {"examples_checked": len(checked), "problems": len(bad), "instruction_problems": len(instruction_problems),
+               "min_image_tokens": min(counts), "max_image_tokens": max(counts),
+               "distinct_image_token_counts": len(set(counts)),
+               "max_sequence_length": max(r["sequence_length"] for r in checked)}
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    log.info("checked %d examples: %d problem(s); soft tokens per image %d..%d", len(checked), len(bad),
+             metrics["min_image_tokens"], metrics["max_image_tokens"])
+    if bad or instruction_problems:
+        shown = "\n".join(f"- {r['example_id']} ({r['split']}): {r['problem']}" for r in bad[:20])
+        more = f"\n... and {len(bad) - 20} more (see records.jsonl)" if len(bad) > 20 else ""
+        raise TokenBoundaryError(
+            f"token-boundary validation failed for {len(bad)} of {len(checked)} example(s)"
+            + (f" and the instruction ({'; '.join(instruction_problems)})" if instruction_problems else "")
+            + (":\n" + shown + more if bad else "") + f"\nReport: {output / 'report.md'}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m petqlora.validate_token_boundaries",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--base-model", required=True)
+    parser.add_argument("--image-token-budget", type=int, default=280)
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--sample", type=int, default=None, help="check a seeded sample per split instead of all")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+    cfg = ValidateConfig(base_model=args.base_model, image_token_budget=args.image_token_budget,
+                         max_length=args.max_length, sample=args.sample, seed=args.seed)
+    try:
+        validate_token_boundaries(args.dataset, args.output, cfg)
+    except TokenBoundaryError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
