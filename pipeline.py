@@ -204,4 +204,8 @@ def _cloud(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError, KeyError) as exc:  # bad input: the message says what to fix
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

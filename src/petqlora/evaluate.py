@@ -28,6 +28,7 @@ from petqlora.encoding import PromptEncoder
 from petqlora.masking import supervised_span
 from petqlora.metrics import classification_result
 from petqlora.modeling import load_model_and_processor, resolve_device
+from petqlora.processors import SUPPORTED_BUDGETS
 
 log = logging.getLogger("petqlora.evaluate")
 
@@ -48,18 +49,33 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if not self.name.replace("_", "").isalnum():
-            problems.append(f"name={self.name!r} must be letters, digits and underscores")
-        if self.mode not in ("score", "generate"):
-            problems.append(f"mode={self.mode!r} must be 'score' or 'generate'")
-        if self.quantize not in ("auto", "4bit", "none"):
-            problems.append(f"quantize={self.quantize!r} must be auto, 4bit or none")
-        if self.image_token_budget not in (70, 140, 280, 560, 1120):
-            problems.append(f"image_token_budget={self.image_token_budget} must be one of 70, 140, 280, 560, 1120")
+
+        def is_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not isinstance(self.name, str) or not self.name.isascii() or not self.name.replace("_", "").isalnum():
+            problems.append(f"--name {self.name!r}: must be ASCII letters, digits and underscores, "
+                            "e.g. finetuned or gemma4_baseline")
+        if not isinstance(self.base_model, str) or not self.base_model.strip():
+            problems.append(f"--base-model {self.base_model!r}: must be a checkpoint folder or a Hub id, "
+                            "e.g. google/gemma-4-31b-it")
+        if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter.strip()):
+            problems.append(f"--adapter {self.adapter!r}: must be the adapter folder, or left out for a baseline")
         if self.split not in data_lib.SPLITS:
-            problems.append(f"split={self.split!r} must be one of {data_lib.SPLITS}")
-        if self.max_examples is not None and self.max_examples < 1:
-            problems.append(f"max_examples={self.max_examples} must be >= 1 or unset")
+            problems.append(f"--split {self.split!r}: must be one of {', '.join(data_lib.SPLITS)}")
+        if self.mode not in ("score", "generate"):
+            problems.append(f"--mode {self.mode!r}: must be 'score' (default, deterministic) or 'generate' "
+                            "(greedy, for comparison with published numbers)")
+        if not is_int(self.image_token_budget) or self.image_token_budget not in SUPPORTED_BUDGETS:
+            problems.append(f"--image-token-budget {self.image_token_budget!r}: must be one of "
+                            f"{', '.join(map(str, SUPPORTED_BUDGETS))}")
+        if self.quantize not in ("auto", "4bit", "none"):
+            problems.append(f"--quantize {self.quantize!r}: must be auto (4-bit on GPU), 4bit or none")
+        if self.max_examples is not None and (not is_int(self.max_examples) or self.max_examples < 1):
+            problems.append(f"--max-examples {self.max_examples!r}: must be an integer >= 1, or left out for "
+                            "the whole split")
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            problems.append(f"--device {self.device!r}: must be auto, cpu or cuda[:N]")
         if problems:
             raise ValueError("invalid evaluation config:\n- " + "\n- ".join(problems))
 
@@ -80,12 +96,14 @@ def score_classes(model, encoder: PromptEncoder, image, candidates: list[list[in
     """Log-likelihood of each candidate after the prompt; the prompt is run once, its cache shared."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in encoder.encode([image], None).items()}
-    out = model(**batch, use_cache=True)
-    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    # Only the last prompt position's logits are needed: projecting the whole prompt (hundreds of image
+    # tokens) onto a 262k vocabulary would cost more memory than the rest of the pass.
+    out = model(**batch, use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(_at_least_fp32(out.logits[0, -1]), dim=-1)
     n, longest = len(candidates), max(len(c) for c in candidates)
     scores = torch.stack([first[c[0]] for c in candidates])
     if longest > 1:
-        cache = out.past_key_values
+        cache = out.cache
         cache.batch_repeat_interleave(n)
         ids = torch.full((n, longest - 1), encoder.tokens.pad, dtype=torch.long, device=device)
         mask = torch.zeros((n, longest - 1), dtype=torch.long, device=device)
@@ -94,36 +112,52 @@ def score_classes(model, encoder: PromptEncoder, image, candidates: list[list[in
             mask[i, :len(c) - 1] = 1
         prompt_mask = batch["attention_mask"].expand(n, -1)
         logits = model(input_ids=ids, attention_mask=torch.cat([prompt_mask, mask], dim=1),
-                       past_key_values=cache, use_cache=True).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
+                       cache=cache, use_cache=True).logits
+        logp = torch.log_softmax(_at_least_fp32(logits), dim=-1)
         for i, c in enumerate(candidates):
             if len(c) > 1:
                 scores[i] += logp[i, torch.arange(len(c) - 1), torch.tensor(c[1:], device=device)].sum()
     return scores.cpu().numpy()
 
 
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits up to fp32 for the softmax; fp32 and fp64 stay as they are."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def normalize_answer(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower().replace("_", " ").replace("-", " ")
+    """Compatibility forms folded (NFKC), case folded, '_' and '-' as spaces, other punctuation dropped,
+    whitespace collapsed: "  Yorkshire_Terrier." -> "yorkshire terrier". Letters keep their accents."""
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    text = text.replace("_", " ").replace("-", " ")
     return " ".join("".join(ch for ch in text if ch.isalnum() or ch.isspace()).split())
 
 
 def match_answer(text: str, classes: list[str]) -> str:
     """The class the generated text names exactly (after normalization), else UNPARSEABLE."""
-    norm = normalize_answer(text)
-    by_norm = {normalize_answer(c): c for c in classes}
-    return by_norm.get(norm, UNPARSEABLE)
+    by_norm: dict[str, str] = {}
+    for c in classes:
+        other = by_norm.setdefault(normalize_answer(c), c)
+        if other != c:
+            raise ValueError(f"classes {other!r} and {c!r} normalize to the same answer "
+                             f"{normalize_answer(c)!r}: generated text could not tell them apart; rename one")
+    return by_norm.get(normalize_answer(text), UNPARSEABLE)
 
 
 @torch.no_grad()
 def generate_answer(model, encoder: PromptEncoder, image, max_new_tokens: int) -> str:
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in encoder.encode([image], None).items()}
-    out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
-                         eos_token_id=[encoder.tokens.end_of_turn], pad_token_id=encoder.tokens.pad)
+    tok = encoder.processor.tokenizer
+    stop = [encoder.tokens.end_of_turn] + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+    out = model.generate(**batch, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                         eos_token_id=stop, pad_token_id=encoder.tokens.pad)
     return encoder.processor.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def _peak_memory(device: torch.device) -> tuple[float, str]:
+    """Peak GiB: CUDA allocations since the evaluation began, or the process's peak resident set on CPU
+    (ru_maxrss, KiB on Linux: a lifetime peak, which is this model's as the entrypoint runs one per process)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30, "GPU"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "CPU RSS"
@@ -149,10 +183,16 @@ def evaluate(dataset_dir: str | Path, output_dir: str | Path, cfg: EvalConfig) -
     manifest = data_lib.read_manifest(dataset_dir)
     classes = manifest["classes"]
     records = data_lib.read_split(dataset_dir, cfg.split)[: cfg.max_examples]
+    if resolve_device(cfg.device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(resolve_device(cfg.device))
+    load_started = time.perf_counter()
     model, processor, family, device = load_for_eval(cfg)
+    load_seconds = time.perf_counter() - load_started
     encoder = PromptEncoder(processor, family, manifest["instruction"])
     candidates = candidate_ids(encoder, classes)
-    max_new = max(len(c) for c in candidates) + 2
+    # Room for the longest class spelled differently ("Yorkshire_Terrier." takes more tokens than the
+    # canonical "yorkshire terrier"); generation stops at the end of the turn in any case.
+    max_new = 2 * max(len(c) for c in candidates) + 8
     y_true, y_pred, all_scores, rows = [], [], [], []
     started = time.perf_counter()
     for k, rec in enumerate(records, 1):
@@ -178,7 +218,8 @@ def evaluate(dataset_dir: str | Path, output_dir: str | Path, cfg: EvalConfig) -
         "name": cfg.name, "config": asdict(cfg), "family": family, "n_eval": len(records),
         "accuracy": result.accuracy, "macro_f1": result.macro_f1, "top3_accuracy": result.top3_accuracy,
         "unparseable_rate": float(np.mean([p == UNPARSEABLE for p in y_pred])) if y_pred else 0.0,
-        "seconds": seconds, "images_per_s": len(records) / seconds if seconds else None,
+        "seconds": seconds, "load_seconds": load_seconds,
+        "images_per_s": len(records) / seconds if seconds else None,
         "peak_memory_gib": peak, "memory_kind": kind, "classes": classes, "result": result.to_dict(),
     }
     with open(output / "predictions.jsonl", "w") as f:
@@ -202,13 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-token-budget", type=int, default=280)
     parser.add_argument("--quantize", default="auto", choices=["auto", "4bit", "none"])
     parser.add_argument("--max-examples", type=int, default=None)
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda:N")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     from petqlora.storage import local_path
 
     cfg = EvalConfig(name=args.name, base_model=local_path(args.base_model),
                      adapter=local_path(args.adapter) if args.adapter else None, split=args.split, mode=args.mode,
-                     image_token_budget=args.image_token_budget, quantize=args.quantize, max_examples=args.max_examples)
+                     image_token_budget=args.image_token_budget, quantize=args.quantize, max_examples=args.max_examples,
+                     device=args.device)
     evaluate(local_path(args.dataset), local_path(args.output), cfg)
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def run_local_pipeline(pipeline_func, output_dir: Path, config_path: Path, datas
     try:
         pipeline_func(**params)
     except Exception as exc:  # the failing task's log is above; summarise and keep what was produced
-        status, error = "failed", str(exc)
+        status, error = "failed", re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     wall = time.perf_counter() - started
     summary = summarize(_latest_run(pipeline_root, error), registry, params, status, error, wall)
     (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=1))
@@ -123,6 +124,8 @@ def summarize(run_dir: Path, registry: Path, params: dict, status: str, error: s
         artifacts[key] = str(path) if path.exists() else None
     if artifacts["adapter"]:
         artifacts["adapter"] = str(Path(artifacts["adapter"]) / "adapter")
+    if artifacts["token_boundary_report"]:
+        artifacts["token_boundary_report"] = str(Path(artifacts["token_boundary_report"]) / "records.jsonl")
     evaluation, models = None, {}
     if artifacts["evaluation"] and (Path(artifacts["evaluation"]) / "evaluation.json").exists():
         evaluation = json.loads((Path(artifacts["evaluation"]) / "evaluation.json").read_text())
@@ -135,8 +138,9 @@ def summarize(run_dir: Path, registry: Path, params: dict, status: str, error: s
                                                                       else "petqlora-gemma4-pets")
                  if v.run_id == run_dir.name]
         version = found[0].ref if found else None
+    failed = re.search(r"Inner task failed: '([\w-]+)'", error or "")
     return {
-        "status": status, "error": error, "run": run_dir.name, "wall_time_s": round(wall, 1),
+        "status": status, "error": error, "failed_step": failed.group(1) if failed else None, "run": run_dir.name, "wall_time_s": round(wall, 1),
         "models": models, "registered": version is not None, "model_version": version,
         "decision_reason": evaluation["reason"] if evaluation else None,
         "table": evaluation["table"] if evaluation else None,

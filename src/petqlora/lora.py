@@ -78,6 +78,10 @@ def check_targets(model: nn.Module, names: list[str], adapt_vision: bool) -> Non
         problems.append(f"targets that are not linear layers: {other[:5]}")
     if not any("language_model" in n for n in names):
         problems.append("no language-model projection is adapted: the answer tokens could not be learned")
+    if not adapt_vision and any("vision_tower" in n for n in names):
+        problems.append("adapt_vision is off but vision-tower modules are targeted (e.g. "
+                        f"{next(n for n in names if 'vision_tower' in n)}): set adapt_vision=true, or narrow "
+                        "target_modules to the language model")
     if adapt_vision and not any("vision_tower" in n for n in names):
         problems.append("adapt_vision is on but no vision-tower module is targeted: set adapt_vision=false, "
                         "or include the vision projections")
@@ -92,6 +96,11 @@ def build_lora_config(model: nn.Module, settings: LoraSettings = LoraSettings())
                               "need r >= 1, alpha >= 1 and 0 <= dropout < 1")
     if settings.target_modules is None:
         names = default_targets(model, settings.adapt_vision)
+    elif settings.target_modules == "all-linear":
+        # PEFT's shorthand (the published recipe): every linear layer but the output head; inside a
+        # Gemma4ClippableLinear that is the inner `.linear`, so the clamps stay.
+        names = [n for n, m in model.named_modules() if _is_linear(m) and not n.endswith("lm_head")
+                 and (settings.adapt_vision or "vision" not in n)]
     else:
         names = [n for n, _ in model.named_modules() if n and _matches(n, settings.target_modules)]
     check_targets(model, names, settings.adapt_vision)

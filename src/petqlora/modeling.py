@@ -60,6 +60,57 @@ def load_model(path: str | Path, *, quantize_4bit: bool, device: torch.device,
     return model
 
 
+def _skipped(name: str, skip_modules: tuple[str, ...]) -> bool:
+    # Prefixes of module paths, as `llm_int8_skip_modules` matches them in from_pretrained.
+    return any(name == s or name.startswith(s + ".") for s in skip_modules)
+
+
+def quantize_linears_4bit(model: torch.nn.Module,
+                          skip_modules: tuple[str, ...] = DEFAULT_SKIP_QUANTIZATION) -> int:
+    """Replace, in place on the GPU, each `nn.Linear` outside `skip_modules` by an NF4 `Linear4bit`.
+
+    The same layers and settings as `load_model(..., quantize_4bit=True)`, for a model built in memory:
+    benchmarks build random weights at the real widths on the GPU, where writing and reading a 58 GB
+    checkpoint would cost minutes. Returns the number of layers replaced.
+    """
+    import bitsandbytes as bnb
+
+    q = quantization_config(skip_modules)
+    targets = [(name, module) for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear) and not _skipped(name, skip_modules)]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
+                                  compute_dtype=q.bnb_4bit_compute_dtype, compress_statistics=q.bnb_4bit_use_double_quant,
+                                  quant_type=q.bnb_4bit_quant_type, quant_storage=q.bnb_4bit_quant_storage,
+                                  device="meta")
+        device = module.weight.device
+        # Params4bit quantizes when moved to a device; done one layer at a time so memory only falls.
+        layer.weight = bnb.nn.Params4bit(module.weight.data, requires_grad=False, quant_type=q.bnb_4bit_quant_type,
+                                         compress_statistics=q.bnb_4bit_use_double_quant,
+                                         quant_storage=q.bnb_4bit_quant_storage, module=layer).to(device)
+        if module.bias is not None:
+            layer.bias = torch.nn.Parameter(module.bias.data, requires_grad=False)
+        setattr(parent, child, layer)
+    model.is_loaded_in_4bit = True  # what PEFT reads to treat the model as k-bit
+    return len(targets)
+
+
+def compile_decoder_layers(model: torch.nn.Module) -> int:
+    """`torch.compile` each language-model decoder layer in place (regional compilation); returns how many.
+
+    Whole-model compilation breaks at the vision tower's data-dependent shapes and takes minutes; the
+    decoder layers repeat, so their graphs are shared and most element-wise work (norms, activations,
+    residual adds, dtype casts) gets fused. Gradient checkpointing wraps the compiled call.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = inner.model.language_model.layers
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def load_model_and_processor(path: str | Path, *, quantize_4bit: bool, device: torch.device,
                              image_token_budget: int | None = None, **kwargs):
     family = model_family(path)

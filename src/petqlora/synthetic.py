@@ -90,18 +90,36 @@ def render_pet(breed: str, rng: np.random.Generator) -> Image.Image:
 
 
 def generate_synthetic_pets(out_dir: str | Path, per_class: int = 60, seed: int = 0,
-                            breeds: list[str] | None = None) -> Path:
-    """Write `out_dir/<breed>/<breed>_<i>.jpg` for each breed; returns `out_dir`."""
+                            breeds: list[str] | None = None, layout: str = "image_folder") -> Path:
+    """Write `out_dir/<breed>/<breed>_<i>.jpg` for each breed; returns `out_dir`.
+
+    `layout="oxford"` writes the Oxford-IIIT Pet native layout instead: `images/<Breed>_<i>.jpg` and
+    `annotations/list.txt`, `trainval.txt`, `test.txt` (rows `Image CLASS-ID SPECIES BREED-ID`; the
+    first half of each breed in trainval, the rest in test).
+    """
+    if layout not in ("image_folder", "oxford"):
+        raise ValueError(f"layout={layout!r} must be 'image_folder' or 'oxford'")
     names = list(BREEDS) if breeds is None else breeds
     unknown = [b for b in names if b not in BREEDS]
     if unknown or per_class < 1:
         raise ValueError(f"synthetic dataset: unknown breeds {unknown} (known: {list(BREEDS)}) "
                          f"or per_class={per_class} < 1")
     out = Path(out_dir)
+    rows: list[tuple[str, str]] = []  # (row, split)
     for b_idx, breed in enumerate(names):
-        folder = out / breed
+        folder = out / "images" if layout == "oxford" else out / breed
         folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng([seed, b_idx])
+        species = 1 if breed[0].isupper() else 2  # Oxford: cats are capitalised, dogs lower case
         for i in range(per_class):
             render_pet(breed, rng).save(folder / f"{breed}_{i + 1}.jpg", quality=92)
+            rows.append((f"{breed}_{i + 1} {b_idx + 1} {species} {b_idx + 1}",
+                         "trainval" if i < per_class // 2 else "test"))
+    if layout == "oxford":
+        ann = out / "annotations"
+        ann.mkdir(parents=True, exist_ok=True)
+        header = "#Image CLASS-ID SPECIES BREED ID\n#ID: 1:37 Class ids\n#SPECIES: 1:Cat 2:Dog\n"
+        (ann / "list.txt").write_text(header + "".join(r + "\n" for r, _ in rows))
+        for split in ("trainval", "test"):
+            (ann / f"{split}.txt").write_text("".join(r + "\n" for r, sp in rows if sp == split))
     return out

@@ -43,7 +43,8 @@ from petqlora import data as data_lib
 from petqlora.encoding import PromptEncoder
 from petqlora.lora import LoraSettings, build_lora_config
 from petqlora.masking import IGNORE_INDEX
-from petqlora.modeling import DEFAULT_SKIP_QUANTIZATION, load_model_and_processor, resolve_device, supervised_logits
+from petqlora.modeling import (DEFAULT_SKIP_QUANTIZATION, compile_decoder_layers, load_model_and_processor,
+                               resolve_device, supervised_logits)
 
 log = logging.getLogger("petqlora.train_adapter")
 
@@ -71,6 +72,12 @@ class TrainConfig:
     quantize: str = "auto"               # auto (4-bit on GPU, none on CPU) | 4bit | none
     skip_quantization: tuple[str, ...] = DEFAULT_SKIP_QUANTIZATION  # module-path prefixes kept in bf16
     gradient_checkpointing: bool | None = None  # None: on with a GPU
+    # peft's prepare_model_for_kbit_training casts every frozen bf16 weight (embeddings, vision tower,
+    # norms) to fp32: 5.6 GB more for 31B's embeddings and fp32 matrix products in the vision tower.
+    # Off keeps them bf16 (the loss is the same: see BENCHMARKS.md).
+    upcast_frozen_fp32: bool = False
+    autocast_bf16: bool | None = None    # None: on with a GPU; products in bf16, LoRA's master weights fp32
+    compile_layers: bool = False         # torch.compile each decoder layer (GPU; the first steps compile)
     optimizer: str = "auto"              # auto (paged 8-bit AdamW on GPU, AdamW on CPU) | adamw | paged_adamw_8bit
     seed: int = 42
     checkpoint_every: int = 50           # optimizer steps between checkpoints; 0 disables
@@ -92,7 +99,8 @@ class TrainConfig:
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
                 problems.append(f"{name}={value!r} must be a finite number")
                 bad.add(name)
-        for name in ("adapt_vision",) + (("gradient_checkpointing",) if self.gradient_checkpointing is not None else ()):
+        optional_bools = tuple(n for n in ("gradient_checkpointing", "autocast_bf16") if getattr(self, n) is not None)
+        for name in ("adapt_vision", "upcast_frozen_fp32", "compile_layers") + optional_bools:
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={getattr(self, name)!r} must be true or false")
         if not isinstance(self.base_model, str) or not self.base_model:
@@ -238,6 +246,54 @@ def _optimizer(params, cfg: TrainConfig, device: torch.device):
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay), name
 
 
+def prepare_for_training(model, cfg: TrainConfig, device: torch.device, quantized: bool):
+    """Wrap the base model with LoRA as `cfg` says; returns the PEFT model and the adapted module paths.
+
+    Benchmarks call this too, so that what they time is the training path itself.
+    """
+    from peft import get_peft_model
+
+    lora_config = build_lora_config(model, LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.adapt_vision))
+    targets = sorted(lora_config.target_modules)
+    log.info("LoRA r=%d alpha=%d on %d modules (%d vision): %s%s", cfg.lora_r, cfg.lora_alpha, len(targets),
+             sum("vision_tower" in t for t in targets), ", ".join(targets[:4]), " ..." if len(targets) > 4 else "")
+    if quantized and cfg.upcast_frozen_fp32:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    # LoRA weights are made fp32 (PEFT's autocast_adapter_dtype): the optimizer updates full-precision masters.
+    model = get_peft_model(model, lora_config)
+    grad_ckpt = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device.type == "cuda"
+    if grad_ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.compile_layers:
+        log.info("torch.compile: %d decoder layers", compile_decoder_layers(model))
+    model.train()
+    return model, targets
+
+
+def uses_autocast(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.autocast_bf16 if cfg.autocast_bf16 is not None else device.type == "cuda"
+
+
+def forward_backward(model, encoded: list[dict], device: torch.device, autocast: bool) -> tuple[float, int]:
+    """Forward and backward over one optimizer step's micro-batches; returns (loss, tokens attended).
+
+    The loss is the mean over every supervised token of the step, however they fall into micro-batches.
+    """
+    n_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in encoded)
+    total, seen = 0.0, 0
+    for b in encoded:
+        batch = {k: v.to(device) for k, v in b.items() if k != "labels"}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits, answer_ids = supervised_logits(model, batch, b["labels"].to(device))
+        loss = torch.nn.functional.cross_entropy(logits.float(), answer_ids, reduction="sum") / n_tokens
+        loss.backward()
+        total += loss.item()
+        seen += int(b["attention_mask"].sum())
+    return total, seen
+
+
 # ---- checkpoints: written to a temporary folder, then renamed, so a kill never leaves half of one.
 
 def _checkpoint_dirs(output: Path) -> list[Path]:
@@ -350,7 +406,6 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
     kill would) after that many optimizer steps in this call, leaving its checkpoints: tests use it to
     show that resuming gives the same adapter.
     """
-    from peft import get_peft_model
     from transformers import get_cosine_schedule_with_warmup
 
     if stop_after_steps is not None and stop_after_steps < 1:
@@ -396,19 +451,8 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
     if dropped:
         log.warning("dropped %d example(s) longer than max_length=%d: %s", len(dropped), cfg.max_length, dropped)
 
-    lora_config = build_lora_config(model, LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.adapt_vision))
-    targets = sorted(lora_config.target_modules)
-    log.info("LoRA r=%d alpha=%d on %d modules (%d vision): %s%s", cfg.lora_r, cfg.lora_alpha, len(targets),
-             sum("vision_tower" in t for t in targets), ", ".join(targets[:4]), " ..." if len(targets) > 4 else "")
-    if quantize:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model = get_peft_model(model, lora_config)
-    grad_ckpt = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device.type == "cuda"
-    if grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
+    model, targets = prepare_for_training(model, cfg, device, quantize)
+    autocast = uses_autocast(cfg, device)
 
     batches_per_epoch = math.ceil(len(records) / cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
@@ -457,17 +501,8 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
             recs = [records[i] for i in idx]
             images = [data_lib.load_image(dataset_dir, r) for r in recs]
             encoded.append(encoder.encode(images, [r["label"] for r in recs]))
-        # Mean over every supervised token of the step, however they fall into micro-batches.
-        n_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in encoded)
-        total = 0.0
-        for b in encoded:
-            labels = b.pop("labels")
-            batch = {k: v.to(device) for k, v in b.items()}
-            logits, answer_ids = supervised_logits(model, batch, labels.to(device))
-            loss = torch.nn.functional.cross_entropy(logits, answer_ids, reduction="sum") / n_tokens
-            loss.backward()
-            total += loss.item()
-            state.tokens_seen += int(b["attention_mask"].sum())
+        total, seen = forward_backward(model, encoded, device, autocast)
+        state.tokens_seen += seen
         torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()

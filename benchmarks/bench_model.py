@@ -1,0 +1,165 @@
+"""Random-weight Gemma 4 models at the real 31B widths, and the data the benchmarks feed them.
+
+No real checkpoint can be fetched on the GPU machine, so the benchmarks build one: Gemma 4 31B's layer
+widths (text hidden 5376, 32 heads, 16 KV heads of 256 on sliding layers and 4 of 512 on global ones,
+`attention_k_eq_v`, MLP 21504, vocabulary 262,144; vision 1152 wide, patch 16, pooling 3) with as many
+layers as asked. The tokenizer is the project's offline one (tiny_models) with whole-word merges for the
+prompt's words, so a prompt is about as long in tokens as with the real vocabulary; the processor is the
+project's, with the real patch size.
+
+Build a checkpoint folder (what `python -m petqlora.train_adapter` loads), e.g. 4 text + 2 vision layers:
+
+    python benchmarks/bench_model.py --out /tmp/gemma4-31b-4layers --text-layers 4 --vision-layers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+from petqlora import tiny_models
+from petqlora.processors import Gemma4ImageTextProcessor
+
+# The 37 Oxford-IIIT Pet breeds as prepare_data names them (lower case, spaces).
+OXFORD_CLASSES = [
+    "abyssinian", "american bulldog", "american pit bull terrier", "basset hound", "beagle", "bengal", "birman",
+    "bombay", "boxer", "british shorthair", "chihuahua", "egyptian mau", "english cocker spaniel",
+    "english setter", "german shorthaired", "great pyrenees", "havanese", "japanese chin", "keeshond",
+    "leonberger", "maine coon", "miniature pinscher", "newfoundland", "persian", "pomeranian", "pug", "ragdoll",
+    "russian blue", "saint bernard", "samoyed", "scottish terrier", "shiba inu", "siamese", "sphynx",
+    "staffordshire bull terrier", "wheaten terrier", "yorkshire terrier",
+]
+_PROMPT_WORDS = "What breed is the pet in this image Answer with exactly one from list".split()
+
+
+def build_tokenizer():
+    """tiny_models' tokenizer and 31B template, plus whole-word merges for the breeds and the prompt."""
+    words = {w for name in OXFORD_CLASSES for w in name.split()} | set(_PROMPT_WORDS)
+    # Inside the prompt a word follows a space ("▁"); an answer's first word does not. "▁" forms first:
+    # BPE applies merges by rank, and only their chains are free of each other's pairs.
+    extra = sorted("▁" + w for w in words) + sorted({name.split()[0] for name in OXFORD_CLASSES} | {"What"})
+    merge_words = tiny_models._MERGE_WORDS + [w for w in extra if w not in tiny_models._MERGE_WORDS]
+    template = tiny_models._GEMMA4_TEMPLATE.replace("{THOUGHT}", "<|channel>thought\n<channel|>")
+    build_vocab = tiny_models._vocab_and_merges
+
+    def first_merges_only(specials):
+        # Words share pairs ("t","h"); a repeated merge would take the later, lower rank and split words.
+        vocab, merges = build_vocab(specials)
+        return vocab, list(dict.fromkeys(merges))
+
+    with mock.patch.object(tiny_models, "_MERGE_WORDS", merge_words), \
+            mock.patch.object(tiny_models, "_vocab_and_merges", first_merges_only):
+        return tiny_models.build_tokenizer("gemma4", template)
+
+
+def build_processor(max_soft_tokens: int = 280):
+    from transformers import Gemma4ImageProcessorPil
+
+    tok = build_tokenizer()
+    image_processor = Gemma4ImageProcessorPil(patch_size=16, max_soft_tokens=max_soft_tokens, pooling_kernel_size=3)
+    return Gemma4ImageTextProcessor(image_processor, tok, chat_template=tok.chat_template)
+
+
+# Narrow widths (same structure, real vocabulary) for trying the benchmark scripts on a CPU.
+_WIDTHS = {
+    "31b": dict(hidden=5376, mlp=21504, heads=32, kv=16, head_dim=256, global_head_dim=512, global_kv=4,
+                v_hidden=1152, v_mlp=4304, v_heads=16, v_head_dim=72),
+    "narrow": dict(hidden=256, mlp=512, heads=4, kv=2, head_dim=64, global_head_dim=128, global_kv=1,
+                   v_hidden=64, v_mlp=128, v_heads=2, v_head_dim=32),
+}
+
+
+def gemma4_31b_config(tok, text_layers: int = 60, vision_layers: int = 27, widths: str = "31b"):
+    """Gemma 4 31B's config with `text_layers` decoder and `vision_layers` vision layers."""
+    w = _WIDTHS[widths]
+    from transformers import Gemma4Config, Gemma4TextConfig, Gemma4VisionConfig
+
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in
+           [("boi", "<|image>"), ("eoi", "<image|>"), ("image", "<|image|>"), ("video", "<|video|>"),
+            ("boa", "<|audio>"), ("eoa", "<audio|>"), ("audio", "<|audio|>")]}
+    # Five sliding-window layers, then one global, as in the 31B; the config makes the last one global.
+    layer_types = ["full_attention" if i % 6 == 5 else "sliding_attention" for i in range(text_layers)]
+    text = Gemma4TextConfig(
+        vocab_size=262_144, hidden_size=w["hidden"], intermediate_size=w["mlp"], num_hidden_layers=text_layers,
+        num_attention_heads=w["heads"], num_key_value_heads=w["kv"], head_dim=w["head_dim"],
+        global_head_dim=w["global_head_dim"], num_global_key_value_heads=w["global_kv"], attention_k_eq_v=True, hidden_size_per_layer_input=0,
+        sliding_window=1024, layer_types=layer_types, final_logit_softcapping=30.0,
+        pad_token_id=0, eos_token_id=[1, tok.convert_tokens_to_ids("<turn|>")], bos_token_id=2)
+    vision = Gemma4VisionConfig(
+        hidden_size=w["v_hidden"], intermediate_size=w["v_mlp"], num_hidden_layers=vision_layers,
+        num_attention_heads=w["v_heads"], num_key_value_heads=w["v_heads"], head_dim=w["v_head_dim"], patch_size=16, pooling_kernel_size=3,
+        use_clipped_linears=False, standardize=True)
+    return Gemma4Config(
+        text_config=text, vision_config=vision, audio_config=None, boi_token_id=ids["boi"],
+        eoi_token_id=ids["eoi"], image_token_id=ids["image"], video_token_id=ids["video"],
+        boa_token_id=ids["boa"], eoa_token_index=ids["eoa"], audio_token_id=ids["audio"])
+
+
+def build_model(config, device: str = "cuda", seed: int = 0, quantize: bool = True):
+    """Random bf16 weights built on `device` (seconds at 31B on a GPU), then NF4 like load_model's.
+
+    Returns (model, parameter count before quantization). The same seed gives the same weights.
+    """
+    from transformers import Gemma4ForConditionalGeneration
+
+    from petqlora.modeling import quantize_linears_4bit
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Gemma4ForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    n_params = sum(p.numel() for p in model.parameters())
+    if quantize:
+        quantize_linears_4bit(model)
+    model.generation_config.do_sample = False
+    return model, n_params
+
+
+def save_checkpoint_folder(out: str | Path, text_layers: int, vision_layers: int, device: str,
+                           widths: str = "31b") -> dict:
+    """A save_pretrained folder (bf16 weights + processor), loadable by petqlora.modeling.load_model."""
+    started = time.perf_counter()
+    processor = build_processor()
+    config = gemma4_31b_config(processor.tokenizer, text_layers, vision_layers, widths)
+    model, n_params = build_model(config, device=device, quantize=False)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    return {"path": str(out), "parameters": n_params, "text_layers": text_layers, "vision_layers": vision_layers,
+            "seconds": time.perf_counter() - started}
+
+
+def oxford_instruction() -> str:
+    from petqlora.prompts import render_instruction
+
+    return render_instruction(OXFORD_CLASSES)
+
+
+def synthetic_dataset(root: str | Path, per_class: int = 14) -> Path:
+    """The project's synthetic pets (6 Oxford breeds, varied aspect ratios), prepared like real data."""
+    from petqlora.prepare_data import PrepareDataConfig, prepare_data
+    from petqlora.synthetic import generate_synthetic_pets
+
+    root = Path(root)
+    source = generate_synthetic_pets(root / "source", per_class=per_class, seed=0)
+    out = root / "dataset"
+    prepare_data(PrepareDataConfig(source=str(source)), out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--text-layers", type=int, default=4)
+    parser.add_argument("--vision-layers", type=int, default=2)
+    parser.add_argument("--widths", default="31b", choices=sorted(_WIDTHS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    print(save_checkpoint_folder(args.out, args.text_layers, args.vision_layers, args.device, args.widths))
+
+
+if __name__ == "__main__":
+    main()
+

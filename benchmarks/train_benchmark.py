@@ -1,0 +1,254 @@
+"""QLoRA training throughput: the published reference recipe against the project's training path.
+
+    PYTHONUNBUFFERED=1 python benchmarks/train_benchmark.py --out benchmarks/results --tag h200_31b \
+        --text-layers 60 --vision-layers 27
+
+Every variant trains the same random-weight Gemma 4 (31B widths, NF4 + double quant, bf16 compute; see
+bench_model.py), from the same LoRA initialisation (r=64, alpha=64, every linear layer), with paged 8-bit
+AdamW at lr 5e-5, on the same samples in the same optimizer steps of 16 samples each:
+
+- reference: the published recipe (Google's Cloud Run sample through TRL's SFTTrainer): batch 1 x
+  grad-accum 16, each sample alone (no padding), the model's own loss (logits over the whole vocabulary at
+  every position), gradient checkpointing, peft's prepare_model_for_kbit_training, bf16 autocast, LoRA
+  dropout 0.05. Written here, since the project does not train this way.
+- ours_*: the project's own code (train_adapter.prepare_for_training, forward_backward, _optimizer,
+  batch_plan, PromptEncoder.encode, modeling.supervised_logits), with the TrainConfig options named in the
+  variant. Each step's 16 samples are grouped by length into batches with batch_plan.
+
+The first optimizer step of each variant is a warm-up and is not timed. Loss per step is recorded for
+every variant (the step-1 loss is the initial model's on the same 16 samples: equal up to rounding).
+MFU = 6 x parameters x tokens / time / 790 TFLOP/s (the H200's measured bf16 matrix rate); tokens are the
+real (unpadded) ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_model  # noqa: E402
+
+from petqlora import data as data_lib  # noqa: E402
+from petqlora.encoding import PromptEncoder  # noqa: E402
+from petqlora.lora import LoraSettings, build_lora_config  # noqa: E402
+from petqlora.masking import IGNORE_INDEX  # noqa: E402
+from petqlora.train_adapter import (TrainConfig, _optimizer, batch_plan, forward_backward,  # noqa: E402
+                                    prepare_for_training, uses_autocast)
+
+PEAK_FLOPS = 790e12
+SAMPLES_PER_STEP = 16
+
+# TrainConfig overrides per variant; the common part is in `ours_config`.
+VARIANTS = {
+    # The project's path before this benchmark: supervised-only logits and batches of 8, but fp32
+    # upcasts, no autocast, LoRA dropout 0.05, LoRA on the vision tower.
+    "ours_as_was_b8": dict(batch_size=8, grad_accum=2, lora_dropout=0.05, upcast_frozen_fp32=True,
+                           autocast_bf16=False),
+    "ours_bf16_b8": dict(batch_size=8, grad_accum=2, lora_dropout=0.0),
+    "ours_bf16_b8_frozen_vision": dict(batch_size=8, grad_accum=2, lora_dropout=0.0, adapt_vision=False),
+    "ours_bf16_b16_frozen_vision": dict(batch_size=16, grad_accum=1, lora_dropout=0.0, adapt_vision=False),
+    "ours_bf16_b16_frozen_vision_compiled": dict(batch_size=16, grad_accum=1, lora_dropout=0.0,
+                                                 adapt_vision=False, compile_layers=True),
+}
+
+
+def ours_config(**overrides) -> TrainConfig:
+    values = dict(base_model="in-memory random weights", lora_r=64, lora_alpha=64, learning_rate=5e-5,
+                  warmup_ratio=0.0, max_grad_norm=1.0, quantize="4bit", optimizer="paged_adamw_8bit",
+                  gradient_checkpointing=True, image_token_budget=280, max_length=1024, device="cuda")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def load_samples(dataset: Path, n: int, encoder: PromptEncoder) -> list[dict]:
+    records = data_lib.read_split(dataset, "train")
+    records = (records * (n // len(records) + 1))[:n]
+    samples = [{"image": data_lib.load_image(dataset, r), "label": r["label"]} for r in records]
+    for x in samples:
+        x["length"] = int(encoder.encode([x["image"]], [x["label"]])["attention_mask"].sum())
+    return samples
+
+
+def encode_steps(encoder: PromptEncoder, samples: list[dict], steps: int, batch_size: int | None):
+    """Per optimizer step, its micro-batches: one sample each (batch_size None) or length-grouped batches."""
+    out = []
+    for s in range(steps):
+        window = samples[s * SAMPLES_PER_STEP:(s + 1) * SAMPLES_PER_STEP]
+        if batch_size is None:
+            groups = [[i] for i in range(len(window))]
+        else:
+            groups = batch_plan([x["length"] for x in window], batch_size, seed=0, epoch=s)  # sorts the 16 by length, then cuts
+        out.append([encoder.encode([window[i]["image"] for i in g], [window[i]["label"] for i in g]) for g in groups])
+    return out
+
+
+def reference_step(model, micro_batches: list[dict], device) -> tuple[float, int]:
+    """Batch 1 x grad-accum 16 with the model's own full-vocabulary loss, weighted per supervised token."""
+    n_sup = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
+    total, seen = 0.0, 0
+    for b in micro_batches:
+        batch = {k: v.to(device) for k, v in b.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = model(**batch, use_cache=False)
+        k = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
+        loss = out.loss * k / n_sup  # TRL's num_items_in_batch weighting: the mean over the step's tokens
+        loss.backward()
+        total += loss.item()
+        seen += int(b["attention_mask"].sum())
+        del out, loss
+    return total, seen
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _gib(stat: str, device) -> float | None:
+    return getattr(torch.cuda, stat)() / 2**30 if device.type == "cuda" else None
+
+
+def run_variant(name: str, args, config, encoder, samples) -> dict:
+    device = torch.device(args.device)  # cpu only to try the script: 4-bit on CPU, AdamW
+    reference = name == "reference"
+    steps = args.ref_steps if reference else args.steps
+    on_cpu = dict(device="cpu", optimizer="adamw") if device.type == "cpu" else {}
+    cfg = None if reference else ours_config(**{**VARIANTS[name], **on_cpu})
+    started = time.perf_counter()
+    plan = encode_steps(encoder, samples, steps, None if reference else cfg.batch_size)
+    encode_s = time.perf_counter() - started
+    model, n_params = bench_model.build_model(config, device=device.type, seed=0)
+    build_s = time.perf_counter() - started - encode_s
+    _sync(device)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()  # the bf16 build before quantization is not training's
+    weights_gib = _gib("memory_allocated", device)
+    torch.manual_seed(1)  # the same LoRA initialisation in every variant
+    if reference:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        lora = build_lora_config(model, LoraSettings(r=64, alpha=64, dropout=0.05, adapt_vision=True))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = get_peft_model(model, lora)
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        import bitsandbytes as bnb
+
+        optimizer = (bnb.optim.PagedAdamW8bit(trainable, lr=5e-5, weight_decay=0.0) if device.type == "cuda"
+                     else torch.optim.AdamW(trainable, lr=5e-5, weight_decay=0.0))
+        step_fn = lambda mbs: reference_step(model, mbs, device)  # noqa: E731
+    else:
+        model, _ = prepare_for_training(model, cfg, device, quantized=True)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer, _ = _optimizer(trainable, cfg, device)
+        autocast = uses_autocast(cfg, device)
+        step_fn = lambda mbs: forward_backward(model, mbs, device, autocast)  # noqa: E731
+    n_trainable = sum(p.numel() for p in trainable)
+    losses, times, tokens, padded = [], [], [], []
+    for s, micro_batches in enumerate(plan):
+        _sync(device)
+        t0 = time.perf_counter()
+        loss, seen = step_fn(micro_batches)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        losses.append(loss)
+        tokens.append(seen)
+        padded.append(sum(b["input_ids"].numel() for b in micro_batches))
+        print(f"  {name} step {s + 1}/{steps}: loss {loss:.4f}, {times[-1]:.2f}s", flush=True)
+    timed = slice(1, None)  # step 1 warms up (kernels, allocator, optimizer state)
+    t = sum(times[timed])
+    n_samples = SAMPLES_PER_STEP * len(times[timed])
+    result = {
+        "variant": name, "config": None if reference else {k: v for k, v in vars(cfg).items()},
+        "recipe": ("batch 1 x grad-accum 16, full-vocabulary logits (model loss), gradient checkpointing, "
+                   "prepare_model_for_kbit_training, bf16 autocast, LoRA dropout 0.05, paged 8-bit AdamW")
+        if reference else "petqlora.train_adapter path",
+        "parameters": n_params, "trainable_parameters": n_trainable, "weights_gib": weights_gib,
+        "steps": steps, "timed_steps": len(times[timed]), "step_times_s": times, "losses": losses,
+        "samples_per_s": n_samples / t, "tokens_per_s": sum(tokens[timed]) / t,
+        "padded_tokens_per_s": sum(padded[timed]) / t, "tokens_per_sample": sum(tokens) / (SAMPLES_PER_STEP * steps),
+        "padding_fraction": 1 - sum(tokens) / sum(padded),
+        "mfu": 6 * n_params * sum(tokens[timed]) / t / PEAK_FLOPS,
+        "peak_memory_gib": _gib("max_memory_allocated", device),
+        "peak_reserved_gib": _gib("max_memory_reserved", device),
+        "encode_s": encode_s, "build_s": build_s, "wall_s": time.perf_counter() - started,
+    }
+    del model, optimizer, trainable, step_fn
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="h200_31b")
+    parser.add_argument("--text-layers", type=int, default=60)
+    parser.add_argument("--vision-layers", type=int, default=27)
+    parser.add_argument("--widths", default="31b")
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per ours_* variant (first untimed)")
+    parser.add_argument("--ref-steps", type=int, default=2, help="optimizer steps for the reference")
+    parser.add_argument("--variants", default="reference," + ",".join(VARIANTS))
+    parser.add_argument("--deadline-s", type=float, default=420, help="start no variant after this many seconds")
+    parser.add_argument("--work", default="/tmp/petqlora_bench")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    processor = bench_model.build_processor(280)
+    encoder = PromptEncoder(processor, "gemma4", bench_model.oxford_instruction())
+    config = bench_model.gemma4_31b_config(processor.tokenizer, args.text_layers, args.vision_layers, args.widths)
+    dataset = bench_model.synthetic_dataset(args.work)
+    samples = load_samples(dataset, SAMPLES_PER_STEP * max(args.steps, args.ref_steps), encoder)
+    report = {"machine": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
+              "text_layers": args.text_layers, "vision_layers": args.vision_layers, "widths": args.widths,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv),
+              "samples_per_step": SAMPLES_PER_STEP, "peak_flops": PEAK_FLOPS, "variants": {}, "not_run": {}}
+    path = out / f"train_{args.tag}.json"
+    for name in args.variants.split(","):
+        if time.perf_counter() - started > args.deadline_s:
+            report["not_run"][name] = "deadline reached"
+            continue
+        print(f"variant {name}", flush=True)
+        try:
+            report["variants"][name] = run_variant(name, args, config, encoder, samples)
+        except Exception as exc:  # noqa: BLE001 - one failing variant must not lose the others' figures
+            import traceback
+
+            traceback.print_exc()
+            report["not_run"][name] = f"{type(exc).__name__}: {exc}"[:2000]
+            gc.collect()
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+        path.write_text(json.dumps(report, indent=1))  # after every variant: a timeout keeps what ran
+    ref = report["variants"].get("reference")
+    for v in report["variants"].values():
+        if ref:
+            v["speedup_vs_reference"] = v["samples_per_s"] / ref["samples_per_s"]
+            v["loss_step1_minus_reference"] = v["losses"][0] - ref["losses"][0]
+            if len(ref["losses"]) > 1 and len(v["losses"]) > 1:
+                v["loss_step2_minus_reference"] = v["losses"][1] - ref["losses"][1]
+        print(f"{v['variant']:40s} {v['samples_per_s']:7.3f} samples/s  {v['tokens_per_s']:8.0f} tok/s  "
+              f"MFU {v['mfu']:.3f}  peak {v['peak_memory_gib'] or 0:6.2f} GiB  losses {[round(x, 4) for x in v['losses']]}")
+    report["total_s"] = time.perf_counter() - started
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The whole pipeline on this machine (kfp.local), as `make run` runs it, plus its failure and no-win paths."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+def run_local(out: Path, config: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    result = subprocess.run([sys.executable, "pipeline.py", "run-local", "--output-dir", str(out), "--config",
+                             str(config), *extra], cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    summary = json.loads((out / "run_summary.json").read_text())
+    return result, summary
+
+
+def small_config(tmp_path: Path, name: str, **parameters) -> Path:
+    config = yaml.safe_load((ROOT / "configs/local.yaml").read_text())
+    config["parameters"].update(parameters)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result, summary = run_local(out, ROOT / "configs/local.yaml")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return out, result, summary
+
+
+def test_default_run_trains_a_winner_and_registers_it(default_run):
+    out, result, summary = default_run
+    models = summary["models"]
+    assert set(models) == {"finetuned", "gemma4_baseline", "gemma3_baseline"}
+    for values in models.values():
+        assert {"accuracy", "macro_f1", "n_eval"} <= set(values)
+        assert values["n_eval"] == models["finetuned"]["n_eval"] > 0  # one held-out split for all
+    assert models["finetuned"]["accuracy"] > max(models["gemma4_baseline"]["accuracy"],
+                                                 models["gemma3_baseline"]["accuracy"])
+    assert summary["registered"] is True
+    assert summary["model_version"] == "petqlora-gemma4-pets@1"
+    assert "Gemma 4 + QLoRA (fine-tuned)" in result.stdout and "Registered petqlora-gemma4-pets@1" in result.stdout
+
+
+def test_default_run_artifacts(default_run):
+    out, _, summary = default_run
+    art = summary["artifacts"]
+    assert (Path(art["dataset"]) / "manifest.json").exists()
+    assert (Path(art["adapter"]) / "adapter_model.safetensors").exists()
+    html = Path(art["evaluation_report"]).read_text()
+    assert "<table" in html and "Gemma 3 baseline" in html
+    records = [json.loads(line) for line in Path(art["token_boundary_report"]).read_text().splitlines()]
+    assert records and all(r["ok"] for r in records)
+    assert {"example_id", "image_tokens", "expected_image_tokens", "supervised_text", "label", "ok",
+            "problem"} <= set(records[0])
+    assert len({r["image_tokens"] for r in records}) > 2  # aspect ratios give varied soft-token counts
+    assert all(r["supervised_text"] == r["label"] + "<turn|>" for r in records)
+
+
+def test_lineage_prints_the_whole_chain(default_run):
+    out, _, summary = default_run
+    result = subprocess.run([sys.executable, "pipeline.py", "lineage", summary["model_version"], "--registry",
+                             summary["registry"]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    positions = [text.find(word) for word in ("dataset", "token", "adapter", "evaluation")]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions)
+    assert summary["artifacts"]["adapter"].rsplit("/adapter", 1)[0] in text
+
+
+def test_a_run_that_does_not_win_registers_nothing_and_says_why(default_run, tmp_path):
+    """Same output dir (so version 1 is the champion), an Oxford-layout dataset, and an adapter barely trained."""
+    from petqlora.synthetic import generate_synthetic_pets
+
+    out, _, _ = default_run
+    oxford = generate_synthetic_pets(tmp_path / "oxford", per_class=16, seed=7, layout="oxford")
+    config = small_config(tmp_path, "no_win.yaml", learning_rate=1e-7,
+                          train_options={"max_steps": 1, "checkpoint_every": 0})
+    result, summary = run_local(out, config, "--dataset", str(oxford))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert summary["registered"] is False and summary["model_version"] is None
+    assert "champion" in summary["models"]  # the registered version was evaluated on the same split
+    assert summary["decision_reason"].startswith("not registered")
+    assert "Nothing registered" in result.stdout
+
+
+def test_a_broken_example_fails_validation_before_training(tmp_path):
+    """max_length one token short of the longest example: that example's answer would be cut."""
+    from petqlora.encoding import PromptEncoder
+    from petqlora.local_run import resolve_dataset, resolve_model
+    from petqlora.prepare_data import PrepareDataConfig, prepare_data
+    from petqlora.processors import load_processor
+    from petqlora import data as data_lib
+    from petqlora.train_adapter import _sequence_length
+
+    out = tmp_path / "run"
+    folder = resolve_dataset({"synthetic": {"per_class": 8, "seed": 3}}, None, out / "data")
+    model = resolve_model("tiny:gemma4-31b", out / "models")
+    ds = prepare_data(PrepareDataConfig(source=folder), tmp_path / "ds").path
+    encoder = PromptEncoder(load_processor(model, "gemma4", 70), "gemma4", data_lib.read_manifest(ds)["instruction"])
+    lengths = {r["id"]: _sequence_length(encoder, r) for s in data_lib.SPLITS for r in data_lib.read_split(ds, s)}
+    longest = max(lengths.values())
+    broken = sorted(i for i, n in lengths.items() if n == longest)
+    config = yaml.safe_load((ROOT / "configs/local.yaml").read_text())
+    config["dataset"] = {"synthetic": {"per_class": 8, "seed": 3}}
+    config["parameters"]["max_length"] = longest - 1
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result, summary = run_local(out, path)
+    assert result.returncode != 0
+    assert summary["status"] == "failed" and summary["failed_step"] == "validate-token-boundaries"
+    log = result.stdout + result.stderr
+    for example_id in broken:
+        assert example_id in log
+    assert "exceed max_length" in log
+    assert summary["artifacts"]["adapter"] is None  # no training was paid for

@@ -1,0 +1,121 @@
+"""The pipeline's wiring and its cloud commands, without running any step."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pipeline  # noqa: E402
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "pipeline.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict:
+    path = tmp_path_factory.mktemp("yaml") / "pipeline.yaml"
+    assert pipeline.main(["compile", "--output", str(path)]) == 0
+    return yaml.safe_load(path.read_text())
+
+
+def test_five_steps_in_order_with_registration_under_a_condition(compiled):
+    tasks = compiled["root"]["dag"]["tasks"]
+    assert set(tasks) == {"prepare-data", "validate-token-boundaries", "train-adapter", "evaluate", "condition-1"}
+    deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
+    assert deps["validate-token-boundaries"] == {"prepare-data"}
+    assert {"validate-token-boundaries", "prepare-data"} <= deps["train-adapter"]  # never trains unvalidated data
+    assert "train-adapter" in deps["evaluate"]
+    assert "evaluate" in deps["condition-1"]
+    condition = tasks["condition-1"]["triggerPolicy"]["condition"]
+    assert "evaluate-Output" in condition and "'register'" in condition
+    inner = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert set(inner) == {"register-model"}
+
+
+def test_side_effecting_steps_are_not_cached(compiled):
+    tasks = compiled["root"]["dag"]["tasks"]
+    inner = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
+    for task in (tasks["train-adapter"], tasks["evaluate"], inner["register-model"]):
+        assert not task.get("cachingOptions", {}).get("enableCache", False)
+    assert tasks["prepare-data"]["cachingOptions"].get("enableCache") is True
+
+
+def test_typed_artifacts_between_steps(compiled):
+    outputs = {name: comp.get("outputDefinitions", {}).get("artifacts", {})
+               for name, comp in compiled["components"].items()}
+    types = {name: {k: v["artifactType"]["schemaTitle"] for k, v in arts.items()} for name, arts in outputs.items()}
+    assert types["comp-prepare-data"]["dataset"] == "system.Dataset"
+    assert types["comp-train-adapter"]["adapter"] == "system.Model"
+    assert types["comp-evaluate"]["metrics"] == "system.Metrics"
+    assert types["comp-evaluate"]["confusion_matrix"] == "system.ClassificationMetrics"
+    assert types["comp-evaluate"]["report"] == "system.HTML"
+    assert types["comp-evaluate"]["summary"] == "system.Markdown"
+
+
+def test_cloud_defaults_are_the_real_recipe(compiled):
+    params = compiled["root"]["inputDefinitions"]["parameters"]
+    defaults = {k: v.get("defaultValue") for k, v in params.items()}
+    assert defaults["base_model"] == "google/gemma-4-31b-it"
+    assert defaults["gemma3_baseline"] == "google/gemma-3-27b-it"
+    assert (defaults["lora_r"], defaults["lora_alpha"], defaults["image_token_budget"]) == (64, 64, 280)
+    assert defaults["backend"]["kind"] == "cloud_run"
+
+
+def test_pipeline_import_reads_no_environment():
+    source = (ROOT / "pipeline.py").read_text() + "".join(p.read_text() for p in (ROOT / "components").glob("*.py"))
+    assert "os.environ" not in source and "getenv" not in source
+
+
+def test_submit_dry_run_prints_the_real_request():
+    result = _cli("submit", "--project", "my-proj", "--region", "us-central1", "--pipeline-root", "gs://my-bucket/root",
+                  "--service-account", "pipeline@my-proj.iam.gserviceaccount.com", "--param", "epochs=2",
+                  "--dry-run")
+    assert result.returncode == 0, result.stderr
+    request = json.loads(result.stdout)
+    assert request["method"] == "CreatePipelineJob"
+    assert request["parent"] == "projects/my-proj/locations/us-central1"
+    job = request["pipeline_job"]
+    assert job["service_account"] == "pipeline@my-proj.iam.gserviceaccount.com"
+    assert job["runtime_config"]["gcs_output_directory"] == "gs://my-bucket/root"
+    assert job["runtime_config"]["parameter_values"]["epochs"] == 2
+    assert "train-adapter" in json.dumps(job["pipeline_spec"])
+
+
+def test_schedule_dry_run_prints_the_real_request():
+    result = _cli("schedule", "--project", "my-proj", "--region", "us-central1", "--pipeline-root", "gs://my-bucket/root",
+                  "--cron", "TZ=Europe/Paris 0 3 * * 1", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    request = json.loads(result.stdout)
+    assert request["method"] == "CreateSchedule"
+    assert request["schedule"]["cron"] == "TZ=Europe/Paris 0 3 * * 1"
+
+
+def test_schedule_management_dry_runs():
+    for flag in ("--pause", "--resume", "--delete"):
+        result = _cli("schedule", "--project", "my-proj", "--region", "us-central1", flag,
+                      "projects/my-proj/locations/us-central1/schedules/123", "--dry-run")
+        assert result.returncode == 0, result.stderr
+        assert "schedules/123" in result.stdout
+
+
+def test_bad_cron_is_refused_clearly():
+    result = _cli("schedule", "--project", "my-proj", "--region", "us-central1", "--pipeline-root", "gs://my-bucket/r",
+                  "--cron", "every monday", "--dry-run")
+    assert result.returncode != 0
+    assert "cron" in result.stderr.lower()
+
+
+def test_unknown_pipeline_parameter_in_local_config_is_refused(tmp_path):
+    from petqlora.local_run import coerce_parameters
+
+    with pytest.raises(ValueError, match="unknown pipeline parameters .*lora_rank"):
+        coerce_parameters(pipeline.pet_breeds_pipeline, {"lora_rank": 8})
+    assert coerce_parameters(pipeline.pet_breeds_pipeline, {"epochs": 3})["epochs"] == 3.0
