@@ -197,6 +197,9 @@ def build_tiny_checkpoint(variant: str, out_dir: str | Path, seed: int = 0, clip
         for name, param in model.named_parameters():
             if ("patch_embedder.input_proj" in name or "patch_embedding" in name) and param.dim() > 1:
                 param.normal_(0.0, patch_std)
+            # Gemma 3 initialises its image projection to zeros: a random model would then see no image.
+            if name.endswith("mm_input_projection_weight"):
+                param.normal_(0.0, 0.1)
     model.generation_config.do_sample = False
     model.save_pretrained(out, safe_serialization=True)
     processor = make_processor(family, tok, max_soft_tokens=70)
