@@ -139,8 +139,13 @@ def main(argv=None) -> int:
             p.add_argument("--delete", metavar="SCHEDULE")
 
     p = sub.add_parser("lineage", help="print dataset -> token report -> adapter -> evaluation -> version")
-    p.add_argument("ref", help="NAME or NAME@VERSION or NAME@ALIAS")
+    p.add_argument("ref", help="NAME, NAME@VERSION or NAME@ALIAS; with --vertex, the registered gs:// adapter URI "
+                   "or an ML Metadata artifact resource name")
     p.add_argument("--registry", default="runs/latest/registry.sqlite")
+    p.add_argument("--vertex", action="store_true", help="read the lineage from Vertex ML Metadata")
+    p.add_argument("--project", default=None)
+    p.add_argument("--region", default=None)
+    p.add_argument("--dry-run", action="store_true")
 
     args = parser.parse_args(argv)
     if args.command == "run-local":
@@ -156,6 +161,18 @@ def main(argv=None) -> int:
         return 0
     if args.command in ("submit", "schedule"):
         return _cloud(args)
+    if args.command == "lineage" and args.vertex:
+        from petqlora.registry import lineage_from_vertex
+
+        if not args.project or not args.region:
+            raise SystemExit("lineage --vertex needs --project and --region")
+        graph = lineage_from_vertex(args.ref, project=args.project, region=args.region, dry_run=args.dry_run)
+        for artifact in graph.get("artifacts", []):
+            meta = artifact.get("metadata") or {}
+            digest = meta.get("sha256") or meta.get("dataset_hash") or ""
+            print(f"{artifact.get('schema_title', ''):<28} {artifact.get('display_name', ''):<24} "
+                  f"{artifact.get('uri', '')} {digest}")
+        return 0
     if args.command == "lineage":
         from petqlora.registry import LocalRegistry, format_lineage
 

@@ -183,7 +183,7 @@ def evaluate(dataset_dir: str | Path, output_dir: str | Path, cfg: EvalConfig) -
     manifest = data_lib.read_manifest(dataset_dir)
     classes = manifest["classes"]
     records = data_lib.read_split(dataset_dir, cfg.split)[: cfg.max_examples]
-    if resolve_device(cfg.device).type == "cuda":
+    if resolve_device(cfg.device).type == "cuda":  # the peak of this evaluation, the model load included
         torch.cuda.reset_peak_memory_stats(resolve_device(cfg.device))
     load_started = time.perf_counter()
     model, processor, family, device = load_for_eval(cfg)

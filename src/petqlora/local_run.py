@@ -63,6 +63,17 @@ def resolve_dataset(section: dict, override: str | None, data_dir: Path) -> str:
     return str(folder.resolve())
 
 
+def code_revision() -> str:
+    """The git commit of this checkout (recorded as a label of the registered version), or ""."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                              timeout=10, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def coerce_parameters(pipeline_func, params: dict) -> dict:
     """Check names against the pipeline's signature and turn YAML ints into the floats it declares."""
     import inspect
@@ -98,7 +109,7 @@ def run_local_pipeline(pipeline_func, output_dir: Path, config_path: Path, datas
     source = resolve_dataset(config.get("dataset", {}), dataset, output_dir / "data")
     registry = output_dir / "registry.sqlite"
     params = dict(config.get("parameters", {}), **models, source=source, registry=str(registry),
-                  backend={"kind": "local"}, project="local", region="local")
+                  backend={"kind": "local"}, project="local", region="local", code_revision=code_revision())
     params = coerce_parameters(pipeline_func, params)
     pipeline_root = output_dir / "pipeline_root"
     pipeline_root.mkdir(exist_ok=True)

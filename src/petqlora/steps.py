@@ -160,11 +160,18 @@ def registration_decision(accuracy: dict[str, float], win_margin: float) -> tupl
     return True, reason
 
 
-def champion_adapter(registry: str, model_name: str) -> str | None:
-    """The adapter folder of the registry's default version of `model_name`, if one is registered."""
-    if not registry or registry.startswith("vertex"):
-        return None  # on Vertex the champion is read by the caller from the Model Registry
-    if not Path(registry).exists():
+def champion_adapter(registry: str, model_name: str, project: str = "", region: str = "") -> str | None:
+    """The adapter folder of the registry's default version of `model_name`, if one is registered.
+
+    On Vertex, the default version's artifact URI (gs://...), as the /gcs mount path the jobs read.
+    """
+    if registry == "vertex":
+        from petqlora.storage import local_path
+        from petqlora.vertex import default_version_artifact_uri
+
+        uri = default_version_artifact_uri(project=project, region=region, display_name=model_name)
+        return local_path(uri) if uri else None
+    if not registry or not Path(registry).exists():
         return None
     from petqlora.registry import LocalRegistry
 
@@ -185,7 +192,7 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
         "gemma4_baseline": (gemma4_baseline, None),
         "gemma3_baseline": (gemma3_baseline, None),
     }
-    champion = champion_adapter(registry, model_name)
+    champion = champion_adapter(registry, model_name, backend.project, backend.region)
     if champion:
         models["champion"] = (base_model, champion)
     results = {}
@@ -242,7 +249,8 @@ def run_register_model(*, adapter_dir: str, adapter_uri: str, evaluation_dir: st
         from petqlora.vertex import register_vertex_model
 
         result = register_vertex_model(
-            project=project, region=region, display_name=model_name, artifact_uri=adapter_uri,
+            project=project, region=region, display_name=model_name,
+            artifact_uri=f"{adapter_uri.rstrip('/')}/adapter",  # the folder with the adapter's safetensors
             serving_container_image_uri=serving_image, parent_model=None,
             version_aliases=["candidate"], labels={**labels, **{k: round(v, 4) for k, v in metrics.items()}},
             description=evaluation["reason"], run_id=run_id, dry_run=dry_run)

@@ -846,3 +846,24 @@ def register_vertex_model(
         summary = _version_summary(model._gca_resource, reused=False)
     out(f"Registered {summary['resource_name']}@{summary['version_id']} aliases={summary['aliases']}")
     return summary
+
+
+def default_version_artifact_uri(*, project: str, region: str, display_name: str, credentials: Any = None,
+                                 api_endpoint: str | None = None) -> str | None:
+    """The artifact URI of the default version of the model named `display_name`, or None if none exists.
+
+    Champion/challenger on Vertex: a retraining run evaluates this version on the same split.
+    """
+    from google.cloud import aiplatform
+
+    with _vertex_session(project, region, credentials, api_endpoint):
+        matches = aiplatform.Model.list(filter=f'display_name="{display_name}"', project=project, location=region,
+                                        credentials=credentials)
+        if not matches:
+            return None
+        if len(matches) > 1:
+            names = ", ".join(m.resource_name for m in matches)
+            raise ValueError(f"display_name={display_name!r}: {len(matches)} Vertex models have this name ({names}); "
+                             "rename the extra ones so the champion is unambiguous")
+        # Model.list returns each model at its default version.
+        return matches[0].uri or None
