@@ -198,6 +198,13 @@ def _cloud(args) -> int:
         template = str(Path(tempfile.mkdtemp()) / "pipeline.yaml")
         compiler.Compiler().compile(pet_breeds_pipeline, template)
     common = dict(project=args.project, region=args.region, dry_run=args.dry_run)
+    creates_run = args.command == "submit" or args.cron
+    if creates_run and not args.dry_run:
+        # Fail here, not an hour into the run: the GPU steps need the Cloud Run Job's settings.
+        from petqlora.steps import Backend
+
+        backend = params.get("backend", {"kind": "cloud_run"})
+        Backend(**{"project": args.project, "region": args.region, **backend})
     if args.command == "submit":
         vertex.submit_pipeline(template_path=template, pipeline_root=args.pipeline_root, parameter_values=params,
                                service_account=args.service_account, network=args.network, watch=args.watch, **common)

@@ -140,12 +140,12 @@ def test_score_classes_equals_the_full_sequence_log_likelihood(variant, checkpoi
     classes = manifest["classes"]
     candidates = candidate_ids(encoder, classes)
     assert len({len(c) for c in candidates}) > 1  # candidates of different lengths share one padded pass
+    plain = None
     if variant.endswith("+lora"):
         plain = score_classes(model.eval(), encoder, images[0], candidates)
         model = _lora(model)
-        assert np.abs(score_classes(model, encoder, images[0], candidates) - plain).max() > 1e-2  # it adapts
-    # two aspect ratios (Gemma 4 gives them different numbers of soft tokens); one suffices for the adapter
-    for image in images[:1] if variant.endswith("+lora") else images[:2]:
+    # two aspect ratios where the soft-token count depends on them (Gemma 4 31B); one image elsewhere
+    for image in images[:2] if variant == "gemma4-31b" else images[:1]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             scores = score_classes(model, encoder, image, candidates)
@@ -153,6 +153,8 @@ def test_score_classes_equals_the_full_sequence_log_likelihood(variant, checkpoi
         assert scores.shape == (len(classes),)
         np.testing.assert_allclose(scores, full_sequence_loglik(model, encoder, image, classes), rtol=0, atol=1e-4)
         np.testing.assert_array_equal(scores, score_classes(model, encoder, image, candidates))  # deterministic
+    if plain is not None:
+        assert np.abs(scores - plain).max() > 1e-2  # the adapter really changed the model
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -202,7 +202,7 @@ def test_register_dry_run_on_vertex_prints_the_upload_request(tmp_path, capsys):
     run_register_model(**args, run_id="run-1", registry="vertex")  # needs no credentials, sends nothing
     request = json.loads(capsys.readouterr().out)
     assert request["method"] == "UploadModel"
-    assert request["model"]["artifact_uri"] == args["adapter_uri"]
+    assert request["model"]["artifact_uri"] == args["adapter_uri"] + "/adapter"
 
 
 # ------------------------------------------------------------------------------------------ on Vertex (fake)
@@ -233,7 +233,8 @@ def test_register_on_vertex_through_the_sdk_is_idempotent(tmp_path, fake, monkey
     assert resource.startswith(f"projects/{PROJECT}/locations/{REGION}/models/") and version == "1"
     model_id = resource.rsplit("/", 1)[1]
     sent = fake.models[model_id][1]
-    assert sent["displayName"] == NAME and sent["artifactUri"] == args["adapter_uri"]
+    assert sent["displayName"] == NAME
+    assert sent["artifactUri"] == args["adapter_uri"] + "/adapter"  # the folder with the adapter's files
     assert sent["containerSpec"]["imageUri"] == args["serving_image"]
     assert sent["labels"] == {
         "dataset_hash": DATASET_HASH[:63], "code_revision": "3f2a9c1", "run_id": "petqlora-gemma4-pets-20261128",
@@ -258,6 +259,22 @@ def test_register_on_vertex_refuses_when_the_evaluation_said_no(tmp_path, fake, 
 
 
 # ------------------------------------------------------------------------------------------ the champion
+
+
+def test_champion_on_vertex_is_the_default_versions_adapter_through_the_bucket_mount(tmp_path, fake, monkeypatch):
+    from google.auth.credentials import AnonymousCredentials
+
+    cloud = {"credentials": AnonymousCredentials(), "api_endpoint": fake.endpoint}
+    monkeypatch.setattr(vertex, "default_version_artifact_uri",
+                        functools.partial(vertex.default_version_artifact_uri, **cloud))
+    assert champion_adapter("vertex", NAME, PROJECT, REGION) is None  # the first run has no champion
+    args = _write_run(tmp_path)
+    _register_on_vertex(fake, monkeypatch, **args, run_id="run-1")
+    assert champion_adapter("vertex", NAME, PROJECT, REGION) == "/gcs/my-bucket/root/train/adapter/adapter"
+    _register_on_vertex(fake, monkeypatch, **{**args, "adapter_uri": "gs://my-bucket/root2/train/adapter"},
+                        run_id="run-2")
+    assert champion_adapter("vertex", NAME, PROJECT, REGION) == "/gcs/my-bucket/root2/train/adapter/adapter"
+
 
 
 def test_champion_adapter_is_the_default_versions_artifact(tmp_path):

@@ -36,6 +36,11 @@ from google.api_core import retry as core_retry
 from google.cloud import run_v2
 from google.api import launch_stage_pb2
 from google.protobuf import duration_pb2
+from petqlora.gcp_names import (
+    PROJECT_RE as _PROJECT_RE,
+    LABEL_KEY_RE as _LABEL_KEY_RE,
+    LABEL_VALUE_RE as _LABEL_VALUE_RE,
+)
 
 __all__ = [
     "TASK_ID_ENV",
@@ -77,7 +82,6 @@ TRANSIENT_ERRORS = (
     core_exceptions.GatewayTimeout,
 )
 
-_PROJECT_RE = re.compile(r"^(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z]+(?:-[a-z]+)+[0-9]+$")
 _JOB_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _MODULE_RE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
@@ -85,8 +89,6 @@ _SA_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*@[a-z0-9.-]+\.gserviceaccount\.com$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _SECRET_RE = re.compile(
     r"^(?P<secret>(?:projects/[a-z0-9.:-]+/secrets/)?[A-Za-z0-9_-]{1,255})"
     r"(?:(?::|/versions/)(?P<version>latest|[0-9]+|[A-Za-z0-9_-]{1,63}))?$"

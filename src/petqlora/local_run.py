@@ -151,7 +151,8 @@ def summarize(run_dir: Path, registry: Path, params: dict, status: str, error: s
         version = found[0].ref if found else None
     failed = re.search(r"Inner task failed: '([\w-]+)'", error or "")
     return {
-        "status": status, "error": error, "failed_step": failed.group(1) if failed else None, "run": run_dir.name, "wall_time_s": round(wall, 1),
+        "status": status, "error": error, "failed_step": failed.group(1) if failed else None,
+        "run": run_dir.name, "wall_time_s": round(wall, 1),
         "models": models, "registered": version is not None, "model_version": version,
         "decision_reason": evaluation["reason"] if evaluation else None,
         "table": evaluation["table"] if evaluation else None,

@@ -25,14 +25,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from petqlora.gcp_names import (
+    ALIAS_RE as _ALIAS_RE,
+    LABEL_KEY_RE as _LABEL_KEY_RE,
+    LABEL_VALUE_RE as _LABEL_VALUE_RE,
+)
 
 __all__ = ["LocalRegistry", "ModelVersion", "UnknownModelError", "format_lineage", "lineage_from_vertex"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-# Vertex version aliases: "[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]", never all digits (those are version numbers).
-_ALIAS_RE = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]$")
-_LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _BUSY_TIMEOUT_S = 60.0
 # The lineage chain the pipeline records, in order: key in the lineage dict -> printed title.
 LINEAGE_CHAIN = (

@@ -52,8 +52,11 @@ class Backend:
         if self.kind == "cloud_run":
             missing = [n for n in ("project", "region", "image", "service_account", "bucket") if not getattr(self, n)]
             if missing:
-                raise ValueError(f"backend=cloud_run needs {missing}: set the pipeline parameters "
-                                 "cloud_project, cloud_region, trainer_image, job_service_account, bucket")
+                raise ValueError(
+                    f"backend kind cloud_run needs {missing}: pass them in the `backend` pipeline parameter, e.g. "
+                    "--param backend='{\"kind\": \"cloud_run\", \"image\": \"REGION-docker.pkg.dev/P/petqlora/"
+                    "trainer:VERSION\", \"service_account\": \"petqlora-job@P.iam.gserviceaccount.com\", "
+                    "\"bucket\": \"BUCKET\", \"hf_token_secret\": \"hf-token\"}' (and --project/--region)")
 
     def path_arg(self, path: str) -> str:
         """A path as the entrypoint sees it: unchanged locally; on the job's bucket mount in Cloud Run."""
@@ -73,8 +76,9 @@ class Backend:
             return
         from petqlora.cloud_run import CloudRunJobConfig, CloudRunLauncher, cancel_on_sigterm
 
+        step = module.rsplit(".", 1)[-1].replace("_", "-")
         cfg = CloudRunJobConfig(
-            project=self.project, region=self.region, job_name=f"{self.job_prefix}-{module.rsplit('.', 1)[-1].replace('_', '-')}",
+            project=self.project, region=self.region, job_name=f"{self.job_prefix}-{step}",
             image=self.image, module=module, service_account=self.service_account, bucket=self.bucket,
             mount_path=f"/gcs/{self.bucket}", hf_token_secret=self.hf_token_secret or None)
         launcher = CloudRunLauncher(cfg)

@@ -20,6 +20,12 @@ import re
 import zoneinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from petqlora.gcp_names import (
+    PROJECT_RE as _PROJECT_RE,
+    LABEL_KEY_RE as _LABEL_KEY_RE,
+    LABEL_VALUE_RE as _LABEL_VALUE_RE,
+    ALIAS_RE as _ALIAS_RE,
+)
 
 if TYPE_CHECKING:  # the SDK is only needed at call time
     from google.cloud import aiplatform
@@ -47,13 +53,8 @@ Out = Callable[[str], Any]
 # The label that ties a model version to the pipeline run that produced it (idempotent registration).
 RUN_ID_LABEL = "run_id"
 
-_PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _SERVICE_ACCOUNT_RE = re.compile(r"^[^@\s]+@[^@\s]+\.gserviceaccount\.com$")
 _NETWORK_RE = re.compile(r"^projects/[^/\s]+/global/networks/[^/\s]+$")
-_LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
-# Vertex version aliases: "[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]", and never all digits (those are version ids).
-_ALIAS_RE = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]$")
 _GCS_URI_RE = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9](/.*)?$")
 _SCHEDULE_NAME_RE = re.compile(r"^projects/[^/]+/locations/[^/]+/schedules/[^/]+$")
 _MAX_LABELS = 64
