@@ -138,6 +138,16 @@ def main(argv=None) -> int:
             p.add_argument("--resume", metavar="SCHEDULE")
             p.add_argument("--delete", metavar="SCHEDULE")
 
+    p = sub.add_parser("register", help="register an adapter as a new Vertex Model Registry version")
+    p.add_argument("--project", required=True)
+    p.add_argument("--region", required=True)
+    p.add_argument("--artifact-uri", required=True, help="the gs:// folder holding the adapter's files")
+    p.add_argument("--run-id", required=True, help="the idempotency key: one run registers one version")
+    p.add_argument("--model-name", default=PIPELINE_NAME)
+    p.add_argument("--serving-image", required=True, help="the serving image URI, with a version tag")
+    p.add_argument("--label", action="append", default=[], help="label key=value (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the UploadModel request as JSON; needs no credentials")
+
     p = sub.add_parser("lineage", help="print dataset -> token report -> adapter -> evaluation -> version")
     p.add_argument("ref", help="NAME, NAME@VERSION or NAME@ALIAS; with --vertex, the registered gs:// adapter URI "
                    "or an ML Metadata artifact resource name")
@@ -161,18 +171,16 @@ def main(argv=None) -> int:
         return 0
     if args.command in ("submit", "schedule"):
         return _cloud(args)
-    if args.command == "lineage" and args.vertex:
-        from petqlora.registry import lineage_from_vertex
+    if args.command == "register":
+        from petqlora import vertex
 
-        if not args.project or not args.region:
-            raise SystemExit("lineage --vertex needs --project and --region")
-        graph = lineage_from_vertex(args.ref, project=args.project, region=args.region, dry_run=args.dry_run)
-        for artifact in graph.get("artifacts", []):
-            meta = artifact.get("metadata") or {}
-            digest = meta.get("sha256") or meta.get("dataset_hash") or ""
-            print(f"{artifact.get('schema_title', ''):<28} {artifact.get('display_name', ''):<24} "
-                  f"{artifact.get('uri', '')} {digest}")
+        vertex.register_vertex_model(
+            project=args.project, region=args.region, display_name=args.model_name, artifact_uri=args.artifact_uri,
+            serving_container_image_uri=args.serving_image, parent_model=None, version_aliases=["candidate"],
+            labels=_parameters(args.label), run_id=args.run_id, dry_run=args.dry_run)
         return 0
+    if args.command == "lineage" and args.vertex:
+        return vertex_lineage(args)
     if args.command == "lineage":
         from petqlora.registry import LocalRegistry, format_lineage
 
@@ -181,6 +189,28 @@ def main(argv=None) -> int:
         print(format_lineage(LocalRegistry(args.registry).get(args.ref)))
         return 0
     return 2
+
+
+def vertex_lineage(args, credentials=None, api_endpoint=None) -> int:
+    """`lineage --vertex`: NAME[@VERSION] (or the adapter's gs:// URI) -> the chain from ML Metadata."""
+    from petqlora import vertex
+    from petqlora.registry import format_vertex_lineage, lineage_from_vertex
+
+    if not args.project or not args.region:
+        raise SystemExit("lineage --vertex needs --project and --region")
+    cloud = dict(project=args.project, region=args.region, dry_run=args.dry_run, credentials=credentials,
+                 api_endpoint=api_endpoint)
+    uri = args.ref
+    if not args.ref.startswith(("gs://", "projects/")):
+        name, _, version = args.ref.partition("@")
+        uri = vertex.model_version_uri(name, version or "default", **cloud)
+        if uri is None:
+            raise SystemExit(f"no Vertex model is named {name!r} in {args.project}/{args.region}")
+        uri = uri.rstrip("/").removesuffix("/adapter")  # registered: <the train step's Model artifact>/adapter
+    graph = lineage_from_vertex(uri, **cloud)
+    if not args.dry_run:
+        print(format_vertex_lineage(graph, args.ref, uri))
+    return 0
 
 
 def _cloud(args) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import inspect
 import json
 import shutil
 from pathlib import Path
@@ -38,7 +37,6 @@ NAME = "petqlora-gemma4-pets"
 PROJECT, REGION = "my-proj", "us-central1"
 DATASET_HASH = "d5" * 32
 # Waiting on the proposed steps.py change (see the module's report): the marker goes with the fix.
-NEEDS_STEPS_FIX = pytest.mark.xfail(strict=True, reason="needs the proposed steps.py change")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -91,19 +89,16 @@ def test_registration_decision_table(accuracy, margin, registered, words):
         assert w in reason, (w, reason)
 
 
-@NEEDS_STEPS_FIX
 def test_registration_decision_exact_margin_is_not_lost_to_float_rounding():
     # 3/10 vs 1/10 with a margin of 0.2: 0.1 + 0.2 > 0.3 in floating point
     assert registration_decision(acc(0.3, 0.1, g3=0.0), 0.2)[0] is True
 
 
-@NEEDS_STEPS_FIX
 def test_registration_decision_a_tie_never_beats_even_with_no_margin():
     decision, reason = registration_decision(acc(0.5, 0.5), 0.0)
     assert decision is False and reason.startswith("not registered:")
 
 
-@NEEDS_STEPS_FIX
 def test_registration_decision_refuses_a_negative_margin():
     with pytest.raises(ValueError, match="win_margin"):
         registration_decision(acc(0.1, 0.5), -0.5)  # would register a model worse than the baseline
@@ -181,7 +176,6 @@ def test_register_refuses_when_the_evaluation_said_no(tmp_path):
     assert not registry.exists()  # nothing written
 
 
-@NEEDS_STEPS_FIX
 def test_register_locally_accepts_any_code_revision(tmp_path):
     # e.g. `git describe`: a dot is not allowed in a label value, so it must be sanitised, not fail the run
     args = {**_write_run(tmp_path), "code_revision": "v0.1.0-3-gABC"}
@@ -189,14 +183,12 @@ def test_register_locally_accepts_any_code_revision(tmp_path):
     assert LocalRegistry(tmp_path / "registry.sqlite").get(ref).labels["code_revision"] == "v0_1_0-3-gabc"
 
 
-@NEEDS_STEPS_FIX
 def test_register_dry_run_writes_nothing_locally(tmp_path):
     args = {**_write_run(tmp_path), "dry_run": True}
     run_register_model(**args, run_id="run-1", registry=str(tmp_path / "registry.sqlite"))
     assert not (tmp_path / "registry.sqlite").exists()
 
 
-@NEEDS_STEPS_FIX
 def test_register_dry_run_on_vertex_prints_the_upload_request(tmp_path, capsys):
     args = {**_write_run(tmp_path), "dry_run": True}
     run_register_model(**args, run_id="run-1", registry="vertex")  # needs no credentials, sends nothing
@@ -218,12 +210,8 @@ def _register_on_vertex(fake, monkeypatch, **kwargs) -> str:
     """run_register_model(registry="vertex") through the real SDK, pointed at the fake."""
     from google.auth.credentials import AnonymousCredentials
 
-    cloud = {"credentials": AnonymousCredentials(), "api_endpoint": fake.endpoint}
-    if "api_endpoint" in inspect.signature(run_register_model).parameters:  # the proposed pass-through
-        return run_register_model(**kwargs, registry="vertex", **cloud)
-    # Until then: the same real function, with the connection bound (run_register_model imports it per call).
-    monkeypatch.setattr(vertex, "register_vertex_model", functools.partial(vertex.register_vertex_model, **cloud))
-    return run_register_model(**kwargs, registry="vertex")
+    return run_register_model(**kwargs, registry="vertex", credentials=AnonymousCredentials(),
+                              api_endpoint=fake.endpoint)
 
 
 def test_register_on_vertex_through_the_sdk_is_idempotent(tmp_path, fake, monkeypatch):

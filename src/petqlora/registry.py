@@ -463,3 +463,38 @@ def lineage_from_vertex(
             {"artifact": e.artifact, "execution": e.execution, "type": e.type_.name} for e in graph.events
         ],
     }
+
+
+def format_vertex_lineage(graph: dict, ref: str, artifact_uri: str) -> str:
+    """format_lineage's chain, read from the ML Metadata subgraph around the adapter (lineage_from_vertex):
+    the register_model execution that read the adapter names the dataset, token-boundary report and
+    evaluation it registered with; each link's inputs are those of the execution that wrote it."""
+    arts = {a["name"]: a for a in graph["artifacts"]}
+
+    def events(kind: str, *, artifact: str | None = None, execution: str | None = None) -> list[dict]:
+        return [e for e in graph["events"] if e["type"] == kind and e["artifact"] in arts
+                and artifact in (None, e["artifact"]) and execution in (None, e["execution"])]
+
+    adapter = next((a for a in arts.values() if a["uri"] == artifact_uri), None)
+    chain = {"adapter": adapter} if adapter else {}
+    for read in events("INPUT", artifact=adapter["name"]) if adapter else []:
+        written = [arts[e["artifact"]] for e in events("OUTPUT", execution=read["execution"])]
+        registered = next((a for a in written if a["display_name"] == "registered"), None)
+        if registered:  # this run's register_model step
+            chain.update({arts[e["artifact"]]["display_name"]: arts[e["artifact"]]
+                          for e in events("INPUT", execution=read["execution"])}, registered=registered)
+
+    def link(a: dict | None) -> dict | None:
+        if a is None:
+            return None
+        inputs = {arts[e["artifact"]]["display_name"]: arts[e["artifact"]]["uri"]
+                  for w in events("OUTPUT", artifact=a["name"]) for e in events("INPUT", execution=w["execution"])}
+        meta = a.get("metadata") or {}
+        return {"uri": a["uri"], "sha256": meta.get("sha256") or meta.get("dataset_hash"), "inputs": inputs}
+
+    titles = [("dataset", "dataset"), ("records", "token-boundary report"), ("adapter", "adapter"),
+              ("evaluation", "evaluation"), ("registered", f"registered version {ref}")]
+    out = [f"Lineage of {ref} (Vertex ML Metadata)"]
+    for i, (key, title) in enumerate(titles):
+        out += (["  |", "  v"] if i else []) + _link_lines(title, link(chain.get(key)))
+    return "\n".join(out)

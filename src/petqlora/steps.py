@@ -146,16 +146,28 @@ def run_train_adapter(dataset_dir: str, out_dir: str, train_config: dict, backen
 
 # ---- evaluate
 
+# Accuracies are fractions k/n: compare them without float noise (0.1 + 0.2 > 0.3).
+_TOLERANCE = 1e-9
+
+
+def check_win_margin(win_margin: float) -> None:
+    if isinstance(win_margin, bool) or not isinstance(win_margin, (int, float)) or not 0 <= win_margin <= 1:
+        raise ValueError(f"win_margin={win_margin!r}: must be a share of accuracy in [0, 1], e.g. 0.02 "
+                         "(two points); a negative margin would register a model worse than a baseline")
+
+
 def registration_decision(accuracy: dict[str, float], win_margin: float) -> tuple[bool, str]:
-    """Register only when the fine-tuned model beats the best baseline by `win_margin` and the champion."""
+    """Register only when the fine-tuned model beats the best baseline by at least `win_margin` (a tie
+    never beats) and, when a version is registered, beats that champion too."""
+    check_win_margin(win_margin)
     ft = accuracy["finetuned"]
     baselines = {k: v for k, v in accuracy.items() if k.endswith("_baseline")}
     best_name = max(baselines, key=baselines.get)
     best = baselines[best_name]
-    if ft < best + win_margin:
+    if ft - best <= _TOLERANCE or ft - best < win_margin - _TOLERANCE:
         return False, (f"not registered: fine-tuned accuracy {ft:.3f} does not beat the best baseline "
                        f"({best_name} {best:.3f}) by the margin {win_margin:.3f}")
-    if "champion" in accuracy and ft <= accuracy["champion"]:
+    if "champion" in accuracy and ft - accuracy["champion"] <= _TOLERANCE:
         return False, (f"not registered: fine-tuned accuracy {ft:.3f} does not beat the current registered "
                        f"version ({accuracy['champion']:.3f}) on the same split")
     reason = f"registered: fine-tuned accuracy {ft:.3f} beats {best_name} {best:.3f} by {ft - best:.3f}"
@@ -187,6 +199,7 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
                  gemma3_baseline: str, image_token_budget: int, mode: str, win_margin: float, registry: str,
                  model_name: str, backend: Backend, task_id: str, report_html: str, summary_md: str) -> dict:
     """Evaluate the three models (and the champion) on the test split; write the report; decide."""
+    check_win_margin(win_margin)  # before any GPU time is spent
     from petqlora.metrics import ClassificationResult
     from petqlora.report import ModelRow, html_report, markdown_summary, results_table
 
@@ -241,14 +254,17 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
 
 def run_register_model(*, adapter_dir: str, adapter_uri: str, evaluation_dir: str, lineage: dict, run_id: str,
                        model_name: str, registry: str, project: str, region: str, serving_image: str,
-                       code_revision: str, dry_run: bool) -> str:
+                       code_revision: str, dry_run: bool, credentials=None, api_endpoint: str | None = None) -> str:
     """Register the adapter as a new version; returns NAME@VERSION (local) or the Vertex resource name."""
     evaluation = json.loads(Path(evaluation_dir, "evaluation.json").read_text())
     if not evaluation["register"]:
         raise ValueError(f"register_model called although evaluation decided: {evaluation['reason']}")
     metrics = {f"{k}_accuracy": v["accuracy"] for k, v in evaluation["models"].items()}
     metrics["finetuned_macro_f1"] = evaluation["models"]["finetuned"]["macro_f1"]
-    labels = {"dataset_hash": lineage["dataset"]["sha256"][:63], "code_revision": code_revision[:63] or "unknown"}
+    from petqlora.vertex import to_vertex_labels
+
+    # Vertex's label rules in the local registry too: "v0.1.0" -> "v0_1_0"; a sha256 is cut to 63 characters
+    labels = to_vertex_labels({"dataset_hash": lineage["dataset"]["sha256"], "code_revision": code_revision or "unknown"})
     if registry.startswith("vertex"):
         from petqlora.vertex import register_vertex_model
 
@@ -257,10 +273,18 @@ def run_register_model(*, adapter_dir: str, adapter_uri: str, evaluation_dir: st
             artifact_uri=f"{adapter_uri.rstrip('/')}/adapter",  # the folder with the adapter's safetensors
             serving_container_image_uri=serving_image, parent_model=None,
             version_aliases=["candidate"], labels={**labels, **{k: round(v, 4) for k, v in metrics.items()}},
-            description=evaluation["reason"], run_id=run_id, dry_run=dry_run)
+            description=evaluation["reason"], run_id=run_id, dry_run=dry_run, credentials=credentials,
+            api_endpoint=api_endpoint)
+        if dry_run:
+            return "(dry run: nothing registered)"  # register_vertex_model printed the UploadModel request
         return f"{result['resource_name']}@{result['version_id']}"
     from petqlora.registry import LocalRegistry
 
+    if dry_run:
+        print(json.dumps({"registry": registry, "name": model_name, "artifact_uri": str(Path(adapter_dir) / "adapter"),
+                          "run_id": run_id, "metrics": metrics, "labels": labels, "aliases": ["candidate", "default"]},
+                         indent=2, sort_keys=True))
+        return "(dry run: nothing registered)"
     version = LocalRegistry(registry).register(
         model_name, str(Path(adapter_dir) / "adapter"), run_id=run_id, metrics=metrics, labels=labels,
         aliases=["candidate"], lineage=lineage, make_default=True)

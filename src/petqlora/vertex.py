@@ -868,3 +868,34 @@ def default_version_artifact_uri(*, project: str, region: str, display_name: str
                              "rename the extra ones so the champion is unambiguous")
         # Model.list returns each model at its default version.
         return matches[0].uri or None
+
+
+def model_version_uri(
+    display_name: str, version: str = "default", *, project: str, region: str, dry_run: bool = False,
+    credentials: Any = None, api_endpoint: str | None = None, out: Out = print,
+) -> str | None:
+    """The artifact URI of NAME@VERSION (a version number or an alias) in Model Registry, or None when no
+    model has this display name."""
+    p = _Problems("model_version_uri")
+    _check_project_region(p, project, region)
+    if not isinstance(version, str) or not re.match(r"^([0-9]+|[a-z][a-zA-Z0-9-]{0,126}[a-z0-9])$", version):
+        p.add("version", version, "must be a version number or an alias", "pass e.g. 3 or default")
+    p.raise_if_any()
+    parent = f"projects/{project}/locations/{region}"
+    if dry_run:
+        _print_json(out, {"requests": [
+            {"method": "ListModels", "parent": parent, "filter": f'display_name="{display_name}"'},
+            {"method": "GetModel", "name": f"<the model found by ListModels>@{version}"}]})
+        return f"<artifact_uri of {display_name}@{version}>"
+    from google.cloud import aiplatform
+
+    with _vertex_session(project, region, credentials, api_endpoint):
+        matches = aiplatform.Model.list(filter=f'display_name="{display_name}"', project=project, location=region,
+                                        credentials=credentials)
+        if len(matches) > 1:
+            raise ValueError(f"display_name={display_name!r}: {len(matches)} Vertex models have this name; "
+                             "rename the extra ones")
+        if not matches:
+            return None
+        return aiplatform.Model(f"{matches[0].resource_name}@{version}", project=project, location=region,
+                                credentials=credentials).uri

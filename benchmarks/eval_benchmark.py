@@ -1,0 +1,144 @@
+"""Evaluation throughput: the published sample's sampled `generate` against the project's class scoring.
+
+    PYTHONUNBUFFERED=1 python benchmarks/eval_benchmark.py --out benchmarks/results --tag h200_31b \
+        --text-layers 60 --vision-layers 27
+
+One random-weight Gemma 4 at 31B widths (NF4, as bench_model.py builds it) with a LoRA adapter attached
+(r=64 on every linear layer, as the fine-tuned model is evaluated), the 37 Oxford breeds in the prompt:
+
+- reference: the sample's method, sampled `generate` (top-k 64, top-p 0.95) in left-padded batches of 8,
+  then substring matching; `max_new_tokens` is the longest class's token count (end-of-turn included) + 2,
+  its best case (a trained model stops right after the name; random weights never stop early, so every
+  batch runs to that cap);
+- ours: `petqlora.evaluate.score_classes`, one image at a time, the prompt's cache shared by the classes.
+
+Both run once untimed on two images first (kernels, allocator). Peak memory is measured per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_model  # noqa: E402
+
+from petqlora import data as data_lib  # noqa: E402
+from petqlora.encoding import PromptEncoder  # noqa: E402
+from petqlora.evaluate import candidate_ids, score_classes  # noqa: E402
+from petqlora.lora import LoraSettings, build_lora_config  # noqa: E402
+
+
+def substring_match(text: str, classes: list[str]) -> str | None:
+    """The sample's parsing: the first class whose name occurs in the generated text."""
+    low = text.lower().replace("_", " ")
+    return next((c for c in classes if c in low), None)
+
+
+def run_generate(model, encoder, images, classes, max_new: int, batch: int, device) -> list[str | None]:
+    tok = encoder.processor.tokenizer
+    preds = []
+    for i in range(0, len(images), batch):
+        enc = encoder.encode(images[i:i + batch], None, padding_side="left")
+        enc = {k: v.to(device) for k, v in enc.items()}
+        with torch.no_grad():
+            out = model.generate(**enc, do_sample=True, top_k=64, top_p=0.95, max_new_tokens=max_new,
+                                 eos_token_id=[1, encoder.tokens.end_of_turn], pad_token_id=encoder.tokens.pad)
+        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        preds += [substring_match(t, classes) for t in texts]
+    return preds
+
+
+def run_score(model, encoder, images, classes, candidates) -> list[str]:
+    return [classes[int(np.argmax(score_classes(model, encoder, im, candidates)))] for im in images]
+
+
+def timed(fn, device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return out, seconds, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="h200_31b")
+    parser.add_argument("--text-layers", type=int, default=60)
+    parser.add_argument("--vision-layers", type=int, default=27)
+    parser.add_argument("--widths", default="31b")
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--work", default="/tmp/petqlora_bench")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    device = torch.device(args.device)
+    classes = bench_model.OXFORD_CLASSES
+    processor = bench_model.build_processor(280)
+    encoder = PromptEncoder(processor, "gemma4", bench_model.oxford_instruction())
+    config = bench_model.gemma4_31b_config(processor.tokenizer, args.text_layers, args.vision_layers, args.widths)
+    dataset = Path(args.work) / "dataset"
+    if not (dataset / "manifest.json").exists():
+        dataset = bench_model.synthetic_dataset(args.work)
+    records = data_lib.read_split(dataset, "train") + data_lib.read_split(dataset, "test")
+    images = [data_lib.load_image(dataset, r) for r in records[:args.images]]
+
+    model, n_params = bench_model.build_model(config, device=device.type, seed=0)
+    from peft import get_peft_model
+
+    torch.manual_seed(1)
+    model = get_peft_model(model, build_lora_config(model, LoraSettings(r=64, alpha=64, dropout=0.0)))
+    model.eval()
+    candidates = candidate_ids(encoder, classes)
+    max_new = max(len(c) for c in candidates) + 2
+    prompt_tokens = [int(encoder.encode([im], None)["attention_mask"].sum()) for im in images]
+
+    # Warm-up, untimed.
+    run_generate(model, encoder, images[:2], classes, max_new, args.batch, device)
+    run_score(model, encoder, images[:2], classes, candidates)
+
+    gen_preds, gen_s, gen_peak = timed(
+        lambda: run_generate(model, encoder, images, classes, max_new, args.batch, device), device)
+    score_preds, score_s, score_peak = timed(lambda: run_score(model, encoder, images, classes, candidates), device)
+    report = {
+        "machine": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv),
+        "text_layers": args.text_layers, "vision_layers": args.vision_layers, "widths": args.widths,
+        "parameters": n_params, "images": len(images), "classes": len(classes),
+        "candidate_tokens": [len(c) for c in candidates], "max_new_tokens": max_new,
+        "prompt_tokens_mean": float(np.mean(prompt_tokens)),
+        "reference": {"method": f"sampled generate (top-k 64, top-p 0.95), batch {args.batch}, substring match",
+                      "seconds": gen_s, "images_per_s": len(images) / gen_s, "peak_memory_gib": gen_peak,
+                      "unparsed_rate": float(np.mean([p is None for p in gen_preds]))},
+        "ours": {"method": "petqlora.evaluate.score_classes, one image at a time, shared prompt cache",
+                 "seconds": score_s, "images_per_s": len(images) / score_s, "peak_memory_gib": score_peak,
+                 "unparsed_rate": 0.0},
+    }
+    report["speedup"] = report["ours"]["images_per_s"] / report["reference"]["images_per_s"]
+    report["total_s"] = time.perf_counter() - started
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"eval_{args.tag}.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: report[k] for k in ("reference", "ours", "speedup", "max_new_tokens", "total_s")}, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
