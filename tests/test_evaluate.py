@@ -44,15 +44,6 @@ CPU = torch.device("cpu")
 VARIANTS = ("gemma4-31b", "gemma4-e", "gemma3")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # On a shared 2-core machine two OpenMP threads that lose a core spin; one thread keeps timings stable.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")

@@ -38,16 +38,6 @@ INSTRUCTION = "What breed is the pet in this image? Answer with one breed: Abyss
 SMALL = LoraSettings(r=4, alpha=8, dropout=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is several times faster than two (and far faster when
-    another process holds a core, where OpenMP threads wait on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-lora")

@@ -36,15 +36,6 @@ except ImportError:
 NAME = "petqlora-gemma4-pets"
 PROJECT, REGION = "my-proj", "us-central1"
 DATASET_HASH = "d5" * 32
-# Waiting on the proposed steps.py change (see the module's report): the marker goes with the fix.
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------------------ the decision

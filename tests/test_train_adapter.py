@@ -37,16 +37,6 @@ from petqlora.train_adapter import (
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # On a shared 2-core machine, two OpenMP threads that lose a core to another process spin and make
-    # tiny ops ~50x slower; one thread keeps these tests fast and their timings stable.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_checkpoint("gemma4-31b", tmp_path_factory.mktemp("model") / "gemma4-31b")
