@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/petqlora_entrypoint")
     parser.add_argument("--text-layers", type=int, default=4)
     parser.add_argument("--vision-layers", type=int, default=2)
-    parser.add_argument("--models", default="tiny,mid")
+    parser.add_argument("--models", default="mid,tiny", help="mid (31B widths) runs first: it matters most")
     parser.add_argument("--cpu-trial", action="store_true", help="try the script here: no GPU, no 4-bit")
     args = parser.parse_args()
     import torch
@@ -108,12 +108,6 @@ def main() -> None:
         common.update(quantize="none", optimizer="adamw", device="cpu", max_steps=12, checkpoint_every=5)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if "tiny" in args.models:
-        tiny = build_tiny_checkpoint("gemma4-31b", work / "tiny-gemma4-31b")
-        report["models"]["tiny_gemma4_31b"] = check(
-            "tiny", tiny, dataset, work, dict(common, lora_r=8, lora_alpha=8, lora_dropout=0.05, batch_size=4,
-                                              grad_accum=1, learning_rate=1e-2, image_token_budget=70))
-        out.write_text(json.dumps(report, indent=1))
     if "mid" in args.models:
         built = bench_model.save_checkpoint_folder(work / "gemma4-31b-widths", args.text_layers, args.vision_layers,
                                                    "cuda" if torch.cuda.is_available() else "cpu")
@@ -122,6 +116,12 @@ def main() -> None:
             "mid", Path(built["path"]), dataset, work,
             dict(common, lora_r=16, lora_alpha=16, lora_dropout=0.0, batch_size=8, grad_accum=1,
                  learning_rate=1e-3, image_token_budget=280))
+        out.write_text(json.dumps(report, indent=1))
+    if "tiny" in args.models:
+        tiny = build_tiny_checkpoint("gemma4-31b", work / "tiny-gemma4-31b")
+        report["models"]["tiny_gemma4_31b"] = check(
+            "tiny", tiny, dataset, work, dict(common, lora_r=8, lora_alpha=8, lora_dropout=0.05, batch_size=4,
+                                              grad_accum=1, learning_rate=1e-2, image_token_budget=70))
         out.write_text(json.dumps(report, indent=1))
     print(json.dumps({name: {k: (v.get("metrics", {}).get("first_losses"), v.get("metrics", {}).get("last_losses"),
                                  v.get("metrics", {}).get("peak_memory_gib"), v.get("metrics", {}).get("step_time_s"),

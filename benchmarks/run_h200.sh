@@ -15,8 +15,10 @@ bench)
   timeout 420 python3 benchmarks/train_benchmark.py --out "$OUT" --tag h200_31b --text-layers 60 --vision-layers 27 --deadline-s 330
   timeout 150 python3 benchmarks/eval_benchmark.py --out "$OUT" --tag h200_31b --text-layers 60 --vision-layers 27
   ;;
-check)
-  timeout 280 python3 benchmarks/entrypoint_check.py --out "$OUT/entrypoint_h200.json"
-  timeout 280 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+check)  # second call: the entrypoint and GPU tests, then the eval prototype and steady-state train figures
+  timeout 330 python3 benchmarks/entrypoint_check.py --out "$OUT/entrypoint_h200.json"  # 170 s was too short
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+  timeout 90 python3 benchmarks/eval_benchmark.py --out "$OUT" --tag h200_31b_packed --text-layers 60 --vision-layers 27
+  timeout 85 python3 benchmarks/train_benchmark.py --out "$OUT" --tag h200_31b_steady --text-layers 60 --vision-layers 27 --variants ours_bf16_b16,ours_bf16_b8 --steps 4 --deadline-s 45
   ;;
 esac

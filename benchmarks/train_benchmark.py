@@ -53,6 +53,7 @@ VARIANTS = {
                            autocast_bf16=False),
     "ours_bf16_b8": dict(batch_size=8, grad_accum=2, lora_dropout=0.0),
     "ours_bf16_b8_frozen_vision": dict(batch_size=8, grad_accum=2, lora_dropout=0.0, adapt_vision=False),
+    "ours_bf16_b16": dict(batch_size=16, grad_accum=1, lora_dropout=0.0),
     "ours_bf16_b16_frozen_vision": dict(batch_size=16, grad_accum=1, lora_dropout=0.0, adapt_vision=False),
     "ours_bf16_b16_frozen_vision_compiled": dict(batch_size=16, grad_accum=1, lora_dropout=0.0,
                                                  adapt_vision=False, compile_layers=True),
@@ -186,7 +187,7 @@ def run_variant(name: str, args, config, encoder, samples) -> dict:
         "peak_reserved_gib": _gib("max_memory_reserved", device),
         "encode_s": encode_s, "build_s": build_s, "wall_s": time.perf_counter() - started,
     }
-    del model, optimizer, trainable, step_fn
+    model = optimizer = trainable = step_fn = None  # free the 31B model before the next variant builds one
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

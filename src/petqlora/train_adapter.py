@@ -77,7 +77,9 @@ class TrainConfig:
     # Off keeps them bf16 (the loss is the same: see BENCHMARKS.md).
     upcast_frozen_fp32: bool = False
     autocast_bf16: bool | None = None    # None: on with a GPU; products in bf16, LoRA's master weights fp32
-    compile_layers: bool = False         # torch.compile each decoder layer (GPU; the first steps compile)
+    # torch.compile each decoder layer. Experimental: at 31B widths +4% speed after ~70 s of compiling and
+    # a far higher memory peak; torch 2.11 failed to compile it with vision LoRA on (BENCHMARKS.md).
+    compile_layers: bool = False
     optimizer: str = "auto"              # auto (paged 8-bit AdamW on GPU, AdamW on CPU) | adamw | paged_adamw_8bit
     seed: int = 42
     checkpoint_every: int = 50           # optimizer steps between checkpoints; 0 disables
