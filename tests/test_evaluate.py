@@ -35,9 +35,7 @@ from petqlora.evaluate import (
 )
 from petqlora.masking import IGNORE_INDEX
 from petqlora.modeling import load_model_and_processor
-from petqlora.prepare_data import PrepareDataConfig, prepare_data
 from petqlora.processors import load_processor
-from petqlora.synthetic import generate_synthetic_pets
 from petqlora.tiny_models import build_tiny_checkpoint
 
 CPU = torch.device("cpu")
@@ -60,13 +58,9 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
+def dataset(pets_dataset) -> Path:
     """6 learnable synthetic breeds, 6 test images of varied aspect ratios."""
-    root = tmp_path_factory.mktemp("pets")
-    source = generate_synthetic_pets(root / "source", per_class=4, seed=0)
-    out = root / "dataset"
-    prepare_data(PrepareDataConfig(source=str(source)), out)
-    return out
+    return pets_dataset(4)
 
 
 @pytest.fixture(scope="module")

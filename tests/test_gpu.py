@@ -43,8 +43,6 @@ _REASON = _why_no_qlora()
 if _REASON:
     pytest.skip(_REASON, allow_module_level=True)
 
-from petqlora.prepare_data import PrepareDataConfig, prepare_data  # noqa: E402
-from petqlora.synthetic import generate_synthetic_pets  # noqa: E402
 from petqlora.tiny_models import build_tiny_checkpoint  # noqa: E402
 from petqlora.train_adapter import TrainConfig, train_adapter  # noqa: E402
 
@@ -53,12 +51,8 @@ STEPS = 20
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pets")
-    source = generate_synthetic_pets(root / "source", per_class=6, seed=0)
-    out = root / "dataset"
-    prepare_data(PrepareDataConfig(source=str(source)), out)
-    return out
+def dataset(pets_dataset) -> Path:
+    return pets_dataset(6)
 
 
 @pytest.fixture(scope="module", params=VARIANTS)

@@ -23,8 +23,6 @@ from safetensors.torch import load_file
 from petqlora import data as data_lib
 from petqlora.encoding import PromptEncoder
 from petqlora.modeling import load_model_and_processor
-from petqlora.prepare_data import PrepareDataConfig, prepare_data
-from petqlora.synthetic import generate_synthetic_pets
 from petqlora.tiny_models import build_tiny_checkpoint
 from petqlora.train_adapter import (
     TrainConfig,
@@ -43,13 +41,9 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
+def dataset(pets_dataset) -> Path:
     """12 training images over 6 learnable synthetic breeds, of varied aspect ratios."""
-    root = tmp_path_factory.mktemp("pets")
-    source = generate_synthetic_pets(root / "source", per_class=4, seed=0)
-    out = root / "dataset"
-    prepare_data(PrepareDataConfig(source=str(source)), out)
-    return out
+    return pets_dataset(4)
 
 
 def small_config(model: Path, **overrides) -> TrainConfig:
