@@ -10,7 +10,9 @@ One random-weight Gemma 4 at 31B widths (NF4, as bench_model.py builds it) with 
   then substring matching; `max_new_tokens` is the longest class's token count (end-of-turn included) + 2,
   its best case (a trained model stops right after the name; random weights never stop early, so every
   batch runs to that cap);
-- ours: `petqlora.evaluate.score_classes`, one image at a time, the prompt's cache shared by the classes.
+- ours, as it was: `petqlora.evaluate.score_classes`, one image at a time, the prompt's cache shared;
+- ours, packed: `petqlora.evaluate.score_classes_packed`, every class of a batch of images in one forward
+  (what `evaluate` now uses for Gemma 4); checked against score_classes on the same images first.
 
 Both run once untimed on two images first (kernels, allocator). Peak memory is measured per method.
 """
@@ -32,7 +34,7 @@ import bench_model  # noqa: E402
 
 from petqlora import data as data_lib  # noqa: E402
 from petqlora.encoding import PromptEncoder  # noqa: E402
-from petqlora.evaluate import candidate_ids, score_classes  # noqa: E402
+from petqlora.evaluate import candidate_ids, score_classes, score_classes_packed  # noqa: E402
 from petqlora.lora import LoraSettings, build_lora_config  # noqa: E402
 
 
@@ -61,58 +63,6 @@ def run_score(model, encoder, images, classes, candidates) -> list[str]:
 
 
 @torch.no_grad()
-def score_classes_packed(model, encoder, images, candidates: list[list[int]]) -> np.ndarray:
-    """PROTOTYPE for evaluate.py (not the project's path yet): every class of every image in ONE forward.
-
-    Each row is an image's left-padded prompt followed by all the candidates' tokens packed one after
-    another; a 4D mask lets a candidate token see the prompt and its own candidate's earlier tokens only,
-    and its position continues the prompt's, so each candidate is scored exactly as if it followed the
-    prompt alone. No cache is repeated per class and one pass serves a whole batch of images. Valid while
-    prompt + packed candidates fit the sliding window (1024) and the config has no bidirectional vision
-    attention (the benchmark's; a real 31B config with use_bidirectional_attention="vision" needs the image
-    block overlay on the sliding layers' mask too).
-
-    NOT VALIDATED: on CPU (1 global layer) its scores matched score_classes to 0.002; on the H200 at 60
-    layers (sliding-window layers included) they differed by up to 9.9 nats, same argmax on 2 images.
-    The cause is not found, so its timing must not be read as the project's.
-    """
-    device = next(model.parameters()).device
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    enc = {k: v.to(device) for k, v in encoder.encode(images, None, padding_side="left").items()}
-    ids, amask = enc.pop("input_ids"), enc.pop("attention_mask")
-    b, p = ids.shape
-    fed = [c[:-1] for c in candidates]  # the last token of a candidate is predicted, never fed
-    starts = np.cumsum([0] + [len(f) for f in fed])[:-1]
-    packed = torch.tensor([t for f in fed for t in f], dtype=torch.long, device=device)
-    n = packed.numel()
-    seq = torch.cat([ids, packed.expand(b, n)], dim=1)
-    prompt_len = amask.sum(1)  # real prompt tokens per row (left padding)
-    pos = torch.cumsum(amask, 1) - 1
-    cand_pos = torch.tensor([t for f in fed for t in range(len(f))], device=device)
-    position_ids = torch.cat([pos.clamp(min=0), prompt_len[:, None] + cand_pos[None]], dim=1)
-    owner = torch.tensor([j for j, f in enumerate(fed) for _ in f], device=device)
-    mask = torch.zeros(b, 1, p + n, p + n, dtype=torch.bool, device=device)
-    real = amask.bool()
-    mask[:, 0, :p, :p] = torch.tril(torch.ones(p, p, dtype=torch.bool, device=device)) & real[:, None, :]
-    mask[:, 0, p:, :p] = real[:, None, :]
-    mask[:, 0, p:, p:] = (owner[:, None] == owner[None, :]) & torch.tril(torch.ones(n, n, dtype=torch.bool, device=device))
-    mask[:, 0, :p, :p] |= torch.eye(p, dtype=torch.bool, device=device)  # pad rows see themselves (no NaN)
-    hidden = inner.model(input_ids=seq, attention_mask={"full_attention": mask, "sliding_attention": mask},
-                         position_ids=position_ids, use_cache=False, **enc).last_hidden_state
-    # Logits only where a candidate token is predicted: the prompt's last position and every packed token.
-    h = torch.cat([hidden[:, p - 1:p], hidden[:, p:]], dim=1)
-    logits = inner.lm_head(h).float()
-    cap = inner.config.get_text_config().final_logit_softcapping
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
-    logp = torch.log_softmax(logits, dim=-1)  # [b, 1 + n, vocab]
-    scores = torch.zeros(b, len(candidates), device=device)
-    for j, c in enumerate(candidates):
-        where = [0] + [1 + starts[j] + t for t in range(len(c) - 1)]  # the position predicting c[t]
-        scores[:, j] = logp[:, where, c].sum(-1) if len(c) > 1 else logp[:, 0, c[0]]
-    return scores.cpu().numpy()
-
-
 def run_score_packed(model, encoder, images, classes, candidates, batch: int) -> list[str]:
     preds = []
     for i in range(0, len(images), batch):
@@ -170,7 +120,7 @@ def main() -> None:
     max_new = max(len(c) for c in candidates) + 2
     prompt_tokens = [int(encoder.encode([im], None)["attention_mask"].sum()) for im in images]
 
-    # The prototype must give score_classes' scores (up to bf16 rounding) before its speed counts.
+    # The packed scorer must give score_classes' scores (up to bf16 rounding) before its speed counts.
     check = [score_classes(model, encoder, im, candidates) for im in images[:2]]
     packed_check = score_classes_packed(model, encoder, images[:2], candidates)
     agreement = {"max_abs_diff": float(np.abs(np.stack(check) - packed_check).max()),
@@ -200,21 +150,21 @@ def main() -> None:
         "ours": {"method": "petqlora.evaluate.score_classes, one image at a time, shared prompt cache",
                  "seconds": score_s, "images_per_s": len(images) / score_s, "peak_memory_gib": score_peak,
                  "unparsed_rate": 0.0},
-        "packed_prototype": {
-            "method": f"PROTOTYPE (benchmarks only): all classes of {args.batch} images in one forward, 4D mask",
+        "packed": {
+            "method": f"petqlora.evaluate.score_classes_packed: all classes of {args.batch} images in one forward",
             "seconds": packed_s, "images_per_s": len(images) / packed_s, "peak_memory_gib": packed_peak,
             "agreement_with_score_classes": agreement,
             "same_predictions_as_score_classes": float(np.mean([a == b for a, b in zip(packed_preds, score_preds)]))},
     }
     report["speedup"] = report["ours"]["images_per_s"] / report["reference"]["images_per_s"]
-    report["packed_prototype_speedup"] = report["packed_prototype"]["images_per_s"] / report["reference"]["images_per_s"]
+    report["packed_speedup"] = report["packed"]["images_per_s"] / report["reference"]["images_per_s"]
     report["total_s"] = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"eval_{args.tag}.json"
     path.write_text(json.dumps(report, indent=1))
-    print(json.dumps({k: report[k] for k in ("reference", "ours", "packed_prototype", "speedup",
-                                             "packed_prototype_speedup", "max_new_tokens", "total_s")}, indent=1))
+    print(json.dumps({k: report[k] for k in ("reference", "ours", "packed", "speedup",
+                                             "packed_speedup", "max_new_tokens", "total_s")}, indent=1))
     print(f"wrote {path}")
 
 

@@ -142,6 +142,36 @@ def test_score_classes_equals_the_full_sequence_log_likelihood(variant, checkpoi
         assert np.abs(scores - plain).max() > 1e-2  # the adapter really changed the model
 
 
+@pytest.mark.parametrize("variant", ["gemma4-31b", "gemma4-e", "gemma4-e-kv-shared-short-window",
+                                     "gemma4-31b+bidirectional-vision", "gemma4-31b+lora"])
+def test_packed_scorer_equals_the_full_sequence_log_likelihood(variant, checkpoints, manifest, images):
+    """One forward for a batch of images, every class packed after each prompt: the same scores as running
+    each training sequence on its own (float64, so only the algorithm could differ)."""
+    from petqlora.evaluate import score_classes_packed
+
+    base = variant.split("+")[0]
+    model, processor, family = _load(str(checkpoints[base]), torch.float64)
+    if variant.endswith("+bidirectional-vision"):  # Gemma 4's option: image tokens see each other on sliding layers
+        model.config.text_config.use_bidirectional_attention = "vision"
+    if variant.endswith("+lora"):
+        model = _lora(model)
+    encoder = PromptEncoder(processor, family, manifest["instruction"])
+    classes = manifest["classes"]
+    batch = images[:3]  # different aspect ratios: prompts of different lengths in one padded batch
+    packed = score_classes_packed(model, encoder, batch, candidate_ids(encoder, classes))
+    reference = np.stack([full_sequence_loglik(model, encoder, image, classes) for image in batch])
+    np.testing.assert_allclose(packed, reference, rtol=0, atol=1e-4)
+
+
+def test_packed_scorer_refuses_gemma3(checkpoints, manifest, images):
+    from petqlora.evaluate import score_classes_packed
+
+    model, processor, family = _load(str(checkpoints["gemma3"]), torch.float32)
+    encoder = PromptEncoder(processor, family, manifest["instruction"])
+    with pytest.raises(ValueError, match="Gemma 3"):
+        score_classes_packed(model, encoder, images[:1], candidate_ids(encoder, manifest["classes"]))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_candidate_ids_are_the_supervised_span_of_the_training_sequence(variant, checkpoints, manifest, images):
     family = "gemma3" if variant == "gemma3" else "gemma4"

@@ -45,6 +45,7 @@ class EvalConfig:
     image_token_budget: int = 280
     quantize: str = "auto"           # auto (4-bit on GPU) | 4bit | none
     max_examples: int | None = None
+    batch_size: int = 8              # images per forward pass of the packed Gemma 4 scorer
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -74,6 +75,8 @@ class EvalConfig:
         if self.max_examples is not None and (not is_int(self.max_examples) or self.max_examples < 1):
             problems.append(f"--max-examples {self.max_examples!r}: must be an integer >= 1, or left out for "
                             "the whole split")
+        if not is_int(self.batch_size) or self.batch_size < 1:
+            problems.append(f"--batch-size {self.batch_size!r}: must be an integer >= 1 (images per forward pass)")
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             problems.append(f"--device {self.device!r}: must be auto, cpu or cuda[:N]")
         if problems:
@@ -118,6 +121,98 @@ def score_classes(model, encoder: PromptEncoder, image, candidates: list[list[in
             if len(c) > 1:
                 scores[i] += logp[i, torch.arange(len(c) - 1), torch.tensor(c[1:], device=device)].sum()
     return scores.cpu().numpy()
+
+
+def _packed_masks(model, segments: torch.Tensor, positions: torch.Tensor, vision_blocks: torch.Tensor,
+                  dtype: torch.dtype) -> dict:
+    """Per-layer-type 4D masks for rows of [prompt, candidate 1, candidate 2, ...].
+
+    `segments` is 0 on the prompt, k on candidate k and -1 on padding. A token sees the prompt up to itself
+    and the earlier tokens of its own candidate, never another candidate. Sliding layers also let the
+    tokens of one image see each other (Gemma 4's bidirectional vision overlay, when configured) and
+    measure their window in positions, as the unpacked sequence would.
+    """
+    text = model.config.get_text_config()
+    q, k = segments[:, :, None], segments[:, None, :]
+    idx = torch.arange(segments.shape[1], device=segments.device)
+    causal = idx[None, :, None] >= idx[None, None, :]
+    own = (k == 0) | (k == q)
+    full = causal & own & (k >= 0) & (q >= 0)
+    sliding = full
+    if getattr(text, "use_bidirectional_attention", None) == "vision":
+        vq, vk = vision_blocks[:, :, None], vision_blocks[:, None, :]
+        sliding = sliding | ((vq == vk) & (vq >= 0))
+    window = getattr(text, "sliding_window", None)
+    if window:
+        sliding = sliding & ((positions[:, :, None] - positions[:, None, :]) < window)
+    masks = {"full_attention": full[:, None], "sliding_attention": sliding[:, None]}
+    if model.config._attn_implementation != "sdpa":  # eager and others take an additive float mask
+        low = torch.finfo(dtype).min
+        masks = {key: torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, low)
+                 for key, m in masks.items()}
+    return masks
+
+
+@torch.no_grad()
+def score_classes_packed(model, encoder: PromptEncoder, images: list, candidates: list[list[int]]) -> np.ndarray:
+    """Log-likelihood of every candidate for a batch of images in ONE forward pass (Gemma 4 only).
+
+    Each row is the prompt followed by all candidates (minus their last token), each candidate placed at
+    the positions it would have right after the prompt; the masks keep candidates from seeing each other.
+    It gives the same scores as `score_classes` with one forward per batch instead of two per image.
+    """
+    if encoder.family != "gemma4":
+        raise ValueError("the packed scorer builds Gemma 4's per-layer-type masks; use score_classes for Gemma 3")
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in encoder.encode(images, None, padding_side="right").items()}
+    prompt_len = batch["attention_mask"].sum(1).tolist()
+    body = [c[:-1] for c in candidates]  # a candidate's last token is predicted, never fed
+    width = max(prompt_len) + sum(len(b) for b in body)
+    n = len(images)
+    ids = torch.full((n, width), encoder.tokens.pad, dtype=torch.long, device=device)
+    segments = torch.full((n, width), -1, dtype=torch.long, device=device)
+    positions = torch.zeros((n, width), dtype=torch.long, device=device)
+    mm_types = torch.zeros((n, width), dtype=torch.long, device=device)
+    # where each candidate's predictions come from: index of the token that predicts its j-th token
+    sources = []
+    for row in range(n):
+        p = prompt_len[row]
+        ids[row, :p] = batch["input_ids"][row, :p]
+        segments[row, :p] = 0
+        positions[row, :p] = torch.arange(p, device=device)
+        if "mm_token_type_ids" in batch:
+            mm_types[row, :p] = batch["mm_token_type_ids"][row, :p]
+        at, row_sources = p, []
+        for k, tokens in enumerate(body, 1):
+            ids[row, at:at + len(tokens)] = torch.tensor(tokens, dtype=torch.long, device=device)
+            segments[row, at:at + len(tokens)] = k
+            positions[row, at:at + len(tokens)] = torch.arange(p, p + len(tokens), device=device)
+            row_sources.append([p - 1] + list(range(at, at + len(tokens))))
+            at += len(tokens)
+        sources.append(row_sources)
+    vision = (mm_types == 1) | (mm_types == 2)
+    starts = vision & ~torch.roll(vision, 1, dims=1)
+    starts[:, 0] = vision[:, 0]
+    vision_blocks = torch.where(vision, torch.cumsum(starts.long(), dim=1) - 1, -1)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dtype = next(p for p in inner.parameters() if p.is_floating_point()).dtype
+    masks = _packed_masks(inner, segments, positions, vision_blocks, torch.promote_types(dtype, torch.float32)
+                          if dtype not in (torch.bfloat16, torch.float16) else dtype)
+    extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    hidden = inner.model(input_ids=ids, attention_mask=masks, position_ids=positions, mm_token_type_ids=mm_types,
+                         use_cache=False, **extra).last_hidden_state
+    rows = torch.tensor([r for r in range(n) for src in sources[r] for _ in src], device=device)
+    cols = torch.tensor([i for r in range(n) for src in sources[r] for i in src], device=device)
+    targets = torch.tensor([t for _ in range(n) for c in candidates for t in c], device=device)
+    logits = inner.lm_head(hidden[rows, cols])
+    cap = inner.config.get_text_config().final_logit_softcapping
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    logp = torch.log_softmax(_at_least_fp32(logits), dim=-1).gather(-1, targets[:, None])[:, 0]
+    lengths = torch.tensor([len(c) for c in candidates] * n, device=device)
+    owner = torch.repeat_interleave(torch.arange(n * len(candidates), device=device), lengths)
+    scores = torch.zeros(n * len(candidates), dtype=logp.dtype, device=device).index_add_(0, owner, logp)
+    return scores.view(n, len(candidates)).cpu().numpy()
 
 
 def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
@@ -194,22 +289,33 @@ def evaluate(dataset_dir: str | Path, output_dir: str | Path, cfg: EvalConfig) -
     # canonical "yorkshire terrier"); generation stops at the end of the turn in any case.
     max_new = 2 * max(len(c) for c in candidates) + 8
     y_true, y_pred, all_scores, rows = [], [], [], []
+    # Gemma 4 scores a batch of images in one forward (all classes packed after each prompt); Gemma 3's
+    # masks are built differently, so it keeps the per-image scorer with the shared prompt cache.
+    packed = cfg.mode == "score" and family == "gemma4"
+    step = cfg.batch_size if packed else 1
     started = time.perf_counter()
-    for k, rec in enumerate(records, 1):
-        image = data_lib.load_image(dataset_dir, rec)
-        if cfg.mode == "score":
-            scores = score_classes(model, encoder, image, candidates)
-            pred, text = classes[int(np.argmax(scores))], None
-            all_scores.append(scores)
-        else:
-            text = generate_answer(model, encoder, image, max_new)
-            pred = match_answer(text, classes)
-        y_true.append(rec["label"])
-        y_pred.append(pred)
-        rows.append({"id": rec["id"], "label": rec["label"], "prediction": pred, "generated": text,
-                     "scores": None if cfg.mode != "score" else [round(float(s), 4) for s in all_scores[-1]]})
-        if k % 20 == 0 or k == len(records):
-            log.info("%s: %d/%d evaluated, accuracy so far %.3f", cfg.name, k, len(records),
+    for first in range(0, len(records), step):
+        chunk = records[first:first + step]
+        images = [data_lib.load_image(dataset_dir, rec) for rec in chunk]
+        if packed:
+            chunk_scores = list(score_classes_packed(model, encoder, images, candidates))
+        elif cfg.mode == "score":
+            chunk_scores = [score_classes(model, encoder, images[0], candidates)]
+        for i, rec in enumerate(chunk):
+            if cfg.mode == "score":
+                scores = chunk_scores[i]
+                pred, text = classes[int(np.argmax(scores))], None
+                all_scores.append(scores)
+            else:
+                text = generate_answer(model, encoder, images[i], max_new)
+                pred = match_answer(text, classes)
+            y_true.append(rec["label"])
+            y_pred.append(pred)
+            rows.append({"id": rec["id"], "label": rec["label"], "prediction": pred, "generated": text,
+                         "scores": None if cfg.mode != "score" else [round(float(v), 4) for v in scores]})
+        done = first + len(chunk)
+        if done % 20 < step or done == len(records):
+            log.info("%s: %d/%d evaluated, accuracy so far %.3f", cfg.name, done, len(records),
                      np.mean([a == b for a, b in zip(y_true, y_pred)]))
     seconds = time.perf_counter() - started
     result = classification_result(y_true, y_pred, classes, np.stack(all_scores) if all_scores else None)
@@ -243,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-token-budget", type=int, default=280)
     parser.add_argument("--quantize", default="auto", choices=["auto", "4bit", "none"])
     parser.add_argument("--max-examples", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (Gemma 4 scoring)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda:N")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
@@ -251,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = EvalConfig(name=args.name, base_model=local_path(args.base_model),
                      adapter=local_path(args.adapter) if args.adapter else None, split=args.split, mode=args.mode,
                      image_token_budget=args.image_token_budget, quantize=args.quantize, max_examples=args.max_examples,
+                     batch_size=args.batch_size,
                      device=args.device)
     evaluate(local_path(args.dataset), local_path(args.output), cfg)
     return 0
