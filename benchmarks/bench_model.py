@@ -131,6 +131,15 @@ def save_checkpoint_folder(out: str | Path, text_layers: int, vision_layers: int
             "seconds": time.perf_counter() - started}
 
 
+def add_model_arguments(parser, tag: str = "h200_31b") -> None:
+    """The flags every benchmark shares: where results go and which model to build."""
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default=tag)
+    parser.add_argument("--text-layers", type=int, default=60)
+    parser.add_argument("--vision-layers", type=int, default=27)
+    parser.add_argument("--widths", default="31b")
+
+
 def oxford_instruction() -> str:
     from petqlora.prompts import render_instruction
 

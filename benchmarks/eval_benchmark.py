@@ -88,11 +88,7 @@ def timed(fn, device):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--tag", default="h200_31b")
-    parser.add_argument("--text-layers", type=int, default=60)
-    parser.add_argument("--vision-layers", type=int, default=27)
-    parser.add_argument("--widths", default="31b")
+    bench_model.add_model_arguments(parser)
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--work", default="/tmp/petqlora_bench")

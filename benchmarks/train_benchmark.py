@@ -196,11 +196,7 @@ def run_variant(name: str, args, config, encoder, samples) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--tag", default="h200_31b")
-    parser.add_argument("--text-layers", type=int, default=60)
-    parser.add_argument("--vision-layers", type=int, default=27)
-    parser.add_argument("--widths", default="31b")
+    bench_model.add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per ours_* variant (first untimed)")
     parser.add_argument("--ref-steps", type=int, default=2, help="optimizer steps for the reference")
     parser.add_argument("--variants", default="reference," + ",".join(VARIANTS))
