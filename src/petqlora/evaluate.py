@@ -27,7 +27,7 @@ from petqlora import data as data_lib
 from petqlora.encoding import PromptEncoder
 from petqlora.masking import supervised_span
 from petqlora.metrics import classification_result
-from petqlora.modeling import load_model_and_processor, resolve_device
+from petqlora.modeling import base_model, head_logits, load_model_and_processor, resolve_device
 from petqlora.processors import SUPPORTED_BUDGETS
 
 log = logging.getLogger("petqlora.evaluate")
@@ -194,7 +194,7 @@ def score_classes_packed(model, encoder: PromptEncoder, images: list, candidates
     starts = vision & ~torch.roll(vision, 1, dims=1)
     starts[:, 0] = vision[:, 0]
     vision_blocks = torch.where(vision, torch.cumsum(starts.long(), dim=1) - 1, -1)
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model(model)
     dtype = next(p for p in inner.parameters() if p.is_floating_point()).dtype
     masks = _packed_masks(inner, segments, positions, vision_blocks, torch.promote_types(dtype, torch.float32)
                           if dtype not in (torch.bfloat16, torch.float16) else dtype)
@@ -204,10 +204,7 @@ def score_classes_packed(model, encoder: PromptEncoder, images: list, candidates
     rows = torch.tensor([r for r in range(n) for src in sources[r] for _ in src], device=device)
     cols = torch.tensor([i for r in range(n) for src in sources[r] for i in src], device=device)
     targets = torch.tensor([t for _ in range(n) for c in candidates for t in c], device=device)
-    logits = inner.lm_head(hidden[rows, cols])
-    cap = inner.config.get_text_config().final_logit_softcapping
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
+    logits = head_logits(inner, hidden[rows, cols])
     logp = torch.log_softmax(_at_least_fp32(logits), dim=-1).gather(-1, targets[:, None])[:, 0]
     lengths = torch.tensor([len(c) for c in candidates] * n, device=device)
     owner = torch.repeat_interleave(torch.arange(n * len(candidates), device=device), lengths)

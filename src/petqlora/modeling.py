@@ -104,7 +104,7 @@ def compile_decoder_layers(model: torch.nn.Module) -> int:
     decoder layers repeat, so their graphs are shared and most element-wise work (norms, activations,
     residual adds, dtype casts) gets fused. Gradient checkpointing wraps the compiled call.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model(model)
     layers = inner.model.language_model.layers
     for layer in layers:
         layer.compile()
@@ -124,11 +124,19 @@ def supervised_logits(model, batch: dict, labels: torch.Tensor) -> tuple[torch.T
     Projecting every position onto a 262k vocabulary costs more memory than the rest of the step; the
     loss needs only the few answer positions. Works on a PEFT-wrapped or a plain model.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model(model)
     hidden = inner.model(**batch, use_cache=False).last_hidden_state
     pos = (labels[:, 1:] != -100).nonzero(as_tuple=False)
-    logits = inner.lm_head(hidden[pos[:, 0], pos[:, 1]])
+    return head_logits(inner, hidden[pos[:, 0], pos[:, 1]]).float(), labels[pos[:, 0], pos[:, 1] + 1]
+
+
+def base_model(model):
+    """The transformers model under a PEFT wrapper (LoRA layers stay injected), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def head_logits(inner, hidden: torch.Tensor) -> torch.Tensor:
+    """lm_head on chosen hidden states, with the family's final soft-capping, as the model's forward does."""
+    logits = inner.lm_head(hidden)
     cap = inner.config.get_text_config().final_logit_softcapping
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
-    return logits.float(), labels[pos[:, 0], pos[:, 1] + 1]
+    return torch.tanh(logits / cap) * cap if cap is not None else logits

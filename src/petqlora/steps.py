@@ -88,12 +88,15 @@ class Backend:
 
 
 def integral_floats_to_int(values: dict) -> dict:
-    """KFP passes dict parameters as protobuf Structs, whose numbers are all floats: 20 arrives as 20.0."""
-    return {k: int(v) if isinstance(v, float) and v.is_integer() and k not in FLOAT_KEYS else v
+    """KFP passes dict parameters as protobuf Structs, whose numbers are all floats: 20 arrives as 20.0.
+    Whole numbers go back to int, except for the TrainConfig fields declared float."""
+    from dataclasses import fields
+
+    from petqlora.train_adapter import TrainConfig
+
+    float_keys = {f.name for f in fields(TrainConfig) if str(f.type).startswith("float")}
+    return {k: int(v) if isinstance(v, float) and v.is_integer() and k not in float_keys else v
             for k, v in values.items()}
-
-
-FLOAT_KEYS = {"epochs", "learning_rate", "lora_dropout", "warmup_ratio", "weight_decay", "max_grad_norm"}
 
 
 # ---- prepare_data
@@ -234,10 +237,8 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
         registered=register, reason=reason,
         extra={"examples evaluated": ft["n_eval"], "scoring": mode, "training steps": training.get("steps"),
                "training wall time (s)": round(training.get("wall_time_s") or 0, 1)}))
-    Path(summary_md).write_text(markdown_summary(rows, registered=register, model_version=None, reason=reason)
-                                if not register else markdown_summary(rows, registered=True,
-                                                                      model_version="(assigned by register_model)",
-                                                                      reason=reason))
+    version = "(assigned by register_model)" if register else None
+    Path(summary_md).write_text(markdown_summary(rows, registered=register, model_version=version, reason=reason))
     table = results_table(rows)
     print(table, flush=True)
     summary = {"models": {k: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "n_eval": r["n_eval"],
