@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # What the H200 runs, one device call per stage; results land in $OUT (benchmarks/results when unset).
+#   bash benchmarks/run_h200.sh train   # train_benchmark.py at the full 31B widths (the current training table)
 #   bash benchmarks/run_h200.sh bench   # train_benchmark.py + eval_benchmark.py at the full 31B widths
 #   bash benchmarks/run_h200.sh check   # entrypoint_check.py (goal: the real 4-bit path) + tests/test_gpu.py
 # The machine has torch but no bitsandbytes and no network: the wheels travel in .whl/ (see BENCHMARKS.md).
@@ -11,7 +12,11 @@ export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 python3 -c "import torch, transformers, peft, bitsandbytes as b; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'bitsandbytes', b.__version__, torch.cuda.get_device_name())"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 case "${1:-bench}" in
-bench)
+train)  # the training table: reference and the project's variants side by side, one run, fused variant profiled
+  timeout 540 python3 benchmarks/train_benchmark.py --out "$OUT" --tag h200_31b_fused --text-layers 60 --vision-layers 27 \
+    --steps 4 --deadline-s 420 --profile ours_bf16_b16_frozen_vision_fused
+  ;;
+bench)  # the first session's call: training and evaluation tables
   timeout 420 python3 benchmarks/train_benchmark.py --out "$OUT" --tag h200_31b --text-layers 60 --vision-layers 27 --deadline-s 330
   timeout 150 python3 benchmarks/eval_benchmark.py --out "$OUT" --tag h200_31b --text-layers 60 --vision-layers 27
   ;;

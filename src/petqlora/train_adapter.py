@@ -43,8 +43,8 @@ from petqlora import data as data_lib
 from petqlora.encoding import PromptEncoder
 from petqlora.lora import LoraSettings, build_lora_config
 from petqlora.masking import IGNORE_INDEX
-from petqlora.modeling import (DEFAULT_SKIP_QUANTIZATION, compile_decoder_layers, load_model_and_processor,
-                               resolve_device, supervised_logits)
+from petqlora.modeling import (DEFAULT_SKIP_QUANTIZATION, base_model, fuse_elementwise,
+                               load_model_and_processor, resolve_device, supervised_logits)
 
 log = logging.getLogger("petqlora.train_adapter")
 
@@ -77,9 +77,13 @@ class TrainConfig:
     # Off keeps them bf16 (the loss is the same: see BENCHMARKS.md).
     upcast_frozen_fp32: bool = False
     autocast_bf16: bool | None = None    # None: on with a GPU; products in bf16, LoRA's master weights fp32
-    # torch.compile each decoder layer. Experimental: at 31B widths +4% speed after ~70 s of compiling and
-    # a far higher memory peak; torch 2.11 failed to compile it with vision LoRA on (BENCHMARKS.md).
-    compile_layers: bool = False
+    # Gemma 4: compile the language model's RMSNorms and gelu(gate) * up into fused kernels (same
+    # arithmetic; the rest stays eager). Needs a GPU toolchain (triton); first step compiles for ~30 s.
+    fuse_elementwise: bool = False
+    # Gemma 4 with adapt_vision=false: each training image's soft-token features are computed by the frozen
+    # vision tower once and kept in host memory (~3 MB per image at budget 280, 31B width); later epochs skip
+    # the tower. The features are what the tower would compute again (no augmentation): nothing changes but time.
+    cache_image_features: bool = False
     optimizer: str = "auto"              # auto (paged 8-bit AdamW on GPU, AdamW on CPU) | adamw | paged_adamw_8bit
     seed: int = 42
     checkpoint_every: int = 50           # optimizer steps between checkpoints; 0 disables
@@ -102,7 +106,7 @@ class TrainConfig:
                 problems.append(f"{name}={value!r} must be a finite number")
                 bad.add(name)
         optional_bools = tuple(n for n in ("gradient_checkpointing", "autocast_bf16") if getattr(self, n) is not None)
-        for name in ("adapt_vision", "upcast_frozen_fp32", "compile_layers") + optional_bools:
+        for name in ("adapt_vision", "upcast_frozen_fp32", "fuse_elementwise", "cache_image_features") + optional_bools:
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={getattr(self, name)!r} must be true or false")
         if not isinstance(self.base_model, str) or not self.base_model:
@@ -136,6 +140,9 @@ class TrainConfig:
             problems.append(f"quantize={self.quantize!r} must be auto, 4bit or none")
         if self.optimizer not in ("auto", "adamw", "paged_adamw_8bit"):
             problems.append(f"optimizer={self.optimizer!r} must be auto, adamw or paged_adamw_8bit")
+        if self.cache_image_features is True and self.adapt_vision is not False:
+            problems.append("cache_image_features=true needs adapt_vision=false: with a LoRA on the vision tower "
+                            "its features change at every step; set adapt_vision=false or cache_image_features=false")
         if ok("checkpoint_every") and self.checkpoint_every < 0:
             problems.append(f"checkpoint_every={self.checkpoint_every} must be >= 0")
         try:
@@ -268,8 +275,8 @@ def prepare_for_training(model, cfg: TrainConfig, device: torch.device, quantize
     grad_ckpt = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device.type == "cuda"
     if grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.compile_layers:
-        log.info("torch.compile: %d decoder layers", compile_decoder_layers(model))
+    if cfg.fuse_elementwise:
+        log.info("fused element-wise kernels (torch.compile): %s", fuse_elementwise(model))
     model.train()
     return model, targets
 
@@ -278,16 +285,70 @@ def uses_autocast(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.autocast_bf16 if cfg.autocast_bf16 is not None else device.type == "cuda"
 
 
-def forward_backward(model, encoded: list[dict], device: torch.device, autocast: bool) -> tuple[float, int]:
+class ImageFeatureCache:
+    """Soft-token features of each training image from the frozen Gemma 4 vision tower, kept across epochs.
+
+    Keyed by the record id (one image per training example). A batch whose images are all known skips the
+    vision tower: its features go to the model as `mm_encoder_outputs`, transformers' input for precomputed
+    encoder outputs; a batch with any new image runs the tower once for the whole batch and stores each
+    image's features on the host.
+    """
+
+    def __init__(self, model) -> None:
+        inner = base_model(model).model
+        trainable = [n for n, p in model.named_parameters()
+                     if p.requires_grad and ("vision_tower" in n or "embed_vision" in n)]
+        if not hasattr(inner, "embed_vision") or trainable:
+            raise ValueError("cache_image_features needs a Gemma 4 model whose vision tower and projection are "
+                             f"frozen (found trainable: {trainable[:3]}): set adapt_vision=false, or "
+                             "cache_image_features=false")
+        self._inner = inner
+        self._features: dict[str, torch.Tensor] = {}
+        self.hits = self.misses = 0
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._features)
+
+    def substitute(self, batch: dict, keys: list[str]) -> dict:
+        """The batch with `pixel_values` replaced by the cached (or now computed) image features."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        if len(keys) != batch["pixel_values"].shape[0]:
+            raise ValueError(f"{len(keys)} image keys for {batch['pixel_values'].shape[0]} images")
+        if all(k in self._features for k in keys):
+            self.hits += len(keys)
+            device = batch["input_ids"].device
+            features = tuple(self._features[k].to(device, non_blocking=True) for k in keys)
+        else:
+            self.misses += len(keys)
+            with torch.no_grad():
+                features = self._inner.get_image_features(batch["pixel_values"], batch["image_position_ids"],
+                                                          return_dict=True).pooler_output
+            for k, f in zip(keys, features):
+                if k not in self._features:
+                    self._features[k] = f.to("cpu", copy=True)
+                    self.nbytes += f.numel() * f.element_size()
+        batch = {k: v for k, v in batch.items() if k not in ("pixel_values", "image_position_ids")}
+        batch["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+        return batch
+
+
+def forward_backward(model, encoded: list[dict], device: torch.device, autocast: bool,
+                     cache: ImageFeatureCache | None = None) -> tuple[float, int]:
     """Forward and backward over one optimizer step's micro-batches; returns (loss, tokens attended).
 
     The loss is the mean over every supervised token of the step, however they fall into micro-batches.
+    With a `cache`, each micro-batch carries `image_keys` (its record ids) and the cache stands in for the
+    vision tower.
     """
     n_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in encoded)
     total, seen = 0.0, 0
     for b in encoded:
-        batch = {k: v.to(device) for k, v in b.items() if k != "labels"}
+        batch = {k: v.to(device) for k, v in b.items() if k not in ("labels", "image_keys")}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            if cache is not None:
+                batch = cache.substitute(batch, b["image_keys"])
             logits, answer_ids = supervised_logits(model, batch, b["labels"].to(device))
         loss = torch.nn.functional.cross_entropy(logits.float(), answer_ids, reduction="sum") / n_tokens
         loss.backward()
@@ -455,6 +516,7 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
 
     model, targets = prepare_for_training(model, cfg, device, quantize)
     autocast = uses_autocast(cfg, device)
+    cache = ImageFeatureCache(model) if cfg.cache_image_features else None
 
     batches_per_epoch = math.ceil(len(records) / cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
@@ -503,7 +565,9 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
             recs = [records[i] for i in idx]
             images = [data_lib.load_image(dataset_dir, r) for r in recs]
             encoded.append(encoder.encode(images, [r["label"] for r in recs]))
-        total, seen = forward_backward(model, encoded, device, autocast)
+            if cache is not None:
+                encoded[-1]["image_keys"] = [r["id"] for r in recs]
+        total, seen = forward_backward(model, encoded, device, autocast, cache)
         state.tokens_seen += seen
         torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         optimizer.step()
@@ -556,6 +620,8 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
         "wall_time_s": time.perf_counter() - started,  # this attempt, model loading and checkpoints included
         "peak_memory_gib": _peak_memory_gib(device), "memory_kind": "GPU" if device.type == "cuda" else "CPU RSS",
         "lora_target_modules": targets, "config": asdict(cfg), "task_attempt": task_attempt,
+        "image_feature_cache": None if cache is None else {
+            "images": len(cache), "host_gib": cache.nbytes / 2**30, "hits": cache.hits, "misses": cache.misses},
         "run": fingerprint,
     }
     metrics = json.loads(json.dumps(metrics))  # what a re-run reads back (tuples become lists)
