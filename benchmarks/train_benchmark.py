@@ -71,7 +71,8 @@ DEFAULT_VARIANTS = ("reference", "ours_bf16_b16_frozen_vision", "ours_bf16_b16_f
 def ours_config(**overrides) -> TrainConfig:
     values = dict(base_model="in-memory random weights", lora_r=64, lora_alpha=64, learning_rate=5e-5,
                   warmup_ratio=0.0, max_grad_norm=1.0, quantize="4bit", optimizer="paged_adamw_8bit",
-                  gradient_checkpointing=True, image_token_budget=280, max_length=1024, device="cuda")
+                  gradient_checkpointing=True, image_token_budget=280, max_length=1024, device="cuda",
+                  fuse_elementwise=False)  # on by default with a GPU: the *_fused variants turn it on
     values.update(overrides)
     return TrainConfig(**values)
 

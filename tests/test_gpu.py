@@ -147,7 +147,7 @@ def test_fused_kernels_and_feature_cache_train_like_eager(model_dir, dataset, tm
     # Inductor-compiled norms and gelu(gate) * up, and cached image features, on the real NF4 path: the
     # first loss agrees with eager to bf16 rounding (fused kernels round differently), and both fall.
     base = dict(max_steps=8, checkpoint_every=0, adapt_vision=False, lora_dropout=0.0)
-    eager = _first_losses(dataset, tmp_path / "eager", qlora_config(model_dir, **base), 8)
+    eager = _first_losses(dataset, tmp_path / "eager", qlora_config(model_dir, **base, fuse_elementwise=False), 8)
     metrics = train_adapter(dataset, tmp_path / "fast", qlora_config(
         model_dir, **base, fuse_elementwise=True, cache_image_features=True))
     fast = [v for _, v in metrics["loss"]]

@@ -48,6 +48,8 @@ def test_fused_elementwise_gives_the_same_loss_and_gradients(tiny_model):
     cfg = config(tiny_model)
     eager, processor, _ = lora_model(tiny_model, cfg, fuse=False)
     fused, _, counts = lora_model(tiny_model, cfg, fuse=True)
+    norms = [m for m in eager.modules() if type(m).__name__ == "Gemma4RMSNorm"]
+    assert norms and not any("forward" in vars(m) for m in norms)  # fuse_elementwise=None: off on a CPU
     layers = eager.get_base_model().config.get_text_config().num_hidden_layers
     # 4 residual norms + q/k/v norms per layer (k/v absent where keys are shared), and the final norm.
     assert counts["gelu_mul"] == layers and 4 * layers + 1 < counts["rms_norm"] <= 7 * layers + 1

@@ -130,6 +130,10 @@ def _fused_mlp_forward(mlp, gelu_mul, x: torch.Tensor) -> torch.Tensor:
     return mlp.down_proj(gelu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
 
 
+def has_gemma4_norms(model: torch.nn.Module) -> bool:
+    return any(type(m).__name__ == "Gemma4RMSNorm" for m in base_model(model).model.language_model.modules())
+
+
 def fuse_elementwise(model: torch.nn.Module, backend: str = "inductor") -> dict[str, int]:
     """Fuse the language model's RMSNorms and gated-GELU products into compiled kernels, in place.
 
