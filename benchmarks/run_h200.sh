@@ -14,8 +14,8 @@ python3 -c "import torch, transformers, peft, bitsandbytes as b; print('torch', 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 case "${1:-bench}" in
 train)  # the training table: reference and the project's variants side by side, one run, fused variant profiled
-  timeout 540 python3 benchmarks/train_benchmark.py --out "$OUT" --tag h200_31b_fused --text-layers 60 --vision-layers 27 \
-    --steps 4 --deadline-s 420 --profile ours_bf16_b16_frozen_vision_fused
+  timeout 540 python3 benchmarks/train_benchmark.py --out "$OUT" --tag ${TAG:-h200_31b_fused} --text-layers 60 --vision-layers 27 \
+    --steps ${STEPS:-4} --deadline-s 420 --profile ours_bf16_b16_frozen_vision_fused
   ;;
 bench)  # the first session's call: training and evaluation tables
   timeout 420 python3 benchmarks/train_benchmark.py --out "$OUT" --tag h200_31b --text-layers 60 --vision-layers 27 --deadline-s 330

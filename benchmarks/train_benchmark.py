@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -215,6 +216,10 @@ def run_variant(name: str, args, config, encoder, samples) -> dict:
         "padded_tokens_per_s": sum(padded[timed]) / t, "tokens_per_sample": sum(tokens) / (SAMPLES_PER_STEP * steps),
         "padding_fraction": 1 - sum(tokens) / sum(padded),
         "mfu": 6 * n_params * sum(tokens[timed]) / t / PEAK_FLOPS,
+        # Medians over the timed steps: robust to a slow step while allocator and kernels settle.
+        "median_step_s": statistics.median(times[timed]),
+        "samples_per_s_median": SAMPLES_PER_STEP / statistics.median(times[timed]),
+        "mfu_median": statistics.median(6 * n_params * n / dt / PEAK_FLOPS for n, dt in zip(tokens[timed], times[timed])),
         "peak_memory_gib": _gib("max_memory_allocated", device),
         "peak_reserved_gib": _gib("max_memory_reserved", device),
         "encode_s": encode_s, "build_s": build_s,
@@ -323,6 +328,8 @@ def main() -> None:
                 v["loss_step2_minus_reference"] = v["losses"][1] - ref["losses"][1]
         print(f"{v['variant']:40s} {v['samples_per_s']:7.3f} samples/s  {v['tokens_per_s']:8.0f} tok/s  "
               f"MFU {v['mfu']:.3f}  peak {v['peak_memory_gib'] or 0:6.2f} GiB  losses {[round(x, 4) for x in v['losses']]}")
+        print(f"{'':40s} median step {v['median_step_s']:.2f}s: {v['samples_per_s_median']:.3f} samples/s, "
+              f"MFU {v['mfu_median']:.3f}")
         if "samples_per_s_3_epochs" in v:
             print(f"{'':40s} {v['samples_per_s_3_epochs']:7.3f} samples/s over 3 epochs (cache fill "
                   f"{v['cache_fill_images_per_s']:.1f} images/s)  MFU {v['mfu_3_epochs']:.3f}")
