@@ -73,9 +73,18 @@ def test_fused_elementwise_refuses_a_model_without_gemma4_norms(tmp_path):
         fuse_elementwise(model, backend="aot_eager")
 
 
-def test_cache_needs_a_frozen_vision_tower(tiny_model):
+def test_cache_needs_a_frozen_vision_tower_of_gemma4(tiny_model, tmp_path):
+    from petqlora.train_adapter import ImageFeatureCache
+
     with pytest.raises(ValueError, match="cache_image_features=true needs adapt_vision=false"):
         config(tiny_model, adapt_vision=True, cache_image_features=True)
+    trained_vision, _, _ = lora_model(tiny_model, config(tiny_model, adapt_vision=True), fuse=False)
+    with pytest.raises(ValueError, match="needs a frozen vision tower, but .*vision_tower.* train: set adapt_vision=false"):
+        ImageFeatureCache(trained_vision)
+    gemma3, _, _ = load_model_and_processor(build_tiny_checkpoint("gemma3", tmp_path / "gemma3"),
+                                            quantize_4bit=False, device=CPU)
+    with pytest.raises(ValueError, match="supports Gemma 4 only"):
+        ImageFeatureCache(gemma3)
 
 
 def test_cached_image_features_train_the_same_adapter(tiny_model, pets_dataset, tmp_path):

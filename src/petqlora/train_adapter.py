@@ -302,10 +302,12 @@ class ImageFeatureCache:
         inner = base_model(model).model
         trainable = [n for n, p in model.named_parameters()
                      if p.requires_grad and ("vision_tower" in n or "embed_vision" in n)]
-        if not hasattr(inner, "embed_vision") or trainable:
-            raise ValueError("cache_image_features needs a Gemma 4 model whose vision tower and projection are "
-                             f"frozen (found trainable: {trainable[:3]}): set adapt_vision=false, or "
-                             "cache_image_features=false")
+        if not hasattr(inner, "embed_vision"):
+            raise ValueError(f"cache_image_features supports Gemma 4 only ({type(inner).__name__} has no "
+                             "embed_vision): set cache_image_features=false for this model")
+        if trainable:
+            raise ValueError(f"cache_image_features needs a frozen vision tower, but {trainable[0]} (and "
+                             f"{len(trainable) - 1} more) train: set adapt_vision=false, or cache_image_features=false")
         self._inner = inner
         self._features: dict[str, torch.Tensor] = {}
         self.hits = self.misses = 0
