@@ -241,12 +241,9 @@ def _cloud(args) -> int:
         return 0
     if args.list:
         vertex.list_schedules(**common)
-    elif args.pause:
-        vertex.pause_schedule(args.pause, **common)
-    elif args.resume:
-        vertex.resume_schedule(args.resume, **common)
-    elif args.delete:
-        vertex.delete_schedule(args.delete, **common)
+    elif args.pause or args.resume or args.delete:
+        action = next(a for a in vertex.SCHEDULE_ACTIONS if getattr(args, a))
+        vertex.change_schedule(action, getattr(args, action), **common)
     else:
         if not args.cron or not args.pipeline_root:
             raise SystemExit("schedule: creating a schedule needs --cron and --pipeline-root "

@@ -15,10 +15,7 @@ from petqlora.registry import (
     lineage_from_vertex,
 )
 
-try:  # tests/ is a package in some layouts and a sys.path entry in others
-    from tests.fakes.vertex_api import FakeVertexAPI
-except ImportError:
-    from fakes.vertex_api import FakeVertexAPI
+from fakes.vertex_api import FakeVertexAPI
 
 NAME = "petqlora-gemma4"
 LINEAGE = {

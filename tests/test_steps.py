@@ -28,10 +28,7 @@ from petqlora.steps import (
     sha256_file,
 )
 
-try:  # tests/ is a package in some layouts and a sys.path entry in others
-    from tests.fakes.vertex_api import FakeVertexAPI
-except ImportError:
-    from fakes.vertex_api import FakeVertexAPI
+from fakes.vertex_api import FakeVertexAPI
 
 NAME = "petqlora-gemma4-pets"
 PROJECT, REGION = "my-proj", "us-central1"

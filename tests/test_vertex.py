@@ -19,10 +19,7 @@ from kfp import compiler, dsl
 
 from petqlora import vertex
 
-try:  # tests/ is a package in some layouts and a sys.path entry in others
-    from tests.fakes.vertex_api import FakeVertexAPI
-except ImportError:
-    from fakes.vertex_api import FakeVertexAPI
+from fakes.vertex_api import FakeVertexAPI
 
 PROJECT, REGION, ROOT = "my-proj", "us-central1", "gs://my-bucket/pipeline-root"
 SA = "trainer@my-proj.iam.gserviceaccount.com"
@@ -116,9 +113,9 @@ def test_dry_run_schedule_prints_the_create_schedule_request(template, no_creden
     "call",
     [
         lambda: vertex.list_schedules(project=PROJECT, region=REGION, dry_run=True, out=lambda _: None),
-        lambda: vertex.pause_schedule("42", project=PROJECT, region=REGION, dry_run=True, out=lambda _: None),
-        lambda: vertex.resume_schedule("42", project=PROJECT, region=REGION, dry_run=True, out=lambda _: None),
-        lambda: vertex.delete_schedule(
+        lambda: vertex.change_schedule("pause", "42", project=PROJECT, region=REGION, dry_run=True, out=lambda _: None),
+        lambda: vertex.change_schedule("resume", "42", project=PROJECT, region=REGION, dry_run=True, out=lambda _: None),
+        lambda: vertex.change_schedule("delete", 
             f"projects/{PROJECT}/locations/{REGION}/schedules/42", project=PROJECT, region=REGION,
             dry_run=True, out=lambda _: None,
         ),
@@ -332,9 +329,14 @@ def test_schedule_lifecycle_through_the_sdk(template, fake):
     listed = vertex.list_schedules(**common)
     assert [s["name"] for s in listed["schedules"]] == [created["name"]]
     schedule_id = created["name"].rsplit("/", 1)[1]
-    vertex.pause_schedule(schedule_id, **common)
+    vertex.change_schedule("pause", schedule_id, **common)
     assert fake.schedules[created["name"]]["state"] == "PAUSED"
-    vertex.resume_schedule(created["name"], **common)
+    vertex.change_schedule("resume", created["name"], **common)
     assert fake.schedules[created["name"]]["state"] == "ACTIVE"
-    vertex.delete_schedule(schedule_id, **common)
+    vertex.change_schedule("delete", schedule_id, **common)
     assert fake.schedules == {}
+
+
+def test_change_schedule_names_an_unknown_action():
+    with pytest.raises(ValueError, match="action='stop': must be one of pause, resume, delete"):
+        vertex.change_schedule("stop", "42", project=PROJECT, region=REGION, dry_run=True, out=lambda _: None)

@@ -33,13 +33,11 @@ if TYPE_CHECKING:  # the SDK is only needed at call time
 __all__ = [
     "VertexAuthError",
     "build_pipeline_job",
+    "change_schedule",
     "create_schedule",
-    "delete_schedule",
     "list_schedules",
-    "pause_schedule",
     "pipeline_run_link",
     "register_vertex_model",
-    "resume_schedule",
     "run_alias",
     "submit_pipeline",
     "to_vertex_labels",
@@ -630,11 +628,18 @@ def list_schedules(
     return {"schedules": rows}
 
 
-def _schedule_action(
-    method: str, name: str, *, project: str, region: str, dry_run: bool, out: Out,
-    credentials: Any, api_endpoint: str | None,
+SCHEDULE_ACTIONS = ("pause", "resume", "delete")
+
+
+def change_schedule(
+    action: str, name: str, *, project: str, region: str, dry_run: bool = False, out: Out = print,
+    credentials: Any = None, api_endpoint: str | None = None,
 ) -> dict:
+    """Pause (no new runs until resumed), resume, or delete (runs it already started are kept) a schedule."""
+    method = f"{action.capitalize()}Schedule"
     p = _Problems(method)
+    if action not in SCHEDULE_ACTIONS:
+        p.add("action", action, f"must be one of {', '.join(SCHEDULE_ACTIONS)}", "pass pause, resume or delete")
     _check_project_region(p, project, region)
     full_name = _schedule_name(p, name, project, region)
     p.raise_if_any()
@@ -648,41 +653,9 @@ def _schedule_action(
         schedule = aiplatform.PipelineJobSchedule.get(
             schedule_id=full_name, project=project, location=region, credentials=credentials
         )
-        if method == "PauseSchedule":
-            schedule.pause()
-        elif method == "ResumeSchedule":
-            schedule.resume()
-        else:
-            schedule.delete()
+        getattr(schedule, action)()
     out(f"{method}: {full_name} done")
     return {**request, "done": True}
-
-
-def pause_schedule(
-    name: str, *, project: str, region: str, dry_run: bool = False, out: Out = print,
-    credentials: Any = None, api_endpoint: str | None = None,
-) -> dict:
-    """Pause a schedule (no new runs until resumed)."""
-    return _schedule_action("PauseSchedule", name, project=project, region=region, dry_run=dry_run, out=out,
-                            credentials=credentials, api_endpoint=api_endpoint)
-
-
-def resume_schedule(
-    name: str, *, project: str, region: str, dry_run: bool = False, out: Out = print,
-    credentials: Any = None, api_endpoint: str | None = None,
-) -> dict:
-    """Resume a paused schedule."""
-    return _schedule_action("ResumeSchedule", name, project=project, region=region, dry_run=dry_run, out=out,
-                            credentials=credentials, api_endpoint=api_endpoint)
-
-
-def delete_schedule(
-    name: str, *, project: str, region: str, dry_run: bool = False, out: Out = print,
-    credentials: Any = None, api_endpoint: str | None = None,
-) -> dict:
-    """Delete a schedule (runs it already started are kept)."""
-    return _schedule_action("DeleteSchedule", name, project=project, region=region, dry_run=dry_run, out=out,
-                            credentials=credentials, api_endpoint=api_endpoint)
 
 
 # ---------------------------------------------------------------------------------------------------
