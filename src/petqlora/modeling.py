@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -110,15 +111,11 @@ def _gelu_tanh_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.gelu(gate, approximate="tanh") * up
 
 
-_COMPILED: dict = {}
-
-
+@functools.cache
 def _compiled(fn, backend: str):
     # One compiled function per kind, shared by every layer; dynamic shapes, so varying batch and sequence
     # lengths reuse one graph instead of recompiling.
-    if (fn, backend) not in _COMPILED:
-        _COMPILED[fn, backend] = torch.compile(fn, dynamic=True, backend=backend)
-    return _COMPILED[fn, backend]
+    return torch.compile(fn, dynamic=True, backend=backend)
 
 
 def _fused_norm_forward(norm, rms_norm, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -145,17 +142,15 @@ def fuse_elementwise(model: torch.nn.Module, backend: str = "inductor") -> dict[
     eager. The vision tower is left as it is (forward only when frozen). Returns the counts patched.
     `backend` is torch.compile's; tests on a CPU without a C++ toolchain trace with "aot_eager".
     """
-    from functools import partial
-
     text = base_model(model).model.language_model
     counts = {"rms_norm": 0, "gelu_mul": 0}
     for module in text.modules():
         kind = type(module).__name__
         if kind == "Gemma4RMSNorm":
-            module.forward = partial(_fused_norm_forward, module, _compiled(_rms_norm, backend))
+            module.forward = functools.partial(_fused_norm_forward, module, _compiled(_rms_norm, backend))
             counts["rms_norm"] += 1
         elif kind == "Gemma4TextMLP" and module.config.hidden_activation == "gelu_pytorch_tanh":
-            module.forward = partial(_fused_mlp_forward, module, _compiled(_gelu_tanh_mul, backend))
+            module.forward = functools.partial(_fused_mlp_forward, module, _compiled(_gelu_tanh_mul, backend))
             counts["gelu_mul"] += 1
     if not counts["rms_norm"]:
         raise ValueError(f"fuse_elementwise found no Gemma 4 RMSNorm in {type(text).__name__}: it supports Gemma 4 "
