@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     if args.command in ("submit", "schedule"):
         return _cloud(args)
     if args.command == "register":
-        from petqlora import vertex
+        from petqlora.cloud import vertex
 
         vertex.register_vertex_model(
             project=args.project, region=args.region, display_name=args.model_name, artifact_uri=args.artifact_uri,
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     if args.command == "lineage" and args.vertex:
         return vertex_lineage(args)
     if args.command == "lineage":
-        from petqlora.registry import LocalRegistry, format_lineage
+        from petqlora.registry.local import LocalRegistry, format_lineage
 
         if not Path(args.registry).exists():
             raise SystemExit(f"--registry {args.registry}: no such registry; run `make run` first or pass its path")
@@ -193,8 +193,8 @@ def main(argv=None) -> int:
 
 def vertex_lineage(args, credentials=None, api_endpoint=None) -> int:
     """`lineage --vertex`: NAME[@VERSION] (or the adapter's gs:// URI) -> the chain from ML Metadata."""
-    from petqlora import vertex
-    from petqlora.registry import format_vertex_lineage, lineage_from_vertex
+    from petqlora.cloud import vertex
+    from petqlora.registry.local import format_vertex_lineage, lineage_from_vertex
 
     if not args.project or not args.region:
         raise SystemExit("lineage --vertex needs --project and --region")
@@ -218,7 +218,7 @@ def _cloud(args) -> int:
 
     from kfp import compiler
 
-    from petqlora import vertex
+    from petqlora.cloud import vertex
 
     params = _parameters(args.param)
     params.setdefault("project", args.project)

@@ -7,7 +7,7 @@ layers as asked. The tokenizer is the project's offline one (tiny_models) with w
 prompt's words, so a prompt is about as long in tokens as with the real vocabulary; the processor is the
 project's, with the real patch size.
 
-Build a checkpoint folder (what `python -m petqlora.train_adapter` loads), e.g. 4 text + 2 vision layers:
+Build a checkpoint folder (what `python -m petqlora.train.train_adapter` loads), e.g. 4 text + 2 vision layers:
 
     python benchmarks/bench_model.py --out /tmp/gemma4-31b-4layers --text-layers 4 --vision-layers 2
 """
@@ -21,8 +21,8 @@ from unittest import mock
 
 import torch
 
-from petqlora import tiny_models
-from petqlora.processors import Gemma4ImageTextProcessor
+from petqlora.gemma import tiny_models
+from petqlora.gemma.processors import Gemma4ImageTextProcessor
 
 # The 37 Oxford-IIIT Pet breeds as prepare_data names them (lower case, spaces).
 OXFORD_CLASSES = [
@@ -106,7 +106,7 @@ def build_model(config, device: str = "cuda", seed: int = 0, quantize: bool = Tr
     """
     from transformers import Gemma4ForConditionalGeneration
 
-    from petqlora.modeling import quantize_linears_4bit
+    from petqlora.gemma.modeling import quantize_linears_4bit
 
     torch.manual_seed(seed)
     with torch.device(device):
@@ -120,7 +120,7 @@ def build_model(config, device: str = "cuda", seed: int = 0, quantize: bool = Tr
 
 def save_checkpoint_folder(out: str | Path, text_layers: int, vision_layers: int, device: str,
                            widths: str = "31b") -> dict:
-    """A save_pretrained folder (bf16 weights + processor), loadable by petqlora.modeling.load_model."""
+    """A save_pretrained folder (bf16 weights + processor), loadable by petqlora.gemma.modeling.load_model."""
     started = time.perf_counter()
     processor = build_processor()
     config = gemma4_31b_config(processor.tokenizer, text_layers, vision_layers, widths)
@@ -141,15 +141,15 @@ def add_model_arguments(parser, tag: str = "h200_31b") -> None:
 
 
 def oxford_instruction() -> str:
-    from petqlora.prompts import render_instruction
+    from petqlora.gemma.prompts import render_instruction
 
     return render_instruction(OXFORD_CLASSES)
 
 
 def synthetic_dataset(root: str | Path, per_class: int = 14) -> Path:
     """The project's synthetic pets (6 Oxford breeds, varied aspect ratios), prepared like real data."""
-    from petqlora.prepare_data import PrepareDataConfig, prepare_data
-    from petqlora.synthetic import generate_synthetic_pets
+    from petqlora.data.prepare_data import PrepareDataConfig, prepare_data
+    from petqlora.data.synthetic import generate_synthetic_pets
 
     root = Path(root)
     source = generate_synthetic_pets(root / "source", per_class=per_class, seed=0)

@@ -4,7 +4,7 @@
 
 For each model (the tiny `gemma4-31b`, and a random Gemma 4 at the real 31B widths with 4 text + 2 vision
 layers, saved as a checkpoint folder by bench_model.py), three runs of
-`python -m petqlora.train_adapter --dataset D --output O --config C.json` as subprocesses:
+`python -m petqlora.train.train_adapter --dataset D --output O --config C.json` as subprocesses:
 
 1. uninterrupted, into O1;
 2. into O2, killed with SIGKILL as soon as its first checkpoint (step 10) is complete, as a lost Cloud Run
@@ -31,7 +31,7 @@ import bench_model  # noqa: E402
 
 
 def entrypoint(dataset: Path, output: Path, config: Path) -> list[str]:
-    return [sys.executable, "-m", "petqlora.train_adapter", "--dataset", str(dataset), "--output", str(output),
+    return [sys.executable, "-m", "petqlora.train.train_adapter", "--dataset", str(dataset), "--output", str(output),
             "--config", str(config)]
 
 
@@ -95,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from petqlora.tiny_models import build_tiny_checkpoint
+    from petqlora.gemma.tiny_models import build_tiny_checkpoint
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,8 @@ One random-weight Gemma 4 at 31B widths (NF4, as bench_model.py builds it) with 
   then substring matching; `max_new_tokens` is the longest class's token count (end-of-turn included) + 2,
   its best case (a trained model stops right after the name; random weights never stop early, so every
   batch runs to that cap);
-- ours, as it was: `petqlora.evaluate.score_classes`, one image at a time, the prompt's cache shared;
-- ours, packed: `petqlora.evaluate.score_classes_packed`, every class of a batch of images in one forward
+- ours, as it was: `petqlora.evaluation.evaluate.score_classes`, one image at a time, the prompt's cache shared;
+- ours, packed: `petqlora.evaluation.evaluate.score_classes_packed`, every class of a batch of images in one forward
   (what `evaluate` now uses for Gemma 4); checked against score_classes on the same images first.
 
 Both run once untimed on two images first (kernels, allocator). Peak memory is measured per method.
@@ -32,10 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_model  # noqa: E402
 
-from petqlora import data as data_lib  # noqa: E402
-from petqlora.encoding import PromptEncoder  # noqa: E402
-from petqlora.evaluate import candidate_ids, score_classes, score_classes_packed  # noqa: E402
-from petqlora.lora import LoraSettings, build_lora_config  # noqa: E402
+from petqlora.data import dataset as data_lib  # noqa: E402
+from petqlora.gemma.encoding import PromptEncoder  # noqa: E402
+from petqlora.evaluation.evaluate import candidate_ids, score_classes, score_classes_packed  # noqa: E402
+from petqlora.gemma.lora import LoraSettings, build_lora_config  # noqa: E402
 
 
 def substring_match(text: str, classes: list[str]) -> str | None:
@@ -143,11 +143,11 @@ def main() -> None:
         "reference": {"method": f"sampled generate (top-k 64, top-p 0.95), batch {args.batch}, substring match",
                       "seconds": gen_s, "images_per_s": len(images) / gen_s, "peak_memory_gib": gen_peak,
                       "unparsed_rate": float(np.mean([p is None for p in gen_preds]))},
-        "ours": {"method": "petqlora.evaluate.score_classes, one image at a time, shared prompt cache",
+        "ours": {"method": "petqlora.evaluation.evaluate.score_classes, one image at a time, shared prompt cache",
                  "seconds": score_s, "images_per_s": len(images) / score_s, "peak_memory_gib": score_peak,
                  "unparsed_rate": 0.0},
         "packed": {
-            "method": f"petqlora.evaluate.score_classes_packed: all classes of {args.batch} images in one forward",
+            "method": f"petqlora.evaluation.evaluate.score_classes_packed: all classes of {args.batch} images in one forward",
             "seconds": packed_s, "images_per_s": len(images) / packed_s, "peak_memory_gib": packed_peak,
             "agreement_with_score_classes": agreement,
             "same_predictions_as_score_classes": float(np.mean([a == b for a, b in zip(packed_preds, score_preds)]))},

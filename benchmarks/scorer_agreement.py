@@ -19,9 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_model  # noqa: E402
 
-from petqlora import data as data_lib  # noqa: E402
-from petqlora.encoding import PromptEncoder  # noqa: E402
-from petqlora.evaluate import candidate_ids, score_classes, score_classes_packed  # noqa: E402
+from petqlora.data import dataset as data_lib  # noqa: E402
+from petqlora.gemma.encoding import PromptEncoder  # noqa: E402
+from petqlora.evaluation.evaluate import candidate_ids, score_classes, score_classes_packed  # noqa: E402
 
 
 @torch.no_grad()

@@ -63,7 +63,7 @@ def main() -> None:
         "train_vision_lora_variant": args.vision_lora, **train_figures(variants[args.vision_lora], reference,
                                                                        "train_vision_lora_"),
         "eval_run": {"file": args.eval, "date": evaluation["date"], "command": evaluation["command"]},
-        "eval_variant": "petqlora.evaluate.score_classes_packed, batch 8 (one forward per 8 images, all classes packed)",
+        "eval_variant": "petqlora.evaluation.evaluate.score_classes_packed, batch 8 (one forward per 8 images, all classes packed)",
         "eval_speedup": evaluation["packed_speedup"],
         "eval_reference_images_per_s": evaluation["reference"]["images_per_s"],
         "eval_ours_images_per_s": evaluation["packed"]["images_per_s"],

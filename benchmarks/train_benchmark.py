@@ -36,11 +36,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_model  # noqa: E402
 
-from petqlora import data as data_lib  # noqa: E402
-from petqlora.encoding import PromptEncoder  # noqa: E402
-from petqlora.lora import LoraSettings, build_lora_config  # noqa: E402
-from petqlora.masking import IGNORE_INDEX  # noqa: E402
-from petqlora.train_adapter import (ImageFeatureCache, TrainConfig, _optimizer, batch_plan,  # noqa: E402
+from petqlora.data import dataset as data_lib  # noqa: E402
+from petqlora.gemma.encoding import PromptEncoder  # noqa: E402
+from petqlora.gemma.lora import LoraSettings, build_lora_config  # noqa: E402
+from petqlora.gemma.masking import IGNORE_INDEX  # noqa: E402
+from petqlora.train.train_adapter import (ImageFeatureCache, TrainConfig, _optimizer, batch_plan,  # noqa: E402
                                     forward_backward, prepare_for_training, uses_autocast)
 
 PEAK_FLOPS = 790e12
@@ -209,7 +209,7 @@ def run_variant(name: str, args, config, encoder, samples) -> dict:
         "variant": name, "config": None if reference else {k: v for k, v in vars(cfg).items()},
         "recipe": ("batch 1 x grad-accum 16, full-vocabulary logits (model loss), gradient checkpointing, "
                    "prepare_model_for_kbit_training, bf16 autocast, LoRA dropout 0.05, paged 8-bit AdamW")
-        if reference else "petqlora.train_adapter path",
+        if reference else "petqlora.train.train_adapter path",
         "parameters": n_params, "trainable_parameters": n_trainable, "weights_gib": weights_gib,
         "steps": steps, "timed_steps": len(times[timed]), "step_times_s": times, "losses": losses,
         "samples_per_s": n_samples / t, "tokens_per_s": sum(tokens[timed]) / t,

@@ -16,7 +16,7 @@ from google.api_core.future import polling
 from google.cloud import run_v2
 
 from fakes.cloud_run_api import FakeCloudRunApi
-from petqlora.cloud_run import (
+from petqlora.cloud.cloud_run import (
     TASK_ID_ENV,
     CloudRunExecutionError,
     CloudRunJobConfig,
@@ -40,7 +40,7 @@ JOB = "projects/my-proj/locations/us-central1/jobs/petqlora-train"
 def make_cfg(**overrides) -> CloudRunJobConfig:
     values = dict(
         project="my-proj", region="us-central1", job_name="petqlora-train", image=IMAGE,
-        module="petqlora.train_adapter", service_account="petqlora-job@my-proj.iam.gserviceaccount.com",
+        module="petqlora.train.train_adapter", service_account="petqlora-job@my-proj.iam.gserviceaccount.com",
         bucket="my-proj-petqlora", hf_token_secret="hf-token", labels={"app": "petqlora"},
     )
     values.update(overrides)
@@ -62,7 +62,7 @@ def test_build_job_matches_literal():
             "template": {
                 "containers": [{
                     "image": IMAGE,
-                    "command": ["python", "-m", "petqlora.train_adapter"],
+                    "command": ["python", "-m", "petqlora.train.train_adapter"],
                     "env": [{"name": "HF_TOKEN", "value_source": {
                         "secret_key_ref": {"secret": "hf-token", "version": "latest"}}}],
                     "resources": {"limits": {"cpu": "20", "memory": "80Gi", "nvidia.com/gpu": "1"}},

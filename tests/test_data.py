@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from petqlora import data
+from petqlora.data import dataset as data
 
 
 @pytest.mark.parametrize(

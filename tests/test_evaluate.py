@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from petqlora import data as data_lib
-from petqlora import evaluate as evaluate_mod
-from petqlora.encoding import PromptEncoder
-from petqlora.evaluate import (
+from petqlora.data import dataset as data_lib
+from petqlora.evaluation import evaluate as evaluate_mod
+from petqlora.gemma.encoding import PromptEncoder
+from petqlora.evaluation.evaluate import (
     UNPARSEABLE,
     EvalConfig,
     candidate_ids,
@@ -33,10 +33,10 @@ from petqlora.evaluate import (
     normalize_answer,
     score_classes,
 )
-from petqlora.masking import IGNORE_INDEX
-from petqlora.modeling import load_model_and_processor
-from petqlora.processors import load_processor
-from petqlora.tiny_models import build_tiny_checkpoint
+from petqlora.gemma.masking import IGNORE_INDEX
+from petqlora.gemma.modeling import load_model_and_processor
+from petqlora.gemma.processors import load_processor
+from petqlora.gemma.tiny_models import build_tiny_checkpoint
 
 CPU = torch.device("cpu")
 VARIANTS = ("gemma4-31b", "gemma4-e", "gemma3")
@@ -84,7 +84,7 @@ def _lora(model, seed: int = 1):
     """A LoRA-wrapped copy of `model` whose adapter really changes the outputs (B is not left at zero)."""
     from peft import get_peft_model
 
-    from petqlora.lora import LoraSettings, build_lora_config
+    from petqlora.gemma.lora import LoraSettings, build_lora_config
 
     peft_model = get_peft_model(model, build_lora_config(model, LoraSettings(r=4, alpha=8, dropout=0.0)))
     gen = torch.Generator().manual_seed(seed)
@@ -147,7 +147,7 @@ def test_score_classes_equals_the_full_sequence_log_likelihood(variant, checkpoi
 def test_packed_scorer_equals_the_full_sequence_log_likelihood(variant, checkpoints, manifest, images):
     """One forward for a batch of images, every class packed after each prompt: the same scores as running
     each training sequence on its own (float64, so only the algorithm could differ)."""
-    from petqlora.evaluate import score_classes_packed
+    from petqlora.evaluation.evaluate import score_classes_packed
 
     base = variant.split("+")[0]
     model, processor, family = _load(str(checkpoints[base]), torch.float64)
@@ -164,7 +164,7 @@ def test_packed_scorer_equals_the_full_sequence_log_likelihood(variant, checkpoi
 
 
 def test_packed_scorer_refuses_gemma3(checkpoints, manifest, images):
-    from petqlora.evaluate import score_classes_packed
+    from petqlora.evaluation.evaluate import score_classes_packed
 
     model, processor, family = _load(str(checkpoints["gemma3"]), torch.float32)
     encoder = PromptEncoder(processor, family, manifest["instruction"])

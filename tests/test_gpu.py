@@ -44,8 +44,8 @@ _REASON = _why_no_qlora()
 if _REASON:
     pytest.skip(_REASON, allow_module_level=True)
 
-from petqlora.tiny_models import build_tiny_checkpoint  # noqa: E402
-from petqlora.train_adapter import TrainConfig, train_adapter  # noqa: E402
+from petqlora.gemma.tiny_models import build_tiny_checkpoint  # noqa: E402
+from petqlora.train.train_adapter import TrainConfig, train_adapter  # noqa: E402
 
 VARIANTS = ["gemma4-31b", "gemma4-e"]
 STEPS = 20
@@ -72,7 +72,7 @@ def qlora_config(model: Path, **overrides) -> TrainConfig:
 
 def _run(caplog, *args, **kwargs):
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="petqlora.train_adapter"):
+    with caplog.at_level(logging.INFO, logger="petqlora.train.train_adapter"):
         metrics = train_adapter(*args, **kwargs)
     return metrics, [r.getMessage() for r in caplog.records]
 
@@ -98,7 +98,7 @@ def test_qlora_nf4_trains_and_loss_falls(uninterrupted):
 def test_qlora_base_layers_are_nf4(model_dir):
     import bitsandbytes as bnb
 
-    from petqlora.modeling import load_model
+    from petqlora.gemma.modeling import load_model
 
     model = load_model(model_dir, quantize_4bit=True, device=torch.device("cuda"))
     layers = [m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -160,7 +160,7 @@ def test_in_memory_nf4_matches_from_pretrained(model_dir):
     # Benchmarks build random 31B-wide models in memory: the same layers must be NF4 as from a folder.
     import bitsandbytes as bnb
 
-    from petqlora.modeling import load_model, quantize_linears_4bit
+    from petqlora.gemma.modeling import load_model, quantize_linears_4bit
 
     loaded = load_model(model_dir, quantize_4bit=True, device=torch.device("cuda"))
     built = load_model(model_dir, quantize_4bit=False, device=torch.device("cuda"))

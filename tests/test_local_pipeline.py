@@ -77,7 +77,7 @@ def test_lineage_prints_the_whole_chain(default_run):
 
 def test_a_run_that_does_not_win_registers_nothing_and_says_why(default_run, tmp_path):
     """Same output dir (so version 1 is the champion), an Oxford-layout dataset, and an adapter barely trained."""
-    from petqlora.synthetic import generate_synthetic_pets
+    from petqlora.data.synthetic import generate_synthetic_pets
 
     out, _, _ = default_run
     oxford = generate_synthetic_pets(tmp_path / "oxford", per_class=16, seed=7, layout="oxford")
@@ -93,12 +93,12 @@ def test_a_run_that_does_not_win_registers_nothing_and_says_why(default_run, tmp
 
 def test_a_broken_example_fails_validation_before_training(tmp_path):
     """max_length one token short of the longest example: that example's answer would be cut."""
-    from petqlora.encoding import PromptEncoder
+    from petqlora.gemma.encoding import PromptEncoder
     from petqlora.local_run import resolve_dataset, resolve_model
-    from petqlora.prepare_data import PrepareDataConfig, prepare_data
-    from petqlora.processors import load_processor
-    from petqlora import data as data_lib
-    from petqlora.train_adapter import _sequence_length
+    from petqlora.data.prepare_data import PrepareDataConfig, prepare_data
+    from petqlora.gemma.processors import load_processor
+    from petqlora.data import dataset as data_lib
+    from petqlora.train.train_adapter import _sequence_length
 
     out = tmp_path / "run"
     folder = resolve_dataset({"synthetic": {"per_class": 8, "seed": 3}}, None, out / "data")

@@ -18,8 +18,8 @@ from peft.tuners.lora import LoraLayer
 from PIL import Image
 from torch import nn
 
-from petqlora.encoding import PromptEncoder
-from petqlora.lora import (
+from petqlora.gemma.encoding import PromptEncoder
+from petqlora.gemma.lora import (
     LANGUAGE_PROJECTIONS,
     SIGLIP_VISION_PROJECTIONS,
     LoraSettings,
@@ -28,10 +28,10 @@ from petqlora.lora import (
     check_targets,
     default_targets,
 )
-from petqlora.masking import IGNORE_INDEX
-from petqlora.modeling import supervised_logits
-from petqlora.processors import load_processor
-from petqlora.tiny_models import build_tiny_checkpoint
+from petqlora.gemma.masking import IGNORE_INDEX
+from petqlora.gemma.modeling import supervised_logits
+from petqlora.gemma.processors import load_processor
+from petqlora.gemma.tiny_models import build_tiny_checkpoint
 
 CLIPPABLE = "Gemma4ClippableLinear"
 INSTRUCTION = "What breed is the pet in this image? Answer with one breed: Abyssinian, Shiba_Inu."

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from petqlora.encoding import PromptEncoder
-from petqlora.masking import (
+from petqlora.gemma.encoding import PromptEncoder
+from petqlora.gemma.masking import (
     IGNORE_INDEX,
     BoundaryError,
     TurnTokens,
@@ -23,9 +23,9 @@ from petqlora.masking import (
     labels_for_sequence,
     supervised_span,
 )
-from petqlora.processors import SUPPORTED_BUDGETS, load_processor
-from petqlora.prompts import build_messages
-from petqlora.tiny_models import build_tiny_checkpoint
+from petqlora.gemma.processors import SUPPORTED_BUDGETS, load_processor
+from petqlora.gemma.prompts import build_messages
+from petqlora.gemma.tiny_models import build_tiny_checkpoint
 
 X = IGNORE_INDEX
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from petqlora.metrics import ClassificationResult, classification_result
+from petqlora.evaluation.metrics import ClassificationResult, classification_result
 
 CLASSES = ["cat", "dog", "fox"]
 # Seven examples; one answer is "unparseable" (outside the classes) and "fox" is never predicted.

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petqlora import data, prompts
-from petqlora.prepare_data import PrepareDataConfig, PrepareDataError, main, prepare_data
+from petqlora.data import dataset as data
+
+from petqlora.gemma import prompts
+from petqlora.data.prepare_data import PrepareDataConfig, PrepareDataError, main, prepare_data
 
 _seeds = itertools.count(1)
 

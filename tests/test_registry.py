@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from petqlora.registry import (
+from petqlora.registry.local import (
     LocalRegistry,
     ModelVersion,
     UnknownModelError,

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from petqlora.metrics import classification_result
-from petqlora.report import ModelRow, format_seconds, html_report, loss_curve_png, markdown_summary, results_table
+from petqlora.evaluation.metrics import classification_result
+from petqlora.evaluation.report import ModelRow, format_seconds, html_report, loss_curve_png, markdown_summary, results_table
 
 # A class name with every HTML special character, to prove escaping.
 NASTY = 'Abyssinian <b>"cat"</b> & co'

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from petqlora import vertex
-from petqlora.registry import LocalRegistry, format_lineage
+from petqlora.cloud import vertex
+from petqlora.registry.local import LocalRegistry, format_lineage
 from petqlora.steps import (
     APPROACHES,
     Backend,
@@ -277,11 +277,11 @@ def evaluation_inputs(tmp_path_factory) -> dict:
     """Tiny Gemma 4 and Gemma 3, a synthetic pets set, and a train step's output with a random LoRA adapter."""
     from peft import get_peft_model
 
-    from petqlora.lora import LoraSettings, build_lora_config
-    from petqlora.modeling import load_model
-    from petqlora.prepare_data import PrepareDataConfig, prepare_data
-    from petqlora.synthetic import generate_synthetic_pets
-    from petqlora.tiny_models import build_tiny_checkpoint
+    from petqlora.gemma.lora import LoraSettings, build_lora_config
+    from petqlora.gemma.modeling import load_model
+    from petqlora.data.prepare_data import PrepareDataConfig, prepare_data
+    from petqlora.data.synthetic import generate_synthetic_pets
+    from petqlora.gemma.tiny_models import build_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("evaluate")
     gemma4 = build_tiny_checkpoint("gemma4-31b", root / "gemma4-31b")

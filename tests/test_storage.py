@@ -12,7 +12,7 @@ from gcp_storage_emulator.server import create_server
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 
-from petqlora.storage import (
+from petqlora.cloud.storage import (
     StorageAccessError,
     download_dir,
     download_file,

@@ -20,11 +20,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from petqlora import data as data_lib
-from petqlora.encoding import PromptEncoder
-from petqlora.modeling import load_model_and_processor
-from petqlora.tiny_models import build_tiny_checkpoint
-from petqlora.train_adapter import (
+from petqlora.data import dataset as data_lib
+from petqlora.gemma.encoding import PromptEncoder
+from petqlora.gemma.modeling import load_model_and_processor
+from petqlora.gemma.tiny_models import build_tiny_checkpoint
+from petqlora.train.train_adapter import (
     TrainConfig,
     _sequence_length,
     batch_plan,
@@ -65,7 +65,7 @@ class _Records(logging.Handler):
 
 def run_logged(*args, **kwargs) -> tuple[dict, list[str]]:
     """train_adapter(*args, **kwargs) and the messages it logged."""
-    logger = logging.getLogger("petqlora.train_adapter")
+    logger = logging.getLogger("petqlora.train.train_adapter")
     handler, level = _Records(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -212,7 +212,7 @@ def test_outputs_adapter_processor_metrics_and_plot(uninterrupted, tiny_model):
 def test_adapter_loads_back_onto_the_base_model(uninterrupted, tiny_model):
     from peft import PeftModel, get_peft_model_state_dict
 
-    from petqlora.processors import load_processor
+    from petqlora.gemma.processors import load_processor
 
     out, _, _ = uninterrupted
     base, _, _ = load_model_and_processor(tiny_model, quantize_4bit=False, device=torch.device("cpu"))
@@ -306,7 +306,7 @@ def test_4bit_on_cpu_when_asked_explicitly(tiny_model, dataset, tmp_path):
 # ---- a real kill of the entrypoint
 
 def _command(dataset: Path, out: Path, config: Path) -> list[str]:
-    return [sys.executable, "-m", "petqlora.train_adapter", "--dataset", str(dataset), "--output", str(out),
+    return [sys.executable, "-m", "petqlora.train.train_adapter", "--dataset", str(dataset), "--output", str(out),
             "--config", str(config)]
 
 

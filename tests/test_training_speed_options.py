@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from petqlora.encoding import PromptEncoder
-from petqlora.modeling import fuse_elementwise, load_model_and_processor
-from petqlora.tiny_models import build_tiny_checkpoint
-from petqlora.train_adapter import TrainConfig, forward_backward, prepare_for_training, train_adapter
+from petqlora.gemma.encoding import PromptEncoder
+from petqlora.gemma.modeling import fuse_elementwise, load_model_and_processor
+from petqlora.gemma.tiny_models import build_tiny_checkpoint
+from petqlora.train.train_adapter import TrainConfig, forward_backward, prepare_for_training, train_adapter
 
 CPU = torch.device("cpu")
 
@@ -74,7 +74,7 @@ def test_fused_elementwise_refuses_a_model_without_gemma4_norms(tmp_path):
 
 
 def test_cache_needs_a_frozen_vision_tower_of_gemma4(tiny_model, tmp_path):
-    from petqlora.train_adapter import ImageFeatureCache
+    from petqlora.train.train_adapter import ImageFeatureCache
 
     with pytest.raises(ValueError, match="cache_image_features=true needs adapt_vision=false"):
         config(tiny_model, adapt_vision=True, cache_image_features=True)

@@ -1,4 +1,4 @@
-"""petqlora.vertex: dry runs show the real SDK requests; real calls go through the real SDK to a local fake.
+"""petqlora.cloud.vertex: dry runs show the real SDK requests; real calls go through the real SDK to a local fake.
 
 The fake (tests/fakes/vertex_api.py) serves the Vertex REST surface on 127.0.0.1; the SDK reaches it via
 api_endpoint="http://127.0.0.1:PORT" with the REST transport and AnonymousCredentials. No cloud, no
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kfp import compiler, dsl
 
-from petqlora import vertex
+from petqlora.cloud import vertex
 
 from fakes.vertex_api import FakeVertexAPI
 

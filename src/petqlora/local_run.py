@@ -35,7 +35,7 @@ def load_local_config(path: Path) -> dict:
 def resolve_model(spec: str, models_dir: Path) -> str:
     """`tiny:<variant>` builds (once) a tiny random checkpoint; anything else must be an existing folder."""
     if spec.startswith("tiny:"):
-        from petqlora.tiny_models import build_tiny_checkpoint
+        from petqlora.gemma.tiny_models import build_tiny_checkpoint
 
         target = models_dir / spec.split(":", 1)[1]
         if not (target / "config.json").exists():
@@ -54,7 +54,7 @@ def resolve_dataset(section: dict, override: str | None, data_dir: Path) -> str:
         return str(Path(override).resolve())
     if "path" in section:
         return str(Path(section["path"]).resolve())
-    from petqlora.synthetic import generate_synthetic_pets
+    from petqlora.data.synthetic import generate_synthetic_pets
 
     synth = section.get("synthetic", {})
     folder = data_dir / "synthetic_pets"
@@ -143,7 +143,7 @@ def summarize(run_dir: Path, registry: Path, params: dict, status: str, error: s
         models = evaluation["models"]
     version = None
     if registry.exists():
-        from petqlora.registry import LocalRegistry
+        from petqlora.registry.local import LocalRegistry
 
         found = [v for v in LocalRegistry(registry).list_versions(params["model_name"] if "model_name" in params
                                                                       else "petqlora-gemma4-pets")

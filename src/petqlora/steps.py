@@ -70,11 +70,11 @@ class Backend:
 
     def run(self, module: str, args: list[str], task_id: str) -> None:
         if self.kind == "local":
-            from petqlora.cloud_run import run_local
+            from petqlora.cloud.cloud_run import run_local
 
             run_local(module, args, log=lambda line: log.info("%s", line))
             return
-        from petqlora.cloud_run import CloudRunJobConfig, CloudRunLauncher, cancel_on_sigterm
+        from petqlora.cloud.cloud_run import CloudRunJobConfig, CloudRunLauncher, cancel_on_sigterm
 
         step = module.rsplit(".", 1)[-1].replace("_", "-")
         cfg = CloudRunJobConfig(
@@ -92,7 +92,7 @@ def integral_floats_to_int(values: dict) -> dict:
     Whole numbers go back to int, except for the TrainConfig fields declared float."""
     from dataclasses import fields
 
-    from petqlora.train_adapter import TrainConfig
+    from petqlora.train.train_adapter import TrainConfig
 
     float_keys = {f.name for f in fields(TrainConfig) if str(f.type).startswith("float")}
     return {k: int(v) if isinstance(v, float) and v.is_integer() and k not in float_keys else v
@@ -102,7 +102,7 @@ def integral_floats_to_int(values: dict) -> dict:
 # ---- prepare_data
 
 def run_prepare_data(source: str, out_dir: str, report_path: str, **options) -> dict:
-    from petqlora.prepare_data import PrepareDataConfig, prepare_data
+    from petqlora.data.prepare_data import PrepareDataConfig, prepare_data
 
     result = prepare_data(PrepareDataConfig(source=source, **options), out_dir)
     Path(report_path).write_text((Path(out_dir) / "report.md").read_text())
@@ -114,7 +114,7 @@ def run_prepare_data(source: str, out_dir: str, report_path: str, **options) -> 
 
 def run_validate_token_boundaries(dataset_dir: str, out_dir: str, report_path: str, *, base_model: str,
                                   image_token_budget: int, max_length: int, sample: int) -> dict:
-    from petqlora.validate_token_boundaries import ValidateConfig, validate_token_boundaries
+    from petqlora.gemma.validate_token_boundaries import ValidateConfig, validate_token_boundaries
 
     cfg = ValidateConfig(base_model=base_model, image_token_budget=image_token_budget, max_length=max_length,
                          sample=sample or None)
@@ -132,7 +132,7 @@ def run_validate_token_boundaries(dataset_dir: str, out_dir: str, report_path: s
 
 def run_train_adapter(dataset_dir: str, out_dir: str, train_config: dict, backend: Backend, task_id: str) -> dict:
     """Write the config next to the outputs, run the entrypoint, and return the training metrics."""
-    from petqlora.train_adapter import TrainConfig
+    from petqlora.train.train_adapter import TrainConfig
 
     cfg = TrainConfig.from_dict(integral_floats_to_int(train_config))  # validate before any GPU is asked for
     out = Path(out_dir)
@@ -141,7 +141,7 @@ def run_train_adapter(dataset_dir: str, out_dir: str, train_config: dict, backen
     config_path.write_text(json.dumps(asdict(cfg), indent=1))
     args = ["--dataset", backend.path_arg(dataset_dir), "--output", backend.path_arg(str(out)),
             "--config", backend.path_arg(str(config_path))]
-    backend.run("petqlora.train_adapter", args, task_id)
+    backend.run("petqlora.train.train_adapter", args, task_id)
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["adapter_sha256"] = sha256_file(out / "adapter" / "adapter_model.safetensors")
     return metrics
@@ -185,14 +185,14 @@ def champion_adapter(registry: str, model_name: str, project: str = "", region: 
     On Vertex, the default version's artifact URI (gs://...), as the /gcs mount path the jobs read.
     """
     if registry == "vertex":
-        from petqlora.storage import local_path
-        from petqlora.vertex import default_version_artifact_uri
+        from petqlora.cloud.storage import local_path
+        from petqlora.cloud.vertex import default_version_artifact_uri
 
         uri = default_version_artifact_uri(project=project, region=region, display_name=model_name)
         return local_path(uri) if uri else None
     if not registry or not Path(registry).exists():
         return None
-    from petqlora.registry import LocalRegistry
+    from petqlora.registry.local import LocalRegistry
 
     version = LocalRegistry(registry).default_version(model_name)
     return version.artifact_uri if version else None
@@ -203,8 +203,8 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
                  model_name: str, backend: Backend, task_id: str, report_html: str, summary_md: str) -> dict:
     """Evaluate the three models (and the champion) on the test split; write the report; decide."""
     check_win_margin(win_margin)  # before any GPU time is spent
-    from petqlora.metrics import ClassificationResult
-    from petqlora.report import ModelRow, html_report, markdown_summary, results_table
+    from petqlora.evaluation.metrics import ClassificationResult
+    from petqlora.evaluation.report import ModelRow, html_report, markdown_summary, results_table
 
     out = Path(out_dir)
     models = {
@@ -221,7 +221,7 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
                 "--name", name, "--base-model", model, "--mode", mode, "--image-token-budget", str(image_token_budget)]
         if adapter:
             args += ["--adapter", backend.path_arg(adapter)]
-        backend.run("petqlora.evaluate", args, f"{task_id}-{name}")
+        backend.run("petqlora.evaluation.evaluate", args, f"{task_id}-{name}")
         results[name] = json.loads((out / name / "result.json").read_text())
 
     register, reason = registration_decision({k: r["accuracy"] for k, r in results.items()}, win_margin)
@@ -262,12 +262,12 @@ def run_register_model(*, adapter_dir: str, adapter_uri: str, evaluation_dir: st
         raise ValueError(f"register_model called although evaluation decided: {evaluation['reason']}")
     metrics = {f"{k}_accuracy": v["accuracy"] for k, v in evaluation["models"].items()}
     metrics["finetuned_macro_f1"] = evaluation["models"]["finetuned"]["macro_f1"]
-    from petqlora.vertex import to_vertex_labels
+    from petqlora.cloud.vertex import to_vertex_labels
 
     # Vertex's label rules in the local registry too: "v0.1.0" -> "v0_1_0"; a sha256 is cut to 63 characters
     labels = to_vertex_labels({"dataset_hash": lineage["dataset"]["sha256"], "code_revision": code_revision or "unknown"})
     if registry.startswith("vertex"):
-        from petqlora.vertex import register_vertex_model
+        from petqlora.cloud.vertex import register_vertex_model
 
         result = register_vertex_model(
             project=project, region=region, display_name=model_name,
@@ -279,7 +279,7 @@ def run_register_model(*, adapter_dir: str, adapter_uri: str, evaluation_dir: st
         if dry_run:
             return "(dry run: nothing registered)"  # register_vertex_model printed the UploadModel request
         return f"{result['resource_name']}@{result['version_id']}"
-    from petqlora.registry import LocalRegistry
+    from petqlora.registry.local import LocalRegistry
 
     if dry_run:
         print(json.dumps({"registry": registry, "name": model_name, "artifact_uri": str(Path(adapter_dir) / "adapter"),

@@ -1,6 +1,6 @@
 """evaluate: score a model (a baseline, or a base model + LoRA adapter) on a held-out split.
 
-    python -m petqlora.evaluate --dataset DIR --output DIR --name finetuned --base-model PATH [--adapter DIR]
+    python -m petqlora.evaluation.evaluate --dataset DIR --output DIR --name finetuned --base-model PATH [--adapter DIR]
 
 The default mode scores every class name as a continuation of the prompt and takes the most likely:
 deterministic, and it cannot produce an unparseable answer. The prompt (with its image) is encoded once
@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from petqlora import data as data_lib
-from petqlora.encoding import PromptEncoder
-from petqlora.masking import supervised_span
-from petqlora.metrics import classification_result
-from petqlora.modeling import base_model, head_logits, load_model_and_processor, resolve_device
-from petqlora.processors import SUPPORTED_BUDGETS
+from petqlora.data import dataset as data_lib
+from petqlora.gemma.encoding import PromptEncoder
+from petqlora.gemma.masking import supervised_span
+from petqlora.evaluation.metrics import classification_result
+from petqlora.gemma.modeling import base_model, head_logits, load_model_and_processor, resolve_device
+from petqlora.gemma.processors import SUPPORTED_BUDGETS
 
-log = logging.getLogger("petqlora.evaluate")
+log = logging.getLogger("petqlora.evaluation.evaluate")
 
 UNPARSEABLE = "<unparseable>"
 
@@ -335,7 +335,7 @@ def evaluate(dataset_dir: str | Path, output_dir: str | Path, cfg: EvalConfig) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m petqlora.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m petqlora.evaluation.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--name", required=True)
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda:N")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
-    from petqlora.storage import local_path
+    from petqlora.cloud.storage import local_path
 
     cfg = EvalConfig(name=args.name, base_model=local_path(args.base_model),
                      adapter=local_path(args.adapter) if args.adapter else None, split=args.split, mode=args.mode,

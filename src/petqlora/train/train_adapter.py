@@ -3,7 +3,7 @@
 The same entrypoint runs in the Cloud Run Job container and, for the embedded default, as a local
 subprocess:
 
-    python -m petqlora.train_adapter --dataset DATASET_DIR --output OUTPUT_DIR --config CONFIG.json
+    python -m petqlora.train.train_adapter --dataset DATASET_DIR --output OUTPUT_DIR --config CONFIG.json
 
 Outputs, all under OUTPUT_DIR:
 
@@ -39,14 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from petqlora import data as data_lib
-from petqlora.encoding import PromptEncoder
-from petqlora.lora import LoraSettings, build_lora_config
-from petqlora.masking import IGNORE_INDEX
-from petqlora.modeling import (DEFAULT_SKIP_QUANTIZATION, base_model, fuse_elementwise, has_gemma4_norms,
+from petqlora.data import dataset as data_lib
+from petqlora.gemma.encoding import PromptEncoder
+from petqlora.gemma.lora import LoraSettings, build_lora_config
+from petqlora.gemma.masking import IGNORE_INDEX
+from petqlora.gemma.modeling import (DEFAULT_SKIP_QUANTIZATION, base_model, fuse_elementwise, has_gemma4_norms,
                                load_model_and_processor, resolve_device, supervised_logits)
 
-log = logging.getLogger("petqlora.train_adapter")
+log = logging.getLogger("petqlora.train.train_adapter")
 
 CHECKPOINTS = "checkpoints"
 
@@ -610,7 +610,7 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
     shutil.rmtree(adapter_dir, ignore_errors=True)
     os.replace(adapter_tmp, adapter_dir)
     try:
-        from petqlora.report import loss_curve_png
+        from petqlora.evaluation.report import loss_curve_png
 
         loss_curve_png([tuple(x) for x in state.losses], output / "loss_curve.png")
     except Exception as exc:  # a missing plot must not lose a trained adapter
@@ -638,13 +638,13 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m petqlora.train_adapter", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m petqlora.train.train_adapter", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="prepared dataset folder (gs:// is read through /gcs)")
     parser.add_argument("--output", required=True, help="output folder: adapter, checkpoints, metrics")
     parser.add_argument("--config", required=True, help="training config JSON file (TrainConfig fields)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
-    from petqlora.storage import local_path
+    from petqlora.cloud.storage import local_path
 
     config_path = Path(local_path(args.config))
     if not config_path.exists():

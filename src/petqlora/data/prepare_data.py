@@ -1,7 +1,7 @@
 """prepare_data: turn a pet dataset as users have it into a dataset artifact with hashed, stratified,
 chat-formatted splits.
 
-    python -m petqlora.prepare_data --source /data/oxford-iiit-pet --out /tmp/pets --seed 42
+    python -m petqlora.data.prepare_data --source /data/oxford-iiit-pet --out /tmp/pets --seed 42
 
 Sources, detected from what `source` is (or named with `source_kind`):
   oxford        ROOT/images/*.jpg + ROOT/annotations/{list,trainval,test}.txt (the native layout)
@@ -13,7 +13,7 @@ Sources, detected from what `source` is (or named with `source_kind`):
 
 The steps, in order: list the entries (labels only, no pixels); read, verify, hash and copy each image
 one at a time; split; check for leakage across splits; cap per class; write the JSONL files, the
-manifest and a report. The layout written is read back by `petqlora.data`.
+manifest and a report. The layout written is read back by `petqlora.data.dataset`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ import imagehash
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from petqlora import __version__, prompts
-from petqlora.data import (
+from petqlora import __version__
+
+from petqlora.gemma import prompts
+from petqlora.data.dataset import (
     DATASET_FORMAT,
     FORMAT_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -1015,7 +1017,7 @@ def _run(config: PrepareDataConfig, out: Path, report: dict, stack: contextlib.E
 def _parser() -> argparse.ArgumentParser:
     defaults = {f.name: f.default for f in dataclasses.fields(PrepareDataConfig)}
     parser = argparse.ArgumentParser(
-        prog="python -m petqlora.prepare_data",
+        prog="python -m petqlora.data.prepare_data",
         description="Turn a pet-breed dataset into a dataset artifact with hashed, stratified splits.",
     )
     parser.add_argument("--source", required=True, help="dataset folder, parquet file, manifest, or gs:// manifest")
@@ -1039,7 +1041,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m petqlora.prepare_data`: 0 on success, 1 when the data is refused, 2 for bad arguments."""
+    """`python -m petqlora.data.prepare_data`: 0 on success, 1 when the data is refused, 2 for bad arguments."""
     args = vars(_parser().parse_args(argv))
     out = args.pop("out")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)

@@ -20,7 +20,7 @@ import re
 import zoneinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
-from petqlora.gcp_names import (
+from petqlora.cloud.names import (
     PROJECT_RE as _PROJECT_RE,
     LABEL_KEY_RE as _LABEL_KEY_RE,
     LABEL_VALUE_RE as _LABEL_VALUE_RE,
@@ -123,13 +123,13 @@ def _check_labels(p: _Problems, name: str, labels: Any) -> None:
                 f"{name} key", k,
                 "label keys must be 1-63 chars of lowercase letters, digits, '_' or '-', "
                 "starting with a letter",
-                "use petqlora.vertex.to_vertex_labels() to sanitise them",
+                "use petqlora.cloud.vertex.to_vertex_labels() to sanitise them",
             )
         if not isinstance(v, str) or not _LABEL_VALUE_RE.match(v):
             p.add(
                 f"{name}[{k!r}]", v,
                 "label values must be at most 63 chars of lowercase letters, digits, '_' or '-'",
-                "use petqlora.vertex.to_vertex_labels() to sanitise them",
+                "use petqlora.cloud.vertex.to_vertex_labels() to sanitise them",
             )
 
 

@@ -9,7 +9,7 @@ Typical use from a pipeline step::
 
     cfg = CloudRunJobConfig(project="my-proj", region="us-central1", job_name="petqlora-train",
                             image="us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0",
-                            module="petqlora.train_adapter",
+                            module="petqlora.train.train_adapter",
                             service_account="petqlora-job@my-proj.iam.gserviceaccount.com",
                             bucket="my-proj-petqlora", hf_token_secret="hf-token")
     with cancel_on_sigterm():
@@ -36,7 +36,7 @@ from google.api_core import retry as core_retry
 from google.cloud import run_v2
 from google.api import launch_stage_pb2
 from google.protobuf import duration_pb2
-from petqlora.gcp_names import (
+from petqlora.cloud.names import (
     PROJECT_RE as _PROJECT_RE,
     LABEL_KEY_RE as _LABEL_KEY_RE,
     LABEL_VALUE_RE as _LABEL_VALUE_RE,
@@ -157,7 +157,7 @@ class CloudRunJobConfig:
     region: str
     job_name: str  # e.g. "petqlora-train"
     image: str  # trainer image URI pinned by a version tag or digest, never ':latest'
-    module: str  # entrypoint module the container runs, e.g. "petqlora.train_adapter"
+    module: str  # entrypoint module the container runs, e.g. "petqlora.train.train_adapter"
     service_account: str  # the job's runtime SA email (bucket + secret access)
     bucket: str  # Cloud Storage bucket mounted as a volume (weights, data, checkpoints)
     mount_path: str = "/gcs"
@@ -197,8 +197,8 @@ class CloudRunJobConfig:
         if (v := text("image", "REGION-docker.pkg.dev/PROJECT/petqlora/trainer:0.1.0")) is not None:
             if (p := _image_problem(v)):
                 problems.append(p)
-        if (v := text("module", "petqlora.train_adapter")) and not _MODULE_RE.match(v):
-            problems.append(f"module={v!r} must be a dotted Python module path such as 'petqlora.train_adapter'")
+        if (v := text("module", "petqlora.train.train_adapter")) and not _MODULE_RE.match(v):
+            problems.append(f"module={v!r} must be a dotted Python module path such as 'petqlora.train.train_adapter'")
         if (v := text("service_account", "petqlora-job@PROJECT.iam.gserviceaccount.com")) and not _SA_RE.match(v):
             problems.append(f"service_account={v!r} must be a service account email "
                             "('<name>@<project>.iam.gserviceaccount.com')")
@@ -713,7 +713,7 @@ def run_local(module: str, args: list[str], *, env: dict[str, str] | None = None
     ``log`` line by line. ``env`` adds variables to the current environment."""
     problems = []
     if not isinstance(module, str) or not _MODULE_RE.match(module):
-        problems.append(f"module={module!r} must be a dotted Python module path such as 'petqlora.train_adapter'")
+        problems.append(f"module={module!r} must be a dotted Python module path such as 'petqlora.train.train_adapter'")
     if not isinstance(args, (list, tuple)) or not all(isinstance(a, str) for a in args):
         problems.append(f"args={args!r} must be a list of strings")
     if env is not None and (not isinstance(env, dict)

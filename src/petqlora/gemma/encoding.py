@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from petqlora.masking import IGNORE_INDEX, TurnTokens, labels_for_batch
-from petqlora.prompts import build_messages
+from petqlora.gemma.masking import IGNORE_INDEX, TurnTokens, labels_for_batch
+from petqlora.gemma.prompts import build_messages
 
 
 def turn_tokens(processor, family: str) -> TurnTokens:

@@ -170,7 +170,7 @@ def build_tiny_checkpoint(variant: str, out_dir: str | Path, seed: int = 0, clip
     """Write a tiny random checkpoint of `variant` to `out_dir` and return the folder."""
     from transformers import Gemma3ForConditionalGeneration, Gemma4ForConditionalGeneration
 
-    from petqlora.processors import make_processor
+    from petqlora.gemma.processors import make_processor
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown tiny model variant {variant!r}: choose one of {', '.join(VARIANTS)}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from petqlora.gcp_names import (
+from petqlora.cloud.names import (
     ALIAS_RE as _ALIAS_RE,
     LABEL_KEY_RE as _LABEL_KEY_RE,
     LABEL_VALUE_RE as _LABEL_VALUE_RE,
@@ -291,7 +291,7 @@ def _validate_register(
                 add(f"labels[{k!r}]", v,
                     "Vertex label rules: keys 1-63 chars [a-z0-9_-] starting with a letter, "
                     "values <= 63 chars [a-z0-9_-]",
-                    "sanitise with petqlora.vertex.to_vertex_labels()")
+                    "sanitise with petqlora.cloud.vertex.to_vertex_labels()")
     if not isinstance(aliases, (list, tuple)):
         add("aliases", aliases, "must be a list of strings", "pass e.g. ['candidate']")
     else:
@@ -426,7 +426,7 @@ def lineage_from_vertex(
 
     from google.auth.exceptions import DefaultCredentialsError
 
-    from petqlora.vertex import _AUTH_HELP, VertexAuthError
+    from petqlora.cloud.vertex import _AUTH_HELP, VertexAuthError
 
     try:
         client = aiplatform_v1.MetadataServiceClient(

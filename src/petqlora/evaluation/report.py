@@ -17,7 +17,7 @@ from numbers import Integral, Real
 from pathlib import Path
 
 from petqlora import __version__
-from petqlora.metrics import ClassificationResult
+from petqlora.evaluation.metrics import ClassificationResult
 
 MEMORY_KINDS = ("GPU", "CPU RSS")
 

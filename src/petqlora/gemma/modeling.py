@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from petqlora.processors import family_of, load_processor
+from petqlora.gemma.processors import family_of, load_processor
 
 log = logging.getLogger(__name__)
 

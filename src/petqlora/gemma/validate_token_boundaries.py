@@ -1,6 +1,6 @@
 """validate_token_boundaries: prove, before any GPU is paid for, that every example trains on exactly its answer.
 
-    python -m petqlora.validate_token_boundaries --dataset DIR --output DIR --base-model PATH [--budget 280]
+    python -m petqlora.gemma.validate_token_boundaries --dataset DIR --output DIR --base-model PATH [--budget 280]
 
 For every example (or a seeded sample when asked) it encodes the training sequence with the real processor,
 as training does, and checks: the soft-token count of each image equals what the image processor computes
@@ -22,13 +22,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from petqlora import data as data_lib
-from petqlora.encoding import PromptEncoder
-from petqlora.masking import IGNORE_INDEX, BoundaryError, image_token_counts
-from petqlora.modeling import model_family
-from petqlora.processors import load_processor
+from petqlora.data import dataset as data_lib
+from petqlora.gemma.encoding import PromptEncoder
+from petqlora.gemma.masking import IGNORE_INDEX, BoundaryError, image_token_counts
+from petqlora.gemma.modeling import model_family
+from petqlora.gemma.processors import load_processor
 
-log = logging.getLogger("petqlora.validate_token_boundaries")
+log = logging.getLogger("petqlora.gemma.validate_token_boundaries")
 
 
 class TokenBoundaryError(ValueError):
@@ -174,7 +174,7 @@ def validate_token_boundaries(dataset_dir: str | Path, output_dir: str | Path, c
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m petqlora.validate_token_boundaries",
+    parser = argparse.ArgumentParser(prog="python -m petqlora.gemma.validate_token_boundaries",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--output", required=True)
