@@ -15,77 +15,50 @@ from pathlib import Path
 
 from kfp import dsl
 
+from petqlora import params
+
 from components.evaluate import evaluate
 from components.prepare_data import prepare_data
 from components.register_model import register_model
 from components.train_adapter import train_adapter
 from components.validate_token_boundaries import validate_token_boundaries
 
-PIPELINE_NAME = "petqlora-gemma4-pets"
+PIPELINE_NAME = params.PIPELINE_NAME
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Fine-tune Gemma 4 with QLoRA to classify pet breeds; evaluate "
               "against Gemma 3 and Gemma 4 baselines; register the adapter only when it wins.")
-def pet_breeds_pipeline(
-    source: str = "timm/oxford-iiit-pet",
-    base_model: str = "google/gemma-4-31b-it",
-    gemma4_baseline: str = "google/gemma-4-31b-it",
-    gemma3_baseline: str = "google/gemma-3-27b-it",
-    seed: int = 42,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    max_per_class_train: int = 0,
-    max_per_class_eval: int = 0,
-    on_bad_input: str = "skip",
-    validation_sample: int = 0,
-    lora_r: int = 64,
-    lora_alpha: int = 64,
-    lora_dropout: float = 0.05,
-    epochs: float = 3.0,
-    learning_rate: float = 5e-5,
-    batch_size: int = 8,
-    grad_accum: int = 2,
-    image_token_budget: int = 280,
-    max_length: int = 1024,
-    train_options: dict = {"checkpoint_every": 50},
-    scoring: str = "score",
-    win_margin: float = 0.02,
-    model_name: str = "petqlora-gemma4-pets",
-    registry: str = "vertex",
-    project: str = "",
-    region: str = "us-central1",
-    backend: dict = {"kind": "cloud_run", "image": "", "service_account": "", "bucket": "", "hf_token_secret": ""},
-    serving_image: str = "us-docker.pkg.dev/vertex-ai/vertex-vision-model-garden-dockers/pytorch-vllm-serve:latest",
-    code_revision: str = "",
-):
+@params.with_signature
+def pet_breeds_pipeline(p):
+    """The pet-breed QLoRA pipeline: prepare, validate, train, evaluate, register when it wins."""
     data = prepare_data(
-        source=source, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-        max_per_class_train=max_per_class_train, max_per_class_eval=max_per_class_eval, on_bad_input=on_bad_input,
+        source=p.source, seed=p.seed, val_fraction=p.val_fraction, test_fraction=p.test_fraction,
+        max_per_class_train=p.max_per_class_train, max_per_class_eval=p.max_per_class_eval, on_bad_input=p.on_bad_input,
     ).set_display_name("Prepare data")
     check = validate_token_boundaries(
-        dataset=data.outputs["dataset"], base_model=base_model, image_token_budget=image_token_budget,
-        max_length=max_length, sample=validation_sample,
+        dataset=data.outputs["dataset"], base_model=p.base_model, image_token_budget=p.image_token_budget,
+        max_length=p.max_length, sample=p.validation_sample,
     ).set_display_name("Validate token boundaries")
     train = train_adapter(
-        dataset=data.outputs["dataset"], base_model=base_model, lora_r=lora_r, lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-        grad_accum=grad_accum, image_token_budget=image_token_budget, max_length=max_length, seed=seed,
-        train_options=train_options, backend=backend, project=project, region=region,
+        dataset=data.outputs["dataset"], base_model=p.base_model, lora_r=p.lora_r, lora_alpha=p.lora_alpha,
+        lora_dropout=p.lora_dropout, epochs=p.epochs, learning_rate=p.learning_rate, batch_size=p.batch_size,
+        grad_accum=p.grad_accum, image_token_budget=p.image_token_budget, max_length=p.max_length, seed=p.seed,
+        train_options=p.train_options, backend=p.backend, project=p.project, region=p.region,
         run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
     ).set_display_name("Train adapter (QLoRA, Cloud Run GPU)").after(check)
     train.set_caching_options(False)  # launches a paid GPU job; its own checkpoints make retries cheap
     scores = evaluate(
-        dataset=data.outputs["dataset"], adapter=train.outputs["adapter"], base_model=base_model,
-        gemma4_baseline=gemma4_baseline, gemma3_baseline=gemma3_baseline, image_token_budget=image_token_budget,
-        scoring=scoring, win_margin=win_margin, registry=registry, model_name=model_name, backend=backend,
-        project=project, region=region, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        dataset=data.outputs["dataset"], adapter=train.outputs["adapter"], base_model=p.base_model,
+        gemma4_baseline=p.gemma4_baseline, gemma3_baseline=p.gemma3_baseline, image_token_budget=p.image_token_budget,
+        scoring=p.scoring, win_margin=p.win_margin, registry=p.registry, model_name=p.model_name, backend=p.backend,
+        project=p.project, region=p.region, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
     ).set_display_name("Evaluate vs Gemma 3 / Gemma 4 baselines")
     scores.set_caching_options(False)  # reads the registry's current champion
     with dsl.If(scores.outputs["Output"] == "register", name="fine-tuned model wins"):
         register_model(
             dataset=data.outputs["dataset"], token_report=check.outputs["records"], adapter=train.outputs["adapter"],
-            evaluation=scores.outputs["evaluation"], model_name=model_name, registry=registry, project=project,
-            region=region, serving_image=serving_image, code_revision=code_revision,
+            evaluation=scores.outputs["evaluation"], model_name=p.model_name, registry=p.registry, project=p.project,
+            region=p.region, serving_image=p.serving_image, code_revision=p.code_revision,
             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         ).set_display_name("Register model").set_caching_options(False)
 

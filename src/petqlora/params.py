@@ -1,0 +1,129 @@
+"""The pipeline's parameters: one typed schema, the single source of each parameter's type, default,
+allowed values and one-line description. pipeline.py's signature, the command line, run-local, the
+components' checks and the step configs (which share fields through ``schema.same_as``) all read it.
+The defaults are the real cloud recipe; configs/local.yaml overrides some for the CPU run."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from petqlora import schema
+from petqlora.problems import Problems
+from petqlora.schema import field
+
+# Gemma 4's image processor accepts only these soft-token budgets per image.
+IMAGE_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
+BAD_INPUT_POLICIES = ("fail", "skip")
+SCORING_MODES = ("score", "generate")
+BACKEND_KINDS = ("local", "cloud_run")
+PIPELINE_NAME = "petqlora-gemma4-pets"
+
+
+@dataclass(frozen=True)
+class PipelineParams:
+    source: str = field("timm/oxford-iiit-pet", "Images to train on: Oxford-IIIT native layout, Hugging Face "
+                        "dataset (Hub name, save_to_disk or parquet), image folder, or CSV/JSONL manifest; "
+                        "a local path or gs:// URI.")
+    base_model: str = field("google/gemma-4-31b-it", "Gemma 4 checkpoint to fine-tune: a Hub id or a "
+                            "/gcs/... checkpoint folder.")
+    gemma4_baseline: str = field("google/gemma-4-31b-it", "Gemma 4 checkpoint evaluated zero-shot as a baseline.")
+    gemma3_baseline: str = field("google/gemma-3-27b-it", "Gemma 3 checkpoint evaluated zero-shot as a baseline.")
+    seed: int = field(42, "Seed of the splits, the batch order and the LoRA initialisation.", low=0)
+    val_fraction: float = field(0.1, "Share of each class held out for validation (when the source has no "
+                                "split of its own).", low=0, high=1, high_open=True)
+    test_fraction: float = field(0.1, "Share of each class held out for the test split every model is "
+                                 "evaluated on.", low=0, high=1, low_open=True, high_open=True)
+    max_per_class_train: int = field(0, "Cap on training images per class; 0 keeps them all.", low=0)
+    max_per_class_eval: int = field(0, "Cap on validation and test images per class; 0 keeps them all.", low=0)
+    on_bad_input: str = field("skip", "An unreadable or invalid image: skip it (listed in the data report) "
+                              "or fail the run.", allowed=BAD_INPUT_POLICIES)
+    validation_sample: int = field(0, "Token-boundary check of a seeded sample of this many examples per "
+                                   "split; 0 checks every example.", low=0)
+    lora_r: int = field(64, "LoRA rank.", low=1)
+    lora_alpha: int = field(64, "LoRA alpha (scale alpha/r); alpha usually equals the rank.", low=1)
+    lora_dropout: float = field(0.05, "Dropout on the LoRA input; 0 is faster.", low=0, high=1, high_open=True)
+    epochs: float = field(3.0, "Passes over the training split (fractions allowed).", low=0, low_open=True)
+    learning_rate: float = field(5e-5, "Peak learning rate of the warmup + cosine schedule.", low=0, high=1,
+                                 low_open=True, high_open=True)
+    batch_size: int = field(8, "Examples per forward pass.", low=1)
+    grad_accum: int = field(2, "Forward passes per optimizer step.", low=1)
+    image_token_budget: int = field(280, "Gemma 4 soft tokens per image: more is slower and sees finer detail.",
+                                    allowed=IMAGE_TOKEN_BUDGETS)
+    max_length: int = field(1024, "Longest training sequence in tokens; longer examples are refused, never "
+                            "truncated.", low=1)
+    train_options: dict = field({"checkpoint_every": 50}, "Any other training-config field as a JSON object, "
+                                "e.g. {\"checkpoint_every\": 50, \"adapt_vision\": false}.")
+    scoring: str = field("score", "How evaluation reads an answer: score (class likelihoods, deterministic) or "
+                         "generate (greedy decoding, normalized match).", allowed=SCORING_MODES)
+    win_margin: float = field(0.02, "Accuracy the fine-tuned model must gain over the best baseline to be "
+                              "registered (0.02 is two points).", low=0, high=1)
+    model_name: str = field(PIPELINE_NAME, "Model Registry display name the adapter is registered under.")
+    registry: str = field("vertex", "Where winners are registered: vertex (Vertex AI Model Registry) or the "
+                          "path of a local SQLite registry.")
+    project: str = field("", "Google Cloud project of the registry and the GPU jobs.")
+    region: str = field("us-central1", "Region of the registry and the GPU jobs.")
+    backend: dict = field({"kind": "cloud_run", "image": "", "service_account": "", "bucket": "",
+                           "hf_token_secret": ""},
+                          "Where the GPU steps run: {\"kind\": \"cloud_run\", image, service_account, bucket, "
+                          "hf_token_secret} or {\"kind\": \"local\"}.")
+    serving_image: str = field("us-docker.pkg.dev/vertex-ai/vertex-vision-model-garden-dockers/"
+                               "pytorch-vllm-serve:latest", "Serving container image recorded with the "
+                               "registered version.")
+    code_revision: str = field("", "Commit of the code that ran, recorded as a label of the registered version.")
+
+    def __post_init__(self) -> None:
+        problems = Problems("pipeline parameters")
+        schema.check(self, problems)
+        problems.raise_if_any()
+
+
+NAMES = tuple(f.name for f in dataclasses.fields(PipelineParams))
+DEFAULTS = PipelineParams()
+
+
+def description(name: str) -> str:
+    return schema.rule_of(PipelineParams, name).help
+
+
+def parse(values: Mapping[str, Any], *, text: bool = False) -> PipelineParams:
+    """The pipeline parameters from a mapping (defaults for the rest): unknown names, wrong types and
+    values outside their rules are all refused in one ValueError."""
+    return schema.from_mapping(PipelineParams, values, "pipeline parameters", text=text)
+
+
+def signature() -> inspect.Signature:
+    """The pipeline function's signature: each parameter typed and defaulted as the schema says."""
+    hints = schema.types_of(PipelineParams)
+    return inspect.Signature([
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=hints[name],
+                          default=getattr(DEFAULTS, name))
+        for name in NAMES])
+
+
+def docstring(summary: str) -> str:
+    """``summary`` and a Google-style Args section from the schema: KFP copies it into the IR, so the
+    Vertex run form shows each parameter's description."""
+    args = "\n".join(f"    {name}: {description(name)}" for name in NAMES)
+    return f"{summary}\n\nArgs:\n{args}\n"
+
+
+def with_signature(body: Callable[[Any], None]) -> Callable[..., None]:
+    """``body(p)`` as a pipeline function whose signature and docstring are the schema's: KFP reads the
+    parameters' types, defaults and descriptions from them; ``body`` reads ``p.<name>``."""
+    sig = signature()
+
+    def pipeline(*args: Any, **kwargs: Any) -> None:
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return body(types.SimpleNamespace(**bound.arguments))
+
+    pipeline.__name__ = pipeline.__qualname__ = body.__name__
+    pipeline.__module__ = body.__module__
+    pipeline.__signature__ = sig
+    pipeline.__doc__ = docstring((body.__doc__ or "").strip())
+    return pipeline
