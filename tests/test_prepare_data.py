@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from petqlora.cloud import storage
 from petqlora.data import dataset as data
 
 from petqlora.gemma import prompts
 from petqlora.data.prepare_data import PrepareDataConfig, PrepareDataError, main, prepare_data
+from test_storage import BUCKET, client, emulator  # noqa: F401 (fixtures: gcp-storage-emulator in-process)
 
 _seeds = itertools.count(1)
 
@@ -370,6 +372,31 @@ def test_csv_manifest_with_relative_absolute_missing_and_gs_rows(tmp_path, monke
     assert manifest_json["class_source_names"] == {"abyssinian": "Abyssinian", "great pyrenees": "Great-Pyrenees"}
 
 
+def test_gs_manifest_and_images_through_the_storage_emulator(tmp_path, client, monkeypatch):
+    # The default client, made fresh against the emulator (client sets STORAGE_EMULATOR_HOST) and put back after.
+    monkeypatch.setattr(storage, "_default_client", None)
+    bucket = client.bucket(BUCKET)
+    rows = ["uri,label"]
+    for label in ("Abyssinian", "Bengal"):
+        for i in range(5):
+            buffer = io.BytesIO()
+            noise_image().save(buffer, "PNG")
+            bucket.blob(f"pets/{label}_{i}.png").upload_from_string(buffer.getvalue())
+            rows.append(f"{label}_{i}.png,{label}" if i % 2 else f"gs://{BUCKET}/pets/{label}_{i}.png,{label}")
+    rows.append("missing.png,Bengal")
+    bucket.blob("pets/pets.csv").upload_from_string("\n".join(rows) + "\n")
+
+    config = PrepareDataConfig(source=f"gs://{BUCKET}/pets/pets.csv", max_skipped_fraction=0.1)
+    result = prepare_data(config, tmp_path / "out")
+    assert result.classes == ["abyssinian", "bengal"]
+    assert sum(result.splits.values()) == 10 and result.skipped == 1
+    (skipped,) = json.loads((result.path / "report.json").read_text())["skipped"]
+    assert skipped["source"] == "missing.png"
+    assert skipped["reason"].startswith(f"Cannot read gs://{BUCKET}/pets/missing.png: no such object")
+    with pytest.raises(PrepareDataError, match=rf"cannot read manifest: Cannot read gs://{BUCKET}/nope.csv"):
+        prepare_data(PrepareDataConfig(source=f"gs://{BUCKET}/nope.csv"), tmp_path / "o2")
+
+
 def test_jsonl_manifest_with_its_own_split_column(tmp_path):
     lines = []
     for label in ("Abyssinian", "Bengal"):
@@ -454,11 +481,11 @@ def test_config_lists_every_wrong_field_in_one_error():
             instruction_template="Which breed?",
         )
     message = str(info.value)
-    assert message.startswith("PrepareDataConfig has 9 problem(s)")
+    assert message.startswith("invalid PrepareDataConfig:") and message.count("\n  - ") == 9
     for field in ("source=", "source_kind=", "seed=", "val_fraction=", "max_per_class_train=", "on_bad_input=",
                   "on_leakage=", "near_duplicate_distance=", "instruction_template="):
         assert f"  - {field}" in message
-    with pytest.raises(ValueError, match=r"val_fraction \+ test_fraction = 1.0 must be below 1"):
+    with pytest.raises(ValueError, match=r"val_fraction \+ test_fraction=1.0: must be below 1"):
         PrepareDataConfig(source="x", val_fraction=0.5, test_fraction=0.5)
 
 

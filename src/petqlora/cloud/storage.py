@@ -183,3 +183,23 @@ def download_dir(uri: str, dest: str | os.PathLike, *, client: "gcs.Client | Non
         _guarded(blob_uri, "read", c, lambda: blob.download_to_filename(str(target)))
         written.append(target)
     return written
+
+
+def connect(uri: str, client: "gcs.Client | None" = None) -> "gcs.Client":
+    """The client to reach ``uri`` with: ``client``, or the environment's default. No credentials, project or
+    library is a StorageAccessError naming the fix; a caller reading many objects asks once."""
+    try:
+        return _client(client)
+    except Exception as exc:  # DefaultCredentialsError, ImportError, OSError...: all mean "no access"
+        raise StorageAccessError(
+            f"no access to Cloud Storage ({type(exc).__name__}: {exc}); run with a service account that can "
+            "read the bucket, or `gcloud auth application-default login`", uri=uri) from exc
+
+
+def read_bytes(uri: str, *, client: "gcs.Client | None" = None) -> bytes:
+    """The content of the object ``uri``, in memory (for small files: manifests, images)."""
+    bucket, blob = split_gcs(uri)
+    if not blob or blob.endswith("/"):
+        raise ValueError(f"uri={uri!r} must name an object, not a bucket or folder, e.g. 'gs://{bucket}/a.jpg'")
+    c = connect(uri, client)
+    return _guarded(uri, "read", c, lambda: c.bucket(bucket).blob(blob).download_as_bytes())

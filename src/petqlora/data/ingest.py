@@ -1,0 +1,127 @@
+"""From listed entries to checked items: canonical class names, unique ids, and reading, verifying, hashing
+and copying each image, one at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from petqlora.data.dataset import FORMAT_EXTENSIONS, canonical_class_name, check_pixels, pixel_limit, to_rgb
+from petqlora.data.entries import BadEntry, Entry, Item, Listing, PrepareDataError, make_id
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 500  # files between progress lines on stderr
+
+
+def canonical_names(source: Listing) -> tuple[dict[str, str], dict[str, str]]:
+    """source name -> canonical name, and back; two source names on one canonical name is an error."""
+    canonical: dict[str, str] = {}
+    source_of: dict[str, str] = {}
+    for name in sorted({*source.declared, *(e.label for e in source.entries if e.label is not None)}):
+        try:
+            key = canonical_class_name(name)
+        except ValueError:
+            continue  # entries with this label are reported one by one as bad input
+        if key in source_of:
+            raise PrepareDataError(
+                f"class names {source_of[key]!r} and {name!r} both become {key!r}; "
+                "rename one of them in the source, or merge their images under one name"
+            )
+        canonical[name], source_of[key] = key, name
+    return canonical, source_of
+
+
+def assign_ids(entries: list[Entry], canonical: dict[str, str]) -> None:
+    """Ids from source-relative paths; entries that collide (a.jpg, a.png) get a suffix from the full path."""
+    seen: set[tuple[str, str | None]] = set()
+    for entry in entries:
+        entry.id = make_id(entry.rel)
+        if entry.problem is None and entry.label not in canonical:
+            entry.problem = f"unknown label: {entry.label!r} is empty once normalised"
+        if entry.problem is None and (entry.source, entry.source_split) in seen:
+            entry.problem = "listed more than once"
+        seen.add((entry.source, entry.source_split))
+    id_counts = Counter(e.id for e in entries)
+    for entry in entries:
+        if id_counts[entry.id] > 1:
+            suffix = hashlib.sha256(f"{entry.source}|{entry.source_split}".encode()).hexdigest()[:8]
+            entry.id = f"{entry.id}-{suffix}"
+
+
+def ingest_all(
+    entries: list[Entry], canonical: dict[str, str], images_dir: Path, skipped: list[dict], *,
+    on_bad_input: str, max_image_pixels: int, with_phash: bool,
+) -> list[Item]:
+    """Read, verify, hash and copy one file at a time: memory holds one image, whatever the dataset's size.
+    Bad entries raise under on_bad_input='fail', and are appended to `skipped` under 'skip'."""
+    items: list[Item] = []
+    for n, entry in enumerate(entries, start=1):
+        try:
+            if entry.problem is not None:
+                raise BadEntry(entry.problem)
+            entry.label = canonical[entry.label]
+            items.append(ingest(entry, images_dir, max_image_pixels, with_phash))
+        except BadEntry as bad:
+            if on_bad_input == "fail":
+                raise PrepareDataError(
+                    f"bad input {entry.source}: {bad}. Fix or remove it, or pass on_bad_input='skip' to "
+                    "leave bad files out and list them in the report"
+                ) from None
+            skipped.append({"source": entry.source, "reason": str(bad)})
+        if n % PROGRESS_EVERY == 0 or n == len(entries):
+            log.info("prepare_data: %d/%d checked, %d skipped", n, len(entries), len(skipped))
+    return items
+
+
+def _decode(data: bytes, max_image_pixels: int) -> tuple[str, Image.Image]:
+    """(file extension, RGB image) of fully decoded bytes; BadEntry with the reason when they are unusable."""
+    try:
+        with pixel_limit(max_image_pixels):
+            with Image.open(io.BytesIO(data)) as image:
+                if image.format not in FORMAT_EXTENSIONS:
+                    raise BadEntry(
+                        f"unsupported image format {image.format} (accepted: {', '.join(FORMAT_EXTENSIONS)})"
+                    )
+                ext = FORMAT_EXTENSIONS[image.format]
+                check_pixels(image, max_image_pixels)
+                image.verify()
+            # verify() leaves the image unusable and misses truncation: decode it for real.
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                return ext, to_rgb(image)
+    except BadEntry:
+        raise
+    except UnidentifiedImageError:
+        raise BadEntry("not an image (PIL cannot identify its format)") from None
+    except Image.DecompressionBombError as exc:
+        raise BadEntry(f"decompression bomb: {exc}") from None
+    except Exception as exc:  # decoders raise many types on broken bytes; all mean the same here
+        raise BadEntry(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
+
+
+def ingest(entry: Entry, images_dir: Path, max_image_pixels: int, with_phash: bool) -> Item:
+    """Read, fully verify, hash and copy one image; raise BadEntry with the reason when it is unusable."""
+    data = entry.read()
+    if not data:
+        raise BadEntry("empty file (0 bytes)")
+    ext, rgb = _decode(data, max_image_pixels)
+    phash = 0
+    if with_phash:
+        bits = np.packbits(imagehash.phash(rgb).hash.flatten())
+        phash = int.from_bytes(bits.tobytes(), "big")
+    sha256 = hashlib.sha256(data).hexdigest()
+    target = images_dir / f"{sha256}.{ext}"
+    if not target.exists():  # content-addressed: the same bytes are stored once
+        tmp = images_dir / f".{sha256}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, target)  # atomic, so a crash never leaves a half image under the final name
+    return Item(entry.id, entry.source, entry.label, sha256, ext, rgb.width, rgb.height, phash, entry.source_split)
