@@ -63,18 +63,33 @@ def pet_breeds_pipeline(p):
         ).set_display_name("Register model").set_caching_options(False)
 
 
-def _parameters(pairs: list) -> dict:
-    """--param key=value pairs; values parse as JSON when they can (numbers, dicts), else stay strings."""
+def _pairs(option: str, pairs: list) -> dict:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--param {pair!r}: write it as key=value")
+            raise SystemExit(f"{option} {pair!r}: write it as key=value")
+        out[key] = value
+    return out
+
+
+def _labels(pairs: list) -> dict:
+    """--label key=value pairs; values parse as JSON when they can (numbers), else stay strings."""
+    out = {}
+    for key, value in _pairs("--label", pairs).items():
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def _pipeline_parameters(pairs: list) -> dict:
+    """--param key=value pairs, each parsed as the schema types it and checked against its rule (all
+    problems in one error); only the parameters given are returned, the template holds the defaults."""
+    given = _pairs("--param", pairs)
+    parsed = params.parse(given, text=True)
+    return {name: getattr(parsed, name) for name in given}
 
 
 def main(argv=None) -> int:
@@ -145,17 +160,18 @@ def main(argv=None) -> int:
     if args.command in ("submit", "schedule"):
         return _cloud(args)
     if args.command == "register":
-        from petqlora.cloud import vertex
+        from petqlora.cloud import vertex_models
 
-        vertex.register_vertex_model(
+        vertex_models.register_vertex_model(
             project=args.project, region=args.region, display_name=args.model_name, artifact_uri=args.artifact_uri,
             serving_container_image_uri=args.serving_image, parent_model=None, version_aliases=["candidate"],
-            labels=_parameters(args.label), run_id=args.run_id, dry_run=args.dry_run)
+            labels=_labels(args.label), run_id=args.run_id, dry_run=args.dry_run)
         return 0
     if args.command == "lineage" and args.vertex:
         return vertex_lineage(args)
     if args.command == "lineage":
-        from petqlora.registry.local import LocalRegistry, format_lineage
+        from petqlora.registry.lineage import format_lineage
+        from petqlora.registry.local import LocalRegistry
 
         if not Path(args.registry).exists():
             raise SystemExit(f"--registry {args.registry}: no such registry; run `make run` first or pass its path")
@@ -166,8 +182,9 @@ def main(argv=None) -> int:
 
 def vertex_lineage(args, credentials=None, api_endpoint=None) -> int:
     """`lineage --vertex`: NAME[@VERSION] (or the adapter's gs:// URI) -> the chain from ML Metadata."""
-    from petqlora.cloud import vertex
-    from petqlora.registry.local import format_vertex_lineage, lineage_from_vertex
+    from petqlora.cloud import vertex_models
+    from petqlora.cloud.vertex_lineage import lineage_from_vertex
+    from petqlora.registry.lineage import format_vertex_lineage
 
     if not args.project or not args.region:
         raise SystemExit("lineage --vertex needs --project and --region")
@@ -176,7 +193,7 @@ def vertex_lineage(args, credentials=None, api_endpoint=None) -> int:
     uri = args.ref
     if not args.ref.startswith(("gs://", "projects/")):
         name, _, version = args.ref.partition("@")
-        uri = vertex.model_version_uri(name, version or "default", **cloud)
+        uri = vertex_models.model_version_uri(name, version or "default", **cloud)
         if uri is None:
             raise SystemExit(f"no Vertex model is named {name!r} in {args.project}/{args.region}")
         uri = uri.rstrip("/").removesuffix("/adapter")  # registered: <the train step's Model artifact>/adapter
@@ -191,11 +208,11 @@ def _cloud(args) -> int:
 
     from kfp import compiler
 
-    from petqlora.cloud import vertex
+    from petqlora.cloud import vertex_pipelines, vertex_schedules
 
-    params = _parameters(args.param)
-    params.setdefault("project", args.project)
-    params.setdefault("region", args.region)
+    values = _pipeline_parameters(args.param)
+    values.setdefault("project", args.project)
+    values.setdefault("region", args.region)
     template = args.template
     if template is None and not (args.command == "schedule" and (args.list or args.pause or args.resume or args.delete)):
         template = str(Path(tempfile.mkdtemp()) / "pipeline.yaml")
@@ -204,26 +221,28 @@ def _cloud(args) -> int:
     creates_run = args.command == "submit" or args.cron
     if creates_run and not args.dry_run:
         # Fail here, not an hour into the run: the GPU steps need the Cloud Run Job's settings.
-        from petqlora.steps import Backend
+        from petqlora.backends import Backend
 
-        backend = params.get("backend", {"kind": "cloud_run"})
+        backend = values.get("backend", {"kind": "cloud_run"})
         Backend(**{"project": args.project, "region": args.region, **backend})
     if args.command == "submit":
-        vertex.submit_pipeline(template_path=template, pipeline_root=args.pipeline_root, parameter_values=params,
-                               service_account=args.service_account, network=args.network, watch=args.watch, **common)
+        vertex_pipelines.submit_pipeline(
+            template_path=template, pipeline_root=args.pipeline_root, parameter_values=values,
+            service_account=args.service_account, network=args.network, watch=args.watch, **common)
         return 0
     if args.list:
-        vertex.list_schedules(**common)
+        vertex_schedules.list_schedules(**common)
     elif args.pause or args.resume or args.delete:
-        action = next(a for a in vertex.SCHEDULE_ACTIONS if getattr(args, a))
-        vertex.change_schedule(action, getattr(args, action), **common)
+        action = next(a for a in vertex_schedules.SCHEDULE_ACTIONS if getattr(args, a))
+        vertex_schedules.change_schedule(action, getattr(args, action), **common)
     else:
         if not args.cron or not args.pipeline_root:
             raise SystemExit("schedule: creating a schedule needs --cron and --pipeline-root "
                              "(or use --list / --pause / --resume / --delete)")
-        vertex.create_schedule(template_path=template, pipeline_root=args.pipeline_root, parameter_values=params,
-                               cron=args.cron, display_name=args.display_name, max_run_count=args.max_run_count,
-                               service_account=args.service_account, **common)
+        vertex_schedules.create_schedule(
+            template_path=template, pipeline_root=args.pipeline_root, parameter_values=values,
+            cron=args.cron, display_name=args.display_name, max_run_count=args.max_run_count,
+            service_account=args.service_account, **common)
     return 0
 
 

@@ -113,9 +113,23 @@ def test_bad_cron_is_refused_clearly():
     assert "cron" in result.stderr.lower()
 
 
-def test_unknown_pipeline_parameter_in_local_config_is_refused(tmp_path):
-    from petqlora.local_run import coerce_parameters
+def test_unknown_pipeline_parameter_in_local_config_is_refused_before_anything_runs(tmp_path):
+    from petqlora.local_run import run_local_pipeline
 
-    with pytest.raises(ValueError, match="unknown pipeline parameters .*lora_rank"):
-        coerce_parameters(pipeline.pet_breeds_pipeline, {"lora_rank": 8})
-    assert coerce_parameters(pipeline.pet_breeds_pipeline, {"epochs": 3})["epochs"] == 3.0
+    config = tmp_path / "local.yaml"
+    config.write_text("dataset: {path: %s}\nparameters: {lora_rank: 8, lora_r: 0}\n" % tmp_path)
+    with pytest.raises(ValueError) as info:
+        run_local_pipeline(pipeline.pet_breeds_pipeline, tmp_path / "out", config)
+    assert "lora_rank=8: is not a known field" in str(info.value) and "lora_r=0: must be >= 1" in str(info.value)
+    assert not (tmp_path / "out" / "pipeline_root").exists()
+
+
+def test_submit_dry_run_refuses_bad_parameter_values_together():
+    result = _cli("submit", "--project", "my-proj", "--region", "us-central1", "--pipeline-root", "gs://my-bucket/r",
+                  "--param", "learning_rate=abc", "--param", "lora_r=64.5", "--param", "image_token_budget=123",
+                  "--dry-run")
+    assert result.returncode == 2, result.stdout
+    for expected in ("learning_rate='abc': must be a number", "lora_r='64.5': must be an integer",
+                     "image_token_budget=123: must be one of"):
+        assert expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import yaml
 
+from petqlora import schema
+from petqlora.params import parse as parse_params
+
 log = logging.getLogger("petqlora.local_run")
 
 TASK_DIRS = {"dataset": ("prepare-data", "dataset"), "token_boundary_report": ("validate-token-boundaries", "records"),
@@ -74,23 +77,6 @@ def code_revision() -> str:
         return ""
 
 
-def coerce_parameters(pipeline_func, params: dict) -> dict:
-    """Check names against the pipeline's signature and turn YAML ints into the floats it declares."""
-    import inspect
-
-    signature = inspect.signature(pipeline_func.pipeline_func)
-    unknown = sorted(set(params) - set(signature.parameters))
-    if unknown:
-        raise ValueError(f"unknown pipeline parameters {unknown}; known: {sorted(signature.parameters)}")
-    out = {}
-    for name, value in params.items():
-        annotation = signature.parameters[name].annotation
-        if annotation in (float, "float") and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        out[name] = value
-    return out
-
-
 def _latest_run(pipeline_root: Path, error: str | None) -> Path:
     runs = sorted((p for p in pipeline_root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
     if not runs:
@@ -110,7 +96,7 @@ def run_local_pipeline(pipeline_func, output_dir: Path, config_path: Path, datas
     registry = output_dir / "registry.sqlite"
     params = dict(config.get("parameters", {}), **models, source=source, registry=str(registry),
                   backend={"kind": "local"}, project="local", region="local", code_revision=code_revision())
-    params = coerce_parameters(pipeline_func, params)
+    params = schema.to_json_dict(parse_params(params))  # every name, type and rule checked before a step runs
     pipeline_root = output_dir / "pipeline_root"
     pipeline_root.mkdir(exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
