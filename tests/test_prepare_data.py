@@ -509,14 +509,19 @@ def test_output_folder_rules(tmp_path):
 
 def test_entrypoint(tmp_path, capsys):
     root = make_folder(tmp_path / "pets", {"Abyssinian": 5, "Bengal": 5})
-    assert main(["--source", str(root), "--out", str(tmp_path / "out"), "--seed", "7"]) == 0
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"seed": 7}))
+    assert main(["--dataset", str(root), "--output", str(tmp_path / "out"), "--config", str(config)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["dataset_hash"] == data.read_manifest(tmp_path / "out")["dataset_hash"]
     assert data.read_manifest(tmp_path / "out")["seed"] == 7
-    assert main(["--source", str(root), "--out", str(tmp_path / "o2"), "--val-fraction", "2", "--on-leakage", "x"]) == 2
-    assert "val_fraction=2.0" in capsys.readouterr().err
+    config.write_text(json.dumps({"val_fraction": 2, "on_leakage": "x"}))
+    assert main(["--dataset", str(root), "--output", str(tmp_path / "o2"), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "val_fraction=2.0" in err and "on_leakage='x'" in err
     shutil.copy(root / "Bengal" / "img_000.png", root / "Abyssinian" / "copy.png")
     (root / "Abyssinian" / "zero.png").write_bytes(b"")
-    args = ["--source", str(root), "--out", str(tmp_path / "o3"), "--on-bad-input", "fail"]
+    config.write_text(json.dumps({"on_bad_input": "fail"}))
+    args = ["--dataset", str(root), "--output", str(tmp_path / "o3"), "--config", str(config)]
     assert main(args) == 1
     assert "bad input Abyssinian/zero.png: empty file" in capsys.readouterr().err

@@ -76,7 +76,7 @@ def read_manifest(dataset_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} does not exist: {dataset_dir} is not a prepared dataset; "
-            "pass the output folder of prepare_data (python -m petqlora.data.prepare_data --source ... --out ...)"
+            "pass the output folder of prepare_data (python -m petqlora.data.prepare_data --dataset SOURCE --output DIR)"
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))

@@ -1,7 +1,7 @@
 """prepare_data: turn a pet dataset as users have it into a dataset artifact with hashed, stratified,
 chat-formatted splits. Here: the config, the step's orchestration, and the `main(argv)` entrypoint.
 
-    python -m petqlora.data.prepare_data --source /data/oxford-iiit-pet --out /tmp/pets --seed 42
+    python -m petqlora.data.prepare_data --dataset /data/oxford-iiit-pet --output /tmp/pets [--config CONFIG.json]
 
 Sources, detected from what `source` is (or named with `source_kind`), read in `sources`:
   oxford        ROOT/images/*.jpg + ROOT/annotations/{list,trainval,test}.txt (the native layout)
@@ -19,9 +19,7 @@ files (`prepare_output`), the manifest and a report (`prepare_report`). The layo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -33,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from petqlora import __version__
+from petqlora.entrypoint import run_step
 from petqlora.data.dataset import DATASET_FORMAT, SPLITS, dataset_hash
 from petqlora.data.entries import Item, Listing, PrepareDataError
 from petqlora.data.ingest import assign_ids, canonical_names, ingest_all
@@ -299,50 +298,18 @@ def _listed(lines: list[str]) -> str:
 # --------------------------------------------------------------------------------------------- entrypoint
 
 
-def _parser() -> argparse.ArgumentParser:
-    defaults = {f.name: f.default for f in dataclasses.fields(PrepareDataConfig)}
-    parser = argparse.ArgumentParser(
-        prog="python -m petqlora.data.prepare_data",
-        description="Turn a pet-breed dataset into a dataset artifact with hashed, stratified splits.",
-    )
-    parser.add_argument("--source", required=True, help="dataset folder, parquet file, manifest, or gs:// manifest")
-    parser.add_argument("--out", required=True, help="output folder (new, or one written by prepare_data)")
-    parser.add_argument("--source-kind", default=defaults["source_kind"], help="|".join(SOURCE_KINDS))
-    parser.add_argument("--seed", type=int, default=defaults["seed"])
-    parser.add_argument("--val-fraction", type=float, default=defaults["val_fraction"])
-    parser.add_argument("--test-fraction", type=float, default=defaults["test_fraction"])
-    parser.add_argument("--use-source-split", action=argparse.BooleanOptionalAction,
-                        default=defaults["use_source_split"], help="keep the source's own train/test split")
-    parser.add_argument("--max-per-class-train", type=int, default=defaults["max_per_class_train"])
-    parser.add_argument("--max-per-class-eval", type=int, default=defaults["max_per_class_eval"])
-    parser.add_argument("--on-bad-input", default=defaults["on_bad_input"], help="fail|skip")
-    parser.add_argument("--max-skipped-fraction", type=float, default=defaults["max_skipped_fraction"])
-    parser.add_argument("--on-leakage", default=defaults["on_leakage"], help="fail|drop")
-    parser.add_argument("--near-duplicate-distance", type=int, default=defaults["near_duplicate_distance"],
-                        help="phash Hamming distance; -1 turns the near-duplicate check off")
-    parser.add_argument("--max-image-pixels", type=int, default=defaults["max_image_pixels"])
-    parser.add_argument("--instruction-template", default=defaults["instruction_template"])
-    return parser
+def _prepare_and_print(source: str, out: str, config: PrepareDataConfig) -> None:
+    result = prepare_data(config, out)
+    print(json.dumps({"path": str(result.path), "dataset_hash": result.dataset_hash, "classes": len(result.classes),
+                      "splits": result.splits, "skipped": result.skipped}))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m petqlora.data.prepare_data`: 0 on success, 1 when the data is refused, 2 for bad arguments."""
-    args = vars(_parser().parse_args(argv))
-    out = args.pop("out")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        config = PrepareDataConfig(**args)
-        result = prepare_data(config, out)
-    except PrepareDataError as exc:
-        print(f"prepare_data: refused: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"prepare_data: bad arguments: {exc}", file=sys.stderr)
-        return 2
-    summary = {"path": str(result.path), "dataset_hash": result.dataset_hash, "classes": len(result.classes),
-               "splits": result.splits, "skipped": result.skipped}
-    print(json.dumps(summary))
-    return 0
+    """`python -m petqlora.data.prepare_data --dataset SOURCE --output DIR [--config CONFIG.json]`: the config
+    holds any other PrepareDataConfig field. 0 on success, 1 when the data is refused, 2 for bad arguments."""
+    return run_step(argv, prog="petqlora.data.prepare_data", description=__doc__.split("\n\n")[0],
+                    config_cls=PrepareDataConfig, step=_prepare_and_print, refused=(PrepareDataError,),
+                    dataset_field="source")
 
 
 if __name__ == "__main__":
