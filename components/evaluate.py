@@ -29,7 +29,8 @@ def evaluate(
     """Evaluate the fine-tuned model, the Gemma 4 baseline and the Gemma 3 baseline (and the current
     registered version, if any) on the same held-out split. Returns "register" or "skip"; the reason is in
     the report and the evaluation artifact."""
-    from petqlora.steps import Backend, run_evaluate
+    from petqlora.backends import Backend
+    from petqlora.steps import run_evaluate
 
     result = run_evaluate(
         dataset.path, adapter.path, evaluation.path, base_model=base_model, gemma4_baseline=gemma4_baseline,

@@ -1,4 +1,4 @@
-"""The Cloud Run Job launcher: pure builders against literals, and the real run_v2 REST clients against a
+"""The Cloud Run Job: pure builders (cloud_run_spec) against literals, and the real run_v2 REST clients against a
 local fake of the Cloud Run Admin API (tests/fakes/cloud_run_api.py)."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import textwrap
 import time
 
 import pytest
@@ -17,20 +16,20 @@ from google.cloud import run_v2
 
 from fakes.cloud_run_api import FakeCloudRunApi
 from petqlora.cloud.cloud_run import (
-    TASK_ID_ENV,
     CloudRunExecutionError,
-    CloudRunJobConfig,
     CloudRunLauncher,
     CloudRunTimeoutError,
     ExecutionState,
-    LocalRunError,
-    build_job,
-    build_run_request,
     cancel_on_sigterm,
     execution_state,
+)
+from petqlora.cloud.cloud_run_spec import (
+    TASK_ID_ENV,
+    CloudRunJobConfig,
+    build_job,
+    build_run_request,
     gcs_to_mount,
     parse_secret_ref,
-    run_local,
 )
 
 IMAGE = "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0"
@@ -414,34 +413,3 @@ def test_operation_done_at_once_and_polled_operations():
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         make_cfg().image = "x"  # type: ignore[misc]
-
-
-# ---- local backend --------------------------------------------------------------------------------------
-
-@pytest.fixture
-def tiny_module(tmp_path):
-    (tmp_path / "tiny_step.py").write_text(textwrap.dedent("""
-        import os, sys
-        print("args", sys.argv[1:])
-        print("task", os.environ.get("PETQLORA_TASK_ID"))
-        sys.exit(int(os.environ.get("EXIT_CODE", "0")))
-    """))
-    return {"PYTHONPATH": str(tmp_path)}
-
-
-def test_run_local_streams_output(tiny_module):
-    rec = Recorder()
-    run_local("tiny_step", ["--epochs", "1"], env={**tiny_module, "PETQLORA_TASK_ID": "t1"}, log=rec.log)
-    assert rec.lines == ["args ['--epochs', '1']", "task t1"]
-
-
-def test_run_local_raises_with_the_exit_code(tiny_module):
-    rec = Recorder()
-    with pytest.raises(LocalRunError, match="exited with code 3") as info:
-        run_local("tiny_step", [], env={**tiny_module, "EXIT_CODE": "3"}, log=rec.log)
-    assert info.value.returncode == 3 and "task None" in str(info.value)
-
-
-def test_run_local_validates_arguments():
-    with pytest.raises(ValueError, match=r"module=.*\n.*args="):
-        run_local("not a module", "--x")  # type: ignore[arg-type]

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from petqlora.backends import Backend
 from petqlora.cloud import vertex
 from petqlora.registry.local import LocalRegistry, format_lineage
 from petqlora.steps import (
     APPROACHES,
-    Backend,
     champion_adapter,
     registration_decision,
     run_evaluate,

@@ -37,6 +37,16 @@ def test_uri_helpers():
     assert local_path("runs/local/x") == "runs/local/x"
 
 
+def test_local_path_with_one_mounted_bucket():
+    """A Cloud Run volume mounts one bucket at its mount path; Vertex mounts every bucket under /gcs."""
+    assert local_path("gs://my-bucket/a/b/", mount="/mnt/b", bucket="my-bucket") == "/mnt/b/a/b"
+    assert local_path("gs://my-bucket", mount="/mnt/b", bucket="my-bucket") == "/mnt/b"
+    mounted_like_vertex = local_path("gs://my-bucket")
+    assert local_path("gs://my-bucket/a", mount=mounted_like_vertex, bucket="my-bucket") == local_path("gs://my-bucket/a")
+    with pytest.raises(ValueError, match=r"bucket 'other'.*mounts only gs://my-bucket at /mnt/b"):
+        local_path("gs://other/a", mount="/mnt/b", bucket="my-bucket")
+
+
 @pytest.mark.parametrize("uri", ["/tmp/x", "s3://b/x", "gs://", "gs://UPPER/x", "gs://a/x"])
 def test_split_gcs_rejects(uri):
     with pytest.raises(ValueError, match="uri="):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+
+from petqlora.backends import Backend
 
 log = logging.getLogger("petqlora.steps")
 
@@ -31,60 +33,6 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Backend:
-    """Where the GPU entrypoints run: `local` (a subprocess) or `cloud_run` (a Cloud Run Job execution)."""
-
-    kind: str = "local"
-    project: str = ""
-    region: str = ""
-    job_prefix: str = "petqlora"
-    image: str = ""
-    service_account: str = ""
-    bucket: str = ""
-    hf_token_secret: str = ""
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("local", "cloud_run"):
-            raise ValueError(f"backend={self.kind!r} must be 'local' or 'cloud_run'")
-        if self.kind == "cloud_run":
-            missing = [n for n in ("project", "region", "image", "service_account", "bucket") if not getattr(self, n)]
-            if missing:
-                raise ValueError(
-                    f"backend kind cloud_run needs {missing}: pass them in the `backend` pipeline parameter, e.g. "
-                    "--param backend='{\"kind\": \"cloud_run\", \"image\": \"REGION-docker.pkg.dev/P/petqlora/"
-                    "trainer:VERSION\", \"service_account\": \"petqlora-job@P.iam.gserviceaccount.com\", "
-                    "\"bucket\": \"BUCKET\", \"hf_token_secret\": \"hf-token\"}' (and --project/--region)")
-
-    def path_arg(self, path: str) -> str:
-        """A path as the entrypoint sees it: unchanged locally; on the job's bucket mount in Cloud Run."""
-        if self.kind == "local":
-            return path
-        prefix = f"/gcs/{self.bucket}/"
-        if not path.startswith(prefix):
-            raise ValueError(f"{path} is not under the Cloud Run Job's bucket mount {prefix}: use a pipeline root "
-                             f"in gs://{self.bucket}")
-        return path  # the job mounts the bucket at /gcs/<bucket>, the same path Vertex gives the step
-
-    def run(self, module: str, args: list[str], task_id: str) -> None:
-        if self.kind == "local":
-            from petqlora.cloud.cloud_run import run_local
-
-            run_local(module, args, log=lambda line: log.info("%s", line))
-            return
-        from petqlora.cloud.cloud_run import CloudRunJobConfig, CloudRunLauncher, cancel_on_sigterm
-
-        step = module.rsplit(".", 1)[-1].replace("_", "-")
-        cfg = CloudRunJobConfig(
-            project=self.project, region=self.region, job_name=f"{self.job_prefix}-{step}",
-            image=self.image, module=module, service_account=self.service_account, bucket=self.bucket,
-            mount_path=f"/gcs/{self.bucket}", hf_token_secret=self.hf_token_secret or None)
-        launcher = CloudRunLauncher(cfg)
-        launcher.ensure_job()
-        with cancel_on_sigterm():
-            launcher.run(args, task_id)
 
 
 def integral_floats_to_int(values: dict) -> dict:

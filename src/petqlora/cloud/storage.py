@@ -59,13 +59,27 @@ def split_gcs(uri: str) -> tuple[str, str]:
     return bucket, blob
 
 
-def local_path(uri: str | os.PathLike) -> str:
-    """The path at which a step sees ``uri``: ``gs://b/x`` -> ``/gcs/b/x`` (as Vertex AI mounts buckets);
-    local paths are returned unchanged."""
+def local_path(uri: str | os.PathLike, *, mount: str = GCS_MOUNT_ROOT, bucket: str | None = None) -> str:
+    """The path at which a process sees ``uri``, the one gs:// -> path mapper; local paths are returned
+    unchanged. ``bucket`` says how buckets are mounted:
+
+    - ``None`` (Vertex AI / Kubeflow, Cloud Storage FUSE): every bucket under ``mount``, so
+      ``gs://b/x`` -> ``/gcs/b/x``.
+    - a bucket name (a Cloud Run Job volume): only that bucket, mounted at ``mount`` itself, so
+      ``gs://b/x`` -> ``<mount>/x``; a URI in another bucket raises ValueError.
+    """
     if not is_gcs(uri):
         return os.fspath(uri)
-    bucket, blob = split_gcs(str(uri))
-    return f"{GCS_MOUNT_ROOT}/{bucket}/{blob}".rstrip("/")
+    uri_bucket, blob = split_gcs(str(uri))
+    if bucket is None:
+        root = f"{mount}/{uri_bucket}"
+    elif uri_bucket == bucket:
+        root, blob = mount, blob.lstrip("/")
+    else:
+        raise ValueError(
+            f"uri={uri!r} is in bucket {uri_bucket!r}, but the job mounts only gs://{bucket} at {mount}; copy "
+            f"the data into gs://{bucket}/ or mount its bucket instead (CloudRunJobConfig.bucket)")
+    return f"{root}/{blob}".rstrip("/")
 
 
 _default_client: "gcs.Client | None" = None

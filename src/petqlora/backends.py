@@ -1,0 +1,139 @@
+"""Where a GPU step runs: a local subprocess or a Cloud Run Job execution, behind one :class:`Backend`.
+
+A GPU step (training, evaluation of the large models) is one entrypoint, ``python -m <module> *args``.
+:class:`Backend` runs it where its ``kind`` says (a config value: the ``backend`` pipeline parameter), and
+maps the paths the step sees to the paths the entrypoint sees. :func:`run_local` is the local backend; the
+Cloud Run backend is :class:`petqlora.cloud.cloud_run.CloudRunLauncher`, imported only when used.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from petqlora.cloud.storage import local_path
+from petqlora.problems import Problems
+
+__all__ = ["Backend", "LocalRunError", "check_entrypoint_module", "run_local"]
+
+log = logging.getLogger("petqlora.backends")
+
+_MODULE_RE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+
+
+def check_entrypoint_module(p: Problems, module: object) -> bool:
+    """Adds a problem to ``p`` unless ``module`` is a dotted Python module path (what ``python -m`` runs)."""
+    return p.check(isinstance(module, str) and _MODULE_RE.match(module), "module", module,
+                   "must be a dotted Python module path", "e.g. 'petqlora.train.train_adapter'")
+
+
+class LocalRunError(RuntimeError):
+    """The local entrypoint subprocess exited with a non-zero code."""
+
+    def __init__(self, message: str, *, returncode: int, cmd: list[str]) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.cmd = cmd
+
+
+def run_local(module: str, args: list[str], *, env: dict[str, str] | None = None,
+              log: Callable[[str], object] = print) -> None:
+    """The local backend: ``sys.executable -m module *args`` as a subprocess, its output streamed to
+    ``log`` line by line. ``env`` adds variables to the current environment."""
+    p = Problems("run_local arguments")
+    check_entrypoint_module(p, module)
+    p.check(isinstance(args, (list, tuple)) and all(isinstance(a, str) for a in args), "args", args,
+            "must be a list of strings")
+    p.check(env is None or (isinstance(env, dict)
+                            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())),
+            "env", env, "must be a dict of str to str or None")
+    p.raise_if_any()
+    cmd = [sys.executable, "-m", module, *args]
+    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}  # unbuffered: stream, don't batch
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", env=child_env, bufsize=1)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            log(line)
+        returncode = proc.wait()
+    except BaseException:
+        proc.terminate()  # don't leave the step running behind an interrupted pipeline
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    if returncode != 0:
+        last = "\n".join(tail)
+        raise LocalRunError(
+            f"`python -m {module}` exited with code {returncode}; its last output lines:\n{last}\n"
+            f"(command: {cmd})", returncode=returncode, cmd=cmd)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where the GPU entrypoints run: `local` (a subprocess) or `cloud_run` (a Cloud Run Job execution)."""
+
+    kind: str = "local"
+    project: str = ""
+    region: str = ""
+    job_prefix: str = "petqlora"
+    image: str = ""
+    service_account: str = ""
+    bucket: str = ""
+    hf_token_secret: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "cloud_run"):
+            raise ValueError(f"backend={self.kind!r} must be 'local' or 'cloud_run'")
+        if self.kind == "cloud_run":
+            missing = [n for n in ("project", "region", "image", "service_account", "bucket") if not getattr(self, n)]
+            if missing:
+                raise ValueError(
+                    f"backend kind cloud_run needs {missing}: pass them in the `backend` pipeline parameter, e.g. "
+                    "--param backend='{\"kind\": \"cloud_run\", \"image\": \"REGION-docker.pkg.dev/P/petqlora/"
+                    "trainer:VERSION\", \"service_account\": \"petqlora-job@P.iam.gserviceaccount.com\", "
+                    "\"bucket\": \"BUCKET\", \"hf_token_secret\": \"hf-token\"}' (and --project/--region)")
+
+    @property
+    def mount_path(self) -> str:
+        """Where the Cloud Run Job mounts its bucket: where Vertex mounts it for the step (``/gcs/<bucket>``),
+        so the paths the step sees are the paths the job sees."""
+        return local_path(f"gs://{self.bucket}")
+
+    def path_arg(self, path: str) -> str:
+        """A path as the entrypoint sees it: unchanged locally; on the job's bucket mount in Cloud Run."""
+        if self.kind == "local":
+            return path
+        prefix = f"{self.mount_path}/"
+        if not path.startswith(prefix):
+            raise ValueError(f"{path} is not under the Cloud Run Job's bucket mount {prefix}: use a pipeline root "
+                             f"in gs://{self.bucket}")
+        return path  # the job mounts the bucket at /gcs/<bucket>, the same path Vertex gives the step
+
+    def run(self, module: str, args: list[str], task_id: str) -> None:
+        if self.kind == "local":
+            run_local(module, args, log=lambda line: log.info("%s", line))
+            return
+        from petqlora.cloud.cloud_run import CloudRunLauncher, cancel_on_sigterm
+        from petqlora.cloud.cloud_run_spec import CloudRunJobConfig
+
+        step = module.rsplit(".", 1)[-1].replace("_", "-")
+        cfg = CloudRunJobConfig(
+            project=self.project, region=self.region, job_name=f"{self.job_prefix}-{step}",
+            image=self.image, module=module, service_account=self.service_account, bucket=self.bucket,
+            mount_path=self.mount_path, hf_token_secret=self.hf_token_secret or None)
+        launcher = CloudRunLauncher(cfg)
+        launcher.ensure_job()
+        with cancel_on_sigterm():
+            launcher.run(args, task_id)
