@@ -13,13 +13,15 @@ from pathlib import Path
 from transformers import Gemma3Processor, Gemma4Processor
 from transformers.processing_utils import ProcessorMixin
 
-SUPPORTED_BUDGETS = (70, 140, 280, 560, 1120)
+from petqlora.params import DEFAULTS, IMAGE_TOKEN_BUDGETS
+
+SUPPORTED_BUDGETS = IMAGE_TOKEN_BUDGETS
 
 
 class Gemma4ImageTextProcessor(Gemma4Processor):
     """Gemma 4's processor without the video and audio front ends."""
 
-    def __init__(self, image_processor, tokenizer, chat_template=None, image_seq_length: int = 280, **kwargs):
+    def __init__(self, image_processor, tokenizer, chat_template=None, image_seq_length: int = DEFAULTS.image_token_budget, **kwargs):
         # Gemma4Processor.__init__ insists on the video/audio front ends, so set what its methods read
         # and initialise the mixin with the two parts we have.
         self.image_seq_length = image_seq_length
@@ -46,7 +48,7 @@ def family_of(model_type: str) -> str:
                      "evaluates those two families only")
 
 
-def make_processor(family: str, tokenizer, max_soft_tokens: int = 280):
+def make_processor(family: str, tokenizer, max_soft_tokens: int = DEFAULTS.image_token_budget):
     """A processor for a freshly built tokenizer (tiny checkpoints)."""
     if family == "gemma4":
         from transformers import Gemma4ImageProcessorPil

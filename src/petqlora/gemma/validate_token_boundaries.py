@@ -1,6 +1,6 @@
 """validate_token_boundaries: prove, before any GPU is paid for, that every example trains on exactly its answer.
 
-    python -m petqlora.gemma.validate_token_boundaries --dataset DIR --output DIR --base-model PATH [--budget 280]
+    python -m petqlora.gemma.validate_token_boundaries --dataset DIR --output DIR --config CONFIG.json
 
 For every example (or a seeded sample when asked) it encodes the training sequence with the real processor,
 as training does, and checks: the soft-token count of each image equals what the image processor computes
@@ -12,7 +12,6 @@ every class it names is in the label set and vice versa.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -22,11 +21,16 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from petqlora import schema
 from petqlora.data import dataset as data_lib
+from petqlora.entrypoint import run_step
 from petqlora.gemma.encoding import PromptEncoder
 from petqlora.gemma.masking import IGNORE_INDEX, BoundaryError, image_token_counts
 from petqlora.gemma.modeling import model_family
 from petqlora.gemma.processors import load_processor
+from petqlora.params import PipelineParams
+from petqlora.problems import Problems
+from petqlora.schema import field, required, same_as
 
 log = logging.getLogger("petqlora.gemma.validate_token_boundaries")
 
@@ -37,27 +41,21 @@ class TokenBoundaryError(ValueError):
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    base_model: str
-    image_token_budget: int = 280
-    max_length: int = 1024
-    splits: tuple[str, ...] = ("train", "validation", "test")
-    sample: int | None = None          # check a seeded sample of this many per split; None checks all
-    seed: int = 0
-    report_examples: int = 20          # offending examples shown in the report
+    base_model: str = required("Checkpoint folder or Hub id whose processor and chat template are checked.")
+    image_token_budget: int = same_as(PipelineParams, "image_token_budget")
+    max_length: int = same_as(PipelineParams, "max_length")
+    splits: tuple[str, ...] = field(data_lib.SPLITS, "Splits to check.")
+    sample: int | None = field(None, "Check a seeded sample of this many per split; None checks all.", low=1)
+    seed: int = field(0, "Seed of the sample.", low=0)
+    report_examples: int = field(20, "Offending examples shown in the report.", low=0)
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.image_token_budget not in (70, 140, 280, 560, 1120):
-            problems.append(f"image_token_budget={self.image_token_budget} must be one of 70, 140, 280, 560, 1120")
-        if self.max_length < 1:
-            problems.append(f"max_length={self.max_length} must be >= 1")
-        if self.sample is not None and self.sample < 1:
-            problems.append(f"sample={self.sample} must be >= 1, or unset to check every example")
-        bad = [s for s in self.splits if s not in data_lib.SPLITS]
-        if bad or not self.splits:
-            problems.append(f"splits={self.splits} must be a non-empty subset of {data_lib.SPLITS}")
-        if problems:
-            raise ValueError("invalid validation config:\n- " + "\n- ".join(problems))
+        problems = Problems("validation config")
+        bad = schema.check(self, problems)
+        if "splits" not in bad:
+            problems.check(bool(self.splits) and set(self.splits) <= set(data_lib.SPLITS), "splits", self.splits,
+                           f"must be a non-empty subset of {data_lib.SPLITS}")
+        problems.raise_if_any()
 
 
 def check_instruction(instruction: str, classes: list[str]) -> list[str]:
@@ -174,25 +172,8 @@ def validate_token_boundaries(dataset_dir: str | Path, output_dir: str | Path, c
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m petqlora.gemma.validate_token_boundaries",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--base-model", required=True)
-    parser.add_argument("--image-token-budget", type=int, default=280)
-    parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--sample", type=int, default=None, help="check a seeded sample per split instead of all")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
-    cfg = ValidateConfig(base_model=args.base_model, image_token_budget=args.image_token_budget,
-                         max_length=args.max_length, sample=args.sample, seed=args.seed)
-    try:
-        validate_token_boundaries(args.dataset, args.output, cfg)
-    except TokenBoundaryError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return 0
+    return run_step(argv, prog="petqlora.gemma.validate_token_boundaries", description=__doc__.split("\n\n")[0],
+                    config_cls=ValidateConfig, step=validate_token_boundaries, refused=(TokenBoundaryError,))
 
 
 if __name__ == "__main__":
