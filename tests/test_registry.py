@@ -7,13 +7,9 @@ import sqlite3
 
 import pytest
 
-from petqlora.registry.local import (
-    LocalRegistry,
-    ModelVersion,
-    UnknownModelError,
-    format_lineage,
-    lineage_from_vertex,
-)
+from petqlora.cloud.vertex_lineage import lineage_from_vertex
+from petqlora.registry.lineage import format_lineage
+from petqlora.registry.local import LocalRegistry, ModelVersion, UnknownModelError
 
 from fakes.vertex_api import FakeVertexAPI
 

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from petqlora.backends import Backend
-from petqlora.cloud import vertex
-from petqlora.registry.local import LocalRegistry, format_lineage
+from petqlora.cloud import vertex_models
+from petqlora.registry.lineage import format_lineage
+from petqlora.registry.local import LocalRegistry
 from petqlora.steps import (
     APPROACHES,
     champion_adapter,
@@ -241,8 +242,8 @@ def test_champion_on_vertex_is_the_default_versions_adapter_through_the_bucket_m
     from google.auth.credentials import AnonymousCredentials
 
     cloud = {"credentials": AnonymousCredentials(), "api_endpoint": fake.endpoint}
-    monkeypatch.setattr(vertex, "default_version_artifact_uri",
-                        functools.partial(vertex.default_version_artifact_uri, **cloud))
+    monkeypatch.setattr(vertex_models, "default_version_artifact_uri",
+                        functools.partial(vertex_models.default_version_artifact_uri, **cloud))
     assert champion_adapter("vertex", NAME, PROJECT, REGION) is None  # the first run has no champion
     args = _write_run(tmp_path)
     _register_on_vertex(fake, monkeypatch, **args, run_id="run-1")

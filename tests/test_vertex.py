@@ -1,4 +1,4 @@
-"""petqlora.cloud.vertex: dry runs show the real SDK requests; real calls go through the real SDK to a local fake.
+"""petqlora.cloud.vertex_*: dry runs show the real SDK requests; real calls go through the real SDK to a local fake.
 
 The fake (tests/fakes/vertex_api.py) serves the Vertex REST surface on 127.0.0.1; the SDK reaches it via
 api_endpoint="http://127.0.0.1:PORT" with the REST transport and AnonymousCredentials. No cloud, no
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kfp import compiler, dsl
 
-from petqlora.cloud import vertex
+from petqlora.cloud import vertex_common, vertex_models, vertex_pipelines, vertex_schedules
 
 from fakes.vertex_api import FakeVertexAPI
 
@@ -71,7 +71,7 @@ def test_dry_run_submit_prints_the_create_pipeline_job_request(template, no_cred
 
     monkeypatch.setattr(google.auth, "default", refuse)
     lines = []
-    request = vertex.submit_pipeline(
+    request = vertex_pipelines.submit_pipeline(
         template_path=template, project=PROJECT, region=REGION, pipeline_root=ROOT,
         parameter_values={"n": 3, "s": "y"}, service_account=SA, network=NETWORK,
         labels={"team": "pets"}, dry_run=True, out=lines.append,
@@ -90,7 +90,7 @@ def test_dry_run_submit_prints_the_create_pipeline_job_request(template, no_cred
 
 def test_dry_run_schedule_prints_the_create_schedule_request(template, no_credentials):
     lines = []
-    request = vertex.create_schedule(
+    request = vertex_schedules.create_schedule(
         template_path=template, project=PROJECT, region=REGION, pipeline_root=ROOT,
         parameter_values={"n": 2}, cron="TZ=Europe/Paris 0 3 * * 1", display_name="weekly",
         max_run_count=10, service_account=SA, dry_run=True, out=lines.append,
@@ -112,10 +112,12 @@ def test_dry_run_schedule_prints_the_create_schedule_request(template, no_creden
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: vertex.list_schedules(project=PROJECT, region=REGION, dry_run=True, out=lambda _: None),
-        lambda: vertex.change_schedule("pause", "42", project=PROJECT, region=REGION, dry_run=True, out=lambda _: None),
-        lambda: vertex.change_schedule("resume", "42", project=PROJECT, region=REGION, dry_run=True, out=lambda _: None),
-        lambda: vertex.change_schedule("delete", 
+        lambda: vertex_schedules.list_schedules(project=PROJECT, region=REGION, dry_run=True, out=lambda _: None),
+        lambda: vertex_schedules.change_schedule("pause", "42", project=PROJECT, region=REGION, dry_run=True,
+                                                 out=lambda _: None),
+        lambda: vertex_schedules.change_schedule("resume", "42", project=PROJECT, region=REGION, dry_run=True,
+                                                 out=lambda _: None),
+        lambda: vertex_schedules.change_schedule("delete", 
             f"projects/{PROJECT}/locations/{REGION}/schedules/42", project=PROJECT, region=REGION,
             dry_run=True, out=lambda _: None,
         ),
@@ -129,7 +131,7 @@ def test_dry_run_schedule_commands_name_the_request(call, no_credentials):
 
 
 def test_dry_run_register_prints_the_upload_request(no_credentials):
-    request = vertex.register_vertex_model(
+    request = vertex_models.register_vertex_model(
         project=PROJECT, region=REGION, display_name="petqlora-gemma4", artifact_uri="gs://b/adapter",
         serving_container_image_uri="us-docker.pkg.dev/p/r/serve:0.1.0", parent_model=None,
         version_aliases=["candidate"], labels={"accuracy": 0.8734}, run_id="tiny-pipeline-2026",
@@ -152,7 +154,7 @@ def test_dry_run_register_prints_the_upload_request(no_credentials):
      "0 0 1,15 * *", "5-55/10 * * * 0"],
 )
 def test_valid_cron_accepted(cron):
-    assert vertex.validate_cron(cron) == cron
+    assert vertex_schedules.validate_cron(cron) == cron
 
 
 @pytest.mark.parametrize(
@@ -170,7 +172,7 @@ def test_valid_cron_accepted(cron):
 )
 def test_bad_cron_rejected_with_a_fix(cron, reason, template):
     with pytest.raises(ValueError) as err:
-        vertex.create_schedule(
+        vertex_schedules.create_schedule(
             template_path=template, project=PROJECT, region=REGION, pipeline_root=ROOT,
             parameter_values={}, cron=cron, display_name="weekly", dry_run=True, out=lambda _: None,
         )
@@ -179,7 +181,7 @@ def test_bad_cron_rejected_with_a_fix(cron, reason, template):
 
 def test_bad_arguments_are_reported_together(template):
     with pytest.raises(ValueError) as err:
-        vertex.submit_pipeline(
+        vertex_pipelines.submit_pipeline(
             template_path=template, project="My Project", region="mars-north1", pipeline_root="/local/dir",
             parameter_values={"epochs": 3}, service_account="not-an-email", labels={"Team": "Pets"},
             dry_run=True, out=lambda _: None,
@@ -193,15 +195,15 @@ def test_bad_arguments_are_reported_together(template):
 
 def test_missing_template_points_at_compile(tmp_path):
     with pytest.raises(ValueError, match="compile"):
-        vertex.submit_pipeline(
+        vertex_pipelines.submit_pipeline(
             template_path=str(tmp_path / "missing.yaml"), project=PROJECT, region=REGION, pipeline_root=ROOT,
             parameter_values={}, dry_run=True, out=lambda _: None,
         )
 
 
 def test_submit_without_credentials_says_how_to_authenticate(template, no_credentials):
-    with pytest.raises(vertex.VertexAuthError) as err:
-        vertex.submit_pipeline(
+    with pytest.raises(vertex_common.VertexAuthError) as err:
+        vertex_pipelines.submit_pipeline(
             template_path=template, project=PROJECT, region=REGION, pipeline_root=ROOT,
             parameter_values={}, out=lambda _: None,
         )
@@ -214,24 +216,24 @@ def test_submit_without_credentials_says_how_to_authenticate(template, no_creden
 
 
 def test_metric_values_become_label_values():
-    labels = vertex.to_vertex_labels({"accuracy": 0.8734, "Macro F1": 0.5, "epochs": 3, "base": "Gemma-4/31B"})
+    labels = vertex_common.to_vertex_labels({"accuracy": 0.8734, "Macro F1": 0.5, "epochs": 3, "base": "Gemma-4/31B"})
     assert labels == {"accuracy": "0_8734", "macro_f1": "0_5", "epochs": "3", "base": "gemma-4_31b"}
     with pytest.raises(ValueError, match="both become"):
-        vertex.to_vertex_labels({"a b": "1", "a_b": "2"})
+        vertex_common.to_vertex_labels({"a b": "1", "a_b": "2"})
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(min_size=1, max_size=100).filter(lambda s: re.search(r"[A-Za-z0-9]", s)),
        st.one_of(st.text(max_size=100), st.floats(), st.integers(), st.booleans()))
 def test_sanitised_labels_always_satisfy_vertex_rules(key, value):
-    ((k, v),) = vertex.to_vertex_labels({key: value}).items()
+    ((k, v),) = vertex_common.to_vertex_labels({key: value}).items()
     assert re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", k)
     assert re.fullmatch(r"[a-z0-9_-]{0,63}", v)
 
 
 @given(st.text(min_size=1, max_size=300).filter(lambda s: re.search(r"[A-Za-z0-9]", s)))
 def test_run_alias_satisfies_vertex_alias_rules(run_id):
-    assert re.fullmatch(r"[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]", vertex.run_alias(run_id))
+    assert re.fullmatch(r"[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]", vertex_common.run_alias(run_id))
 
 
 # ------------------------------------------------------------------------------------------ the fake
@@ -244,7 +246,7 @@ def _register(fake, run_id: str, **overrides) -> dict:
         version_aliases=["candidate"], labels={"accuracy": 0.8734, "base": "gemma-4"}, run_id=run_id,
         out=lambda _: None, **_cloud(fake),
     )
-    return vertex.register_vertex_model(**{**args, **overrides})
+    return vertex_models.register_vertex_model(**{**args, **overrides})
 
 
 def test_register_creates_parent_then_adds_versions_and_is_idempotent(fake):
@@ -298,7 +300,7 @@ def test_submit_and_watch_through_the_sdk(template, fake, monkeypatch):
     monkeypatch.setattr(gcs_utils, "create_gcs_bucket_for_pipeline_artifacts_if_it_does_not_exist",
                         lambda **kw: checked.append(kw["output_artifacts_gcs_dir"]))
     lines = []
-    result = vertex.submit_pipeline(
+    result = vertex_pipelines.submit_pipeline(
         template_path=template, project=PROJECT, region=REGION, pipeline_root=ROOT,
         parameter_values={"n": 5}, service_account=SA, watch=True, out=lines.append, **_cloud(fake),
     )
@@ -316,7 +318,7 @@ def test_submit_and_watch_through_the_sdk(template, fake, monkeypatch):
 
 
 def test_schedule_lifecycle_through_the_sdk(template, fake):
-    created = vertex.create_schedule(
+    created = vertex_schedules.create_schedule(
         template_path=template, project=PROJECT, region=REGION, pipeline_root=ROOT, parameter_values={},
         cron="TZ=UTC 0 3 * * 1", display_name="weekly", service_account=SA, out=lambda _: None, **_cloud(fake),
     )
@@ -326,17 +328,17 @@ def test_schedule_lifecycle_through_the_sdk(template, fake):
     assert sent["maxConcurrentRunCount"] == "1"
 
     common = dict(project=PROJECT, region=REGION, out=lambda _: None, **_cloud(fake))
-    listed = vertex.list_schedules(**common)
+    listed = vertex_schedules.list_schedules(**common)
     assert [s["name"] for s in listed["schedules"]] == [created["name"]]
     schedule_id = created["name"].rsplit("/", 1)[1]
-    vertex.change_schedule("pause", schedule_id, **common)
+    vertex_schedules.change_schedule("pause", schedule_id, **common)
     assert fake.schedules[created["name"]]["state"] == "PAUSED"
-    vertex.change_schedule("resume", created["name"], **common)
+    vertex_schedules.change_schedule("resume", created["name"], **common)
     assert fake.schedules[created["name"]]["state"] == "ACTIVE"
-    vertex.change_schedule("delete", schedule_id, **common)
+    vertex_schedules.change_schedule("delete", schedule_id, **common)
     assert fake.schedules == {}
 
 
 def test_change_schedule_names_an_unknown_action():
     with pytest.raises(ValueError, match="action='stop': must be one of pause, resume, delete"):
-        vertex.change_schedule("stop", "42", project=PROJECT, region=REGION, dry_run=True, out=lambda _: None)
+        vertex_schedules.change_schedule("stop", "42", project=PROJECT, region=REGION, dry_run=True, out=lambda _: None)

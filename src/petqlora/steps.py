@@ -134,7 +134,7 @@ def champion_adapter(registry: str, model_name: str, project: str = "", region: 
     """
     if registry == "vertex":
         from petqlora.cloud.storage import local_path
-        from petqlora.cloud.vertex import default_version_artifact_uri
+        from petqlora.cloud.vertex_models import default_version_artifact_uri
 
         uri = default_version_artifact_uri(project=project, region=region, display_name=model_name)
         return local_path(uri) if uri else None
@@ -210,12 +210,12 @@ def run_register_model(*, adapter_dir: str, adapter_uri: str, evaluation_dir: st
         raise ValueError(f"register_model called although evaluation decided: {evaluation['reason']}")
     metrics = {f"{k}_accuracy": v["accuracy"] for k, v in evaluation["models"].items()}
     metrics["finetuned_macro_f1"] = evaluation["models"]["finetuned"]["macro_f1"]
-    from petqlora.cloud.vertex import to_vertex_labels
+    from petqlora.cloud.vertex_common import to_vertex_labels
 
     # Vertex's label rules in the local registry too: "v0.1.0" -> "v0_1_0"; a sha256 is cut to 63 characters
     labels = to_vertex_labels({"dataset_hash": lineage["dataset"]["sha256"], "code_revision": code_revision or "unknown"})
     if registry.startswith("vertex"):
-        from petqlora.cloud.vertex import register_vertex_model
+        from petqlora.cloud.vertex_models import register_vertex_model
 
         result = register_vertex_model(
             project=project, region=region, display_name=model_name,

@@ -1,4 +1,5 @@
-"""The local model registry: SQLite with the semantics of Vertex AI Model Registry, plus lineage.
+"""The local model registry: SQLite with the semantics of Vertex AI Model Registry. Each version keeps the
+lineage record the pipeline built; petqlora.registry.lineage prints it.
 
 Same rules as Vertex, so a switch of backend changes no behaviour:
   - versions of a model are numbered 1, 2, 3, ... in registration order;
@@ -25,23 +26,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
 from petqlora.cloud.names import (
     ALIAS_RE as _ALIAS_RE,
     LABEL_KEY_RE as _LABEL_KEY_RE,
     LABEL_VALUE_RE as _LABEL_VALUE_RE,
 )
+from petqlora.problems import Problems
 
-__all__ = ["LocalRegistry", "ModelVersion", "UnknownModelError", "format_lineage", "lineage_from_vertex"]
+__all__ = ["LocalRegistry", "ModelVersion", "UnknownModelError"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _BUSY_TIMEOUT_S = 60.0
-# The lineage chain the pipeline records, in order: key in the lineage dict -> printed title.
-LINEAGE_CHAIN = (
-    ("dataset", "dataset"),
-    ("token_boundary_report", "token-boundary report"),
-    ("adapter", "adapter"),
-    ("evaluation", "evaluation"),
-)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -263,238 +259,45 @@ def _validate_register(
     name: Any, artifact_uri: Any, run_id: Any, metrics: Any, labels: Any, aliases: Any, lineage: Any,
     make_default: Any,
 ) -> None:
-    problems: list[str] = []
-
-    def add(arg: str, value: Any, rule: str, fix: str) -> None:
-        problems.append(f"{arg}={value!r}: {rule}; fix: {fix}")
-
+    p = Problems("arguments for LocalRegistry.register")
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        add("name", name, "must be 1-128 chars of letters, digits, '.', '_' or '-' (no '@')",
-            "pass e.g. 'petqlora-gemma4'")
+        p.add("name", name, "must be 1-128 chars of letters, digits, '.', '_' or '-' (no '@')",
+              "pass e.g. 'petqlora-gemma4'")
     if not isinstance(artifact_uri, str) or not artifact_uri.strip():
-        add("artifact_uri", artifact_uri, "must be a non-empty URI or path", "pass the adapter's directory")
+        p.add("artifact_uri", artifact_uri, "must be a non-empty URI or path", "pass the adapter's directory")
     if not isinstance(run_id, str) or not run_id.strip():
-        add("run_id", run_id, "must be a non-empty string", "pass the pipeline run's id")
+        p.add("run_id", run_id, "must be a non-empty string", "pass the pipeline run's id")
     if not isinstance(metrics, dict):
-        add("metrics", metrics, "must be a dict of str to number", "pass e.g. {'accuracy': 0.87}")
+        p.add("metrics", metrics, "must be a dict of str to number", "pass e.g. {'accuracy': 0.87}")
     else:
         for k, v in metrics.items():
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
             if not isinstance(k, str) or not number or not math.isfinite(v):
-                add(f"metrics[{k!r}]", v, "metric values must be finite numbers", "drop or fix the metric")
+                p.add(f"metrics[{k!r}]", v, "metric values must be finite numbers", "drop or fix the metric")
     if not isinstance(labels, dict):
-        add("labels", labels, "must be a dict of str to str", "pass e.g. {'base': 'gemma-4'}")
+        p.add("labels", labels, "must be a dict of str to str", "pass e.g. {'base': 'gemma-4'}")
     else:
         for k, v in labels.items():
             key_ok = isinstance(k, str) and _LABEL_KEY_RE.match(k)
             if not key_ok or not isinstance(v, str) or not _LABEL_VALUE_RE.match(v):
-                add(f"labels[{k!r}]", v,
-                    "Vertex label rules: keys 1-63 chars [a-z0-9_-] starting with a letter, "
-                    "values <= 63 chars [a-z0-9_-]",
-                    "sanitise with petqlora.cloud.vertex.to_vertex_labels()")
+                p.add(f"labels[{k!r}]", v,
+                      "Vertex label rules: keys 1-63 chars [a-z0-9_-] starting with a letter, "
+                      "values <= 63 chars [a-z0-9_-]",
+                      "sanitise with petqlora.cloud.vertex_common.to_vertex_labels()")
     if not isinstance(aliases, (list, tuple)):
-        add("aliases", aliases, "must be a list of strings", "pass e.g. ['candidate']")
+        p.add("aliases", aliases, "must be a list of strings", "pass e.g. ['candidate']")
     else:
         for alias in aliases:
             if not isinstance(alias, str) or not _ALIAS_RE.match(alias) or alias.isdigit():
-                add("aliases", alias, "aliases must match [a-z][a-zA-Z0-9-]{0,126}[a-z0-9]",
-                    "use e.g. 'candidate' or 'champion'")
+                p.add("aliases", alias, "aliases must match [a-z][a-zA-Z0-9-]{0,126}[a-z0-9]",
+                      "use e.g. 'candidate' or 'champion'")
     if not isinstance(lineage, dict):
-        add("lineage", lineage, "must be a dict", "pass the lineage record the pipeline built")
+        p.add("lineage", lineage, "must be a dict", "pass the lineage record the pipeline built")
     else:
         try:
             json.dumps(lineage)
         except (TypeError, ValueError) as err:
-            add("lineage", "<dict>", f"must be JSON-serialisable ({err})", "store paths and hashes as strings")
+            p.add("lineage", "<dict>", f"must be JSON-serialisable ({err})", "store paths and hashes as strings")
     if not isinstance(make_default, bool):
-        add("make_default", make_default, "must be a bool", "pass True or False")
-    if problems:
-        raise ValueError(
-            "invalid arguments for LocalRegistry.register:\n" + "\n".join(f"  - {p}" for p in problems)
-        )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Lineage.
-
-_NOT_RECORDED = "(not recorded)"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_short(v)}" for k, v in sorted(value.items())) or "(none)"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_short(v) for v in value) + "]"
-    return str(value)
-
-
-def _link_lines(title: str, link: Any) -> list[str]:
-    if not isinstance(link, dict) or not link:
-        return [f"{title}: {_NOT_RECORDED}"]
-    content_hash = link.get("sha256") or link.get("hash")
-    lines = [
-        f"{title}",
-        f"    uri:    {link.get('uri') or _NOT_RECORDED}",
-        f"    sha256: {content_hash or _NOT_RECORDED}",
-        f"    inputs: {_short(link['inputs']) if link.get('inputs') else _NOT_RECORDED}",
-    ]
-    extra = {k: v for k, v in link.items() if k not in ("uri", "sha256", "hash", "inputs")}
-    if extra:
-        lines.append(f"    other:  {_short(extra)}")
-    return lines
-
-
-def format_lineage(version: ModelVersion) -> str:
-    """The chain dataset -> token-boundary report -> adapter -> evaluation -> registered version, as text."""
-    lineage = version.lineage if isinstance(version.lineage, dict) else {}
-    blocks = [_link_lines(title, lineage.get(key)) for key, title in LINEAGE_CHAIN]
-    known = {key for key, _ in LINEAGE_CHAIN}
-    blocks += [_link_lines(key, lineage[key]) for key in sorted(lineage) if key not in known]
-    metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(version.metrics.items())) or "(none)"
-    blocks.append([
-        f"registered version {version.ref}",
-        f"    uri:     {version.artifact_uri}",
-        f"    run:     {version.run_id}",
-        f"    aliases: {', '.join(version.aliases) or '(none)'}",
-        f"    metrics: {metrics}",
-        f"    labels:  {_short(version.labels) if version.labels else '(none)'}",
-        f"    created: {version.created_at}",
-    ])
-    out = [f"Lineage of {version.ref}"]
-    for i, block in enumerate(blocks):
-        if i:
-            out.append("  |")
-            out.append("  v")
-        out.extend(block)
-    return "\n".join(out)
-
-
-def lineage_from_vertex(
-    artifact: str,
-    *,
-    project: str,
-    region: str,
-    max_hops: int = 20,
-    dry_run: bool = False,
-    credentials: Any = None,
-    api_endpoint: str | None = None,
-    out: Callable[[str], Any] = print,
-) -> dict:
-    """The Vertex ML Metadata lineage around one artifact (what Vertex Pipelines records for every run).
-
-    `artifact` is an ML Metadata artifact resource name
-    (projects/<p>/locations/<r>/metadataStores/default/artifacts/<id>) or the artifact's URI (e.g. the
-    registered adapter's gs:// directory), which is looked up first. Returns the subgraph as
-    {"artifacts": [{name, display_name, schema_title, uri, metadata}], "executions": [...], "events": [...]}.
-    Tested against the local fake of the Vertex API (`api_endpoint`), not against real Vertex.
-    """
-    problems = []
-    if not isinstance(artifact, str) or not artifact:
-        problems.append(
-            f"artifact={artifact!r}: must be an artifact resource name or URI; fix: pass the gs:// URI"
-        )
-    if not isinstance(max_hops, int) or isinstance(max_hops, bool) or not 1 <= max_hops <= 100:
-        problems.append(f"max_hops={max_hops!r}: must be an integer in 1-100; fix: pass e.g. 20")
-    if not isinstance(project, str) or not project or not isinstance(region, str) or not region:
-        problems.append(f"project={project!r}, region={region!r}: both are required; fix: pass them")
-    if problems:
-        raise ValueError(
-            "invalid arguments for lineage_from_vertex:\n" + "\n".join(f"  - {p}" for p in problems)
-        )
-
-    store = f"projects/{project}/locations/{region}/metadataStores/default"
-    is_name = artifact.startswith("projects/") and "/metadataStores/" in artifact
-    requests = []
-    if not is_name:
-        requests.append({
-            "method": "ListArtifacts", "parent": store, "filter": f'uri="{artifact}"',
-            "order_by": "create_time desc",
-        })
-    requests.append({
-        "method": "QueryArtifactLineageSubgraph",
-        "artifact": artifact if is_name else "<the artifact found by ListArtifacts>",
-        "max_hops": max_hops,
-    })
-    if dry_run:
-        payload = {"requests": requests}
-        out(json.dumps(payload, indent=2))
-        return payload
-
-    from google.api_core.client_options import ClientOptions
-    from google.cloud import aiplatform_v1
-    from google.protobuf import json_format
-
-    from google.auth.exceptions import DefaultCredentialsError
-
-    from petqlora.cloud.vertex import _AUTH_HELP, VertexAuthError
-
-    try:
-        client = aiplatform_v1.MetadataServiceClient(
-            credentials=credentials,
-            client_options=ClientOptions(api_endpoint=api_endpoint or f"{region}-aiplatform.googleapis.com"),
-            transport="rest" if api_endpoint else None,  # a custom endpoint is a REST one (e.g. a local fake)
-        )
-        if not is_name:
-            found = client.list_artifacts(
-                request={"parent": store, "filter": f'uri="{artifact}"', "order_by": "create_time desc"}
-            )
-            latest = next(iter(found), None)  # a re-run may record the same uri again: take the newest
-            if latest is None:
-                raise UnknownModelError(f"no ML Metadata artifact has uri {artifact!r} in {store}")
-            artifact = latest.name
-        graph = client.query_artifact_lineage_subgraph(request={"artifact": artifact, "max_hops": max_hops})
-    except DefaultCredentialsError as err:
-        raise VertexAuthError(_AUTH_HELP) from err
-
-    def as_dict(message: Any) -> dict:
-        return json_format.MessageToDict(type(message).pb(message), preserving_proto_field_name=True)
-
-    return {
-        "artifacts": [
-            {"name": a.name, "display_name": a.display_name, "schema_title": a.schema_title, "uri": a.uri,
-             "metadata": as_dict(a).get("metadata", {})}
-            for a in graph.artifacts
-        ],
-        "executions": [
-            {"name": x.name, "display_name": x.display_name, "schema_title": x.schema_title}
-            for x in graph.executions
-        ],
-        "events": [
-            {"artifact": e.artifact, "execution": e.execution, "type": e.type_.name} for e in graph.events
-        ],
-    }
-
-
-def format_vertex_lineage(graph: dict, ref: str, artifact_uri: str) -> str:
-    """format_lineage's chain, read from the ML Metadata subgraph around the adapter (lineage_from_vertex):
-    the register_model execution that read the adapter names the dataset, token-boundary report and
-    evaluation it registered with; each link's inputs are those of the execution that wrote it."""
-    arts = {a["name"]: a for a in graph["artifacts"]}
-
-    def events(kind: str, *, artifact: str | None = None, execution: str | None = None) -> list[dict]:
-        return [e for e in graph["events"] if e["type"] == kind and e["artifact"] in arts
-                and artifact in (None, e["artifact"]) and execution in (None, e["execution"])]
-
-    adapter = next((a for a in arts.values() if a["uri"] == artifact_uri), None)
-    chain = {"adapter": adapter} if adapter else {}
-    for read in events("INPUT", artifact=adapter["name"]) if adapter else []:
-        written = [arts[e["artifact"]] for e in events("OUTPUT", execution=read["execution"])]
-        registered = next((a for a in written if a["display_name"] == "registered"), None)
-        if registered:  # this run's register_model step
-            chain.update({arts[e["artifact"]]["display_name"]: arts[e["artifact"]]
-                          for e in events("INPUT", execution=read["execution"])}, registered=registered)
-
-    def link(a: dict | None) -> dict | None:
-        if a is None:
-            return None
-        inputs = {arts[e["artifact"]]["display_name"]: arts[e["artifact"]]["uri"]
-                  for w in events("OUTPUT", artifact=a["name"]) for e in events("INPUT", execution=w["execution"])}
-        meta = a.get("metadata") or {}
-        return {"uri": a["uri"], "sha256": meta.get("sha256") or meta.get("dataset_hash"), "inputs": inputs}
-
-    titles = [("dataset", "dataset"), ("records", "token-boundary report"), ("adapter", "adapter"),
-              ("evaluation", "evaluation"), ("registered", f"registered version {ref}")]
-    out = [f"Lineage of {ref} (Vertex ML Metadata)"]
-    for i, (key, title) in enumerate(titles):
-        out += (["  |", "  v"] if i else []) + _link_lines(title, link(chain.get(key)))
-    return "\n".join(out)
+        p.add("make_default", make_default, "must be a bool", "pass True or False")
+    p.raise_if_any()
