@@ -17,21 +17,13 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from petqlora.cloud.names import check_entrypoint_module
 from petqlora.cloud.storage import local_path
 from petqlora.problems import Problems
 
-__all__ = ["Backend", "LocalRunError", "check_entrypoint_module", "run_local"]
+__all__ = ["Backend", "LocalRunError", "run_local"]
 
 log = logging.getLogger("petqlora.backends")
-
-_MODULE_RE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
-
-
-def check_entrypoint_module(p: Problems, module: object) -> bool:
-    """Adds a problem to ``p`` unless ``module`` is a dotted Python module path (what ``python -m`` runs)."""
-    return p.check(isinstance(module, str) and _MODULE_RE.match(module), "module", module,
-                   "must be a dotted Python module path", "e.g. 'petqlora.train.train_adapter'")
-
 
 class LocalRunError(RuntimeError):
     """The local entrypoint subprocess exited with a non-zero code."""
