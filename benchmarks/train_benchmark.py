@@ -11,7 +11,7 @@ AdamW at lr 5e-5, on the same samples in the same optimizer steps of 16 samples 
   grad-accum 16, each sample alone (no padding), the model's own loss (logits over the whole vocabulary at
   every position), gradient checkpointing, peft's prepare_model_for_kbit_training, bf16 autocast, LoRA
   dropout 0.05. Written here, since the project does not train this way.
-- ours_*: the project's own code (train_adapter.prepare_for_training, forward_backward, _optimizer,
+- ours_*: the project's own code (train.loop's prepare_for_training, forward_backward, build_optimizer,
   batch_plan, PromptEncoder.encode, modeling.supervised_logits), with the TrainConfig options named in the
   variant. Each step's 16 samples are grouped by length into batches with batch_plan.
 
@@ -40,8 +40,10 @@ from petqlora.data import dataset as data_lib  # noqa: E402
 from petqlora.gemma.encoding import PromptEncoder  # noqa: E402
 from petqlora.gemma.lora import LoraSettings, build_lora_config  # noqa: E402
 from petqlora.gemma.masking import IGNORE_INDEX  # noqa: E402
-from petqlora.train.train_adapter import (ImageFeatureCache, TrainConfig, _optimizer, batch_plan,  # noqa: E402
-                                    forward_backward, prepare_for_training, uses_autocast)
+from petqlora.train.config import TrainConfig  # noqa: E402
+from petqlora.train.examples import batch_plan  # noqa: E402
+from petqlora.train.feature_cache import ImageFeatureCache  # noqa: E402
+from petqlora.train.loop import build_optimizer, forward_backward, prepare_for_training, uses_autocast  # noqa: E402
 
 PEAK_FLOPS = 790e12
 SAMPLES_PER_STEP = 16
@@ -177,7 +179,7 @@ def run_variant(name: str, args, config, encoder, samples) -> dict:
     else:
         model, _ = prepare_for_training(model, cfg, device, quantized=True)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer, _ = _optimizer(trainable, cfg, device)
+        optimizer, _ = build_optimizer(trainable, cfg, device)
         autocast = uses_autocast(cfg, device)
         cache = ImageFeatureCache(model) if cfg.cache_image_features else None
         if cache is not None:

@@ -45,7 +45,8 @@ if _REASON:
     pytest.skip(_REASON, allow_module_level=True)
 
 from petqlora.gemma.tiny_models import build_tiny_checkpoint  # noqa: E402
-from petqlora.train.train_adapter import TrainConfig, train_adapter  # noqa: E402
+from petqlora.train.config import TrainConfig  # noqa: E402
+from petqlora.train.train_adapter import train_adapter  # noqa: E402
 
 VARIANTS = ["gemma4-31b", "gemma4-e"]
 STEPS = 20

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from petqlora.evaluation.metrics import classification_result
-from petqlora.evaluation.report import ModelRow, format_seconds, html_report, loss_curve_png, markdown_summary, results_table
+from petqlora.evaluation.report_html import html_report
+from petqlora.evaluation.report_table import ModelRow, format_seconds, markdown_summary, results_table
+from petqlora.train.loss_curve import loss_curve_png
 
 # A class name with every HTML special character, to prove escaping.
 NASTY = 'Abyssinian <b>"cat"</b> & co'

@@ -24,13 +24,9 @@ from petqlora.data import dataset as data_lib
 from petqlora.gemma.encoding import PromptEncoder
 from petqlora.gemma.modeling import load_model_and_processor
 from petqlora.gemma.tiny_models import build_tiny_checkpoint
-from petqlora.train.train_adapter import (
-    TrainConfig,
-    _sequence_length,
-    batch_plan,
-    select_examples,
-    train_adapter,
-)
+from petqlora.train.config import TrainConfig
+from petqlora.train.examples import batch_plan, select_examples, sequence_length
+from petqlora.train.train_adapter import train_adapter
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -107,7 +103,7 @@ def test_config_names_every_wrong_field_in_one_error():
                   "on_too_long='truncate'", "image_token_budget=100", "quantize='8bit'", "optimizer='sgd'",
                   "checkpoint_every=-1", "adapt_vision='yes'"):
         assert field in text, f"{field} missing from:\n{text}"
-    assert text.count("\n- ") == 11
+    assert text.count("\n  - ") == 11
 
 
 def test_config_from_dict_rejects_unknown_keys_and_reads_json_lists(tiny_model):
@@ -157,12 +153,12 @@ def test_sequence_length_is_the_encoded_length(encoder_and_records, dataset):
     encoder, records = encoder_and_records
     for record in records[:3]:
         batch = encoder.encode([data_lib.load_image(dataset, record)], [record["label"]])
-        assert _sequence_length(encoder, record) == batch["input_ids"].shape[1]
+        assert sequence_length(encoder, record) == batch["input_ids"].shape[1]
 
 
 def test_too_long_examples_error_names_them_and_the_fix(encoder_and_records):
     encoder, records = encoder_and_records
-    lengths = [_sequence_length(encoder, r) for r in records]
+    lengths = [sequence_length(encoder, r) for r in records]
     limit = sorted(lengths)[len(lengths) // 2]
     too_long = [r["id"] for r, n in zip(records, lengths) if n > limit]
     assert too_long, "the synthetic images should give sequences of several lengths"
@@ -176,7 +172,7 @@ def test_too_long_examples_error_names_them_and_the_fix(encoder_and_records):
 
 def test_too_long_examples_dropped_are_counted_not_truncated(encoder_and_records):
     encoder, records = encoder_and_records
-    lengths = [_sequence_length(encoder, r) for r in records]
+    lengths = [sequence_length(encoder, r) for r in records]
     limit = sorted(lengths)[len(lengths) // 2]
     kept, kept_lengths, dropped = select_examples(records, encoder, limit, "drop")
     assert dropped == [r["id"] for r, n in zip(records, lengths) if n > limit]

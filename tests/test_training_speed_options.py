@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from petqlora.gemma.encoding import PromptEncoder
 from petqlora.gemma.modeling import fuse_elementwise, load_model_and_processor
 from petqlora.gemma.tiny_models import build_tiny_checkpoint
-from petqlora.train.train_adapter import TrainConfig, forward_backward, prepare_for_training, train_adapter
+from petqlora.train.config import TrainConfig
+from petqlora.train.loop import forward_backward, prepare_for_training
+from petqlora.train.train_adapter import train_adapter
 
 CPU = torch.device("cpu")
 
@@ -74,9 +76,9 @@ def test_fused_elementwise_refuses_a_model_without_gemma4_norms(tmp_path):
 
 
 def test_cache_needs_a_frozen_vision_tower_of_gemma4(tiny_model, tmp_path):
-    from petqlora.train.train_adapter import ImageFeatureCache
+    from petqlora.train.feature_cache import ImageFeatureCache
 
-    with pytest.raises(ValueError, match="cache_image_features=true needs adapt_vision=false"):
+    with pytest.raises(ValueError, match="cache_image_features=True: needs adapt_vision=false"):
         config(tiny_model, adapt_vision=True, cache_image_features=True)
     trained_vision, _, _ = lora_model(tiny_model, config(tiny_model, adapt_vision=True), fuse=False)
     with pytest.raises(ValueError, match="needs a frozen vision tower, but .*vision_tower.* train: set adapt_vision=false"):

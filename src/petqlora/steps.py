@@ -40,7 +40,7 @@ def integral_floats_to_int(values: dict) -> dict:
     Whole numbers go back to int, except for the TrainConfig fields declared float."""
     from dataclasses import fields
 
-    from petqlora.train.train_adapter import TrainConfig
+    from petqlora.train.config import TrainConfig
 
     float_keys = {f.name for f in fields(TrainConfig) if str(f.type).startswith("float")}
     return {k: int(v) if isinstance(v, float) and v.is_integer() and k not in float_keys else v
@@ -80,7 +80,7 @@ def run_validate_token_boundaries(dataset_dir: str, out_dir: str, report_path: s
 
 def run_train_adapter(dataset_dir: str, out_dir: str, train_config: dict, backend: Backend, task_id: str) -> dict:
     """Write the config next to the outputs, run the entrypoint, and return the training metrics."""
-    from petqlora.train.train_adapter import TrainConfig
+    from petqlora.train.config import TrainConfig
 
     cfg = TrainConfig.from_dict(integral_floats_to_int(train_config))  # validate before any GPU is asked for
     out = Path(out_dir)
@@ -152,7 +152,8 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
     """Evaluate the three models (and the champion) on the test split; write the report; decide."""
     check_win_margin(win_margin)  # before any GPU time is spent
     from petqlora.evaluation.metrics import ClassificationResult
-    from petqlora.evaluation.report import ModelRow, html_report, markdown_summary, results_table
+    from petqlora.evaluation.report_html import html_report
+    from petqlora.evaluation.report_table import ModelRow, markdown_summary, results_table
 
     out = Path(out_dir)
     models = {

@@ -1,5 +1,5 @@
-"""Human-readable results of the evaluate step: a console table, a Markdown summary and one self-contained
-HTML report for the Vertex AI pipeline UI, plus the loss-curve PNG written by training.
+"""The self-contained HTML report of the evaluate step for the Vertex AI pipeline UI: the decision, the
+comparison table, the training loss as an SVG curve, the confusion matrix heat map and per-class scores.
 
 Vertex renders HTML artifacts in a sandboxed iframe, so the report loads nothing: CSS is inline, the loss
 curve is an SVG drawn here, and there is no JavaScript.
@@ -10,234 +10,13 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from numbers import Integral, Real
-from pathlib import Path
 
 from petqlora import __version__
 from petqlora.evaluation.metrics import ClassificationResult
-
-MEMORY_KINDS = ("GPU", "CPU RSS")
-
-
-def _is_real(x: object) -> bool:
-    # bool is an int subclass; a True accuracy is a bug, not 1.0.
-    return isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(float(x))
-
-
-@dataclass
-class ModelRow:
-    """One approach in the comparison: a baseline or the fine-tuned model, scored on the same split."""
-
-    approach: str
-    accuracy: float  # share in [0, 1]
-    macro_f1: float  # in [0, 1]
-    peak_memory_gib: float
-    seconds: float  # wall time of the evaluation (or training) that the row describes
-    images_per_s: float | None = None
-    memory_kind: str = "GPU"  # or "CPU RSS" on a CPU-only run
-    top3_accuracy: float | None = None  # share in [0, 1]; None when the model gave no class scores
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.approach, str) or not self.approach.strip():
-            raise ValueError(f"ModelRow.approach must be a non-empty name, got {self.approach!r}; name the model")
-        for name in ("accuracy", "macro_f1", "top3_accuracy"):
-            value = getattr(self, name)
-            if value is None and name == "top3_accuracy":
-                continue
-            if not _is_real(value) or not 0.0 <= float(value) <= 1.0:
-                raise ValueError(
-                    f"ModelRow.{name} of {self.approach!r} is {value!r}; it must be a share in [0, 1] "
-                    "(pass 0.873, not 87.3)"
-                )
-        for name in ("peak_memory_gib", "seconds"):
-            value = getattr(self, name)
-            if not _is_real(value) or float(value) < 0:
-                raise ValueError(
-                    f"ModelRow.{name} of {self.approach!r} is {value!r}; it must be a finite number >= 0"
-                )
-        if self.images_per_s is not None and (not _is_real(self.images_per_s) or self.images_per_s <= 0):
-            raise ValueError(
-                f"ModelRow.images_per_s of {self.approach!r} is {self.images_per_s!r}; "
-                "it must be a finite number > 0, or None when not measured"
-            )
-        if self.memory_kind not in MEMORY_KINDS:
-            raise ValueError(
-                f"ModelRow.memory_kind of {self.approach!r} is {self.memory_kind!r}; use one of {MEMORY_KINDS}"
-            )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Formatting shared by the three outputs, so the console, Markdown and HTML show the same numbers.
-
-
-def format_seconds(seconds: float) -> str:
-    """45.2 s, 12m 05s, 2h 03m: short enough for a table column, exact enough to compare runs."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    total = int(round(seconds))
-    if total < 3600:
-        return f"{total // 60}m {total % 60:02d}s"
-    return f"{total // 3600}h {(total % 3600) // 60:02d}m"
-
-
-def _pct(share: float | None) -> str:
-    return "n/a" if share is None else f"{share * 100:.1f}%"
-
-
-def _f1(value: float) -> str:
-    return f"{value:.3f}"
-
-
-def _memory(row: ModelRow) -> str:
-    return f"{row.peak_memory_gib:.1f} GiB {row.memory_kind}"
-
-
-def _throughput(row: ModelRow) -> str:
-    return "n/a" if row.images_per_s is None else f"{row.images_per_s:.2f}"
-
-
-def _validate_rows(rows: object) -> list[ModelRow]:
-    if not isinstance(rows, Sequence) or isinstance(rows, str) or len(rows) == 0:
-        raise ValueError("rows must be a non-empty list of ModelRow; pass at least the fine-tuned model's row")
-    bad = [type(r).__name__ for r in rows if not isinstance(r, ModelRow)]
-    if bad:
-        raise ValueError(f"rows must hold ModelRow objects, got {bad[0]}; build each row with ModelRow(...)")
-    return list(rows)
-
-
-def _columns(rows: list[ModelRow]) -> list[tuple[str, list[str]]]:
-    """(header, cells) per column; Top-3 and Images/s appear only when some row has them."""
-    cols = [
-        ("Approach", [r.approach for r in rows]),
-        ("Accuracy", [_pct(r.accuracy) for r in rows]),
-        ("Macro-F1", [_f1(r.macro_f1) for r in rows]),
-    ]
-    if any(r.top3_accuracy is not None for r in rows):
-        cols.append(("Top-3", [_pct(r.top3_accuracy) for r in rows]))
-    cols.append(("Peak memory", [_memory(r) for r in rows]))
-    cols.append(("Time", [format_seconds(r.seconds) for r in rows]))
-    if any(r.images_per_s is not None for r in rows):
-        cols.append(("Images/s", [_throughput(r) for r in rows]))
-    return cols
-
-
-def results_table(rows: list[ModelRow]) -> str:
-    """A fixed-width console table, one line per approach; numbers right-aligned, accuracy in percent.
-
-    Approach       | Accuracy | Macro-F1 | Peak memory  | Time
-    ---------------+----------+----------+--------------+-------
-    Gemma 3 (base) |    61.2% |    0.598 | 18.4 GiB GPU | 12m 05s
-    """
-    rows = _validate_rows(rows)
-    cols = _columns(rows)
-    widths = [max(len(h), *(len(c) for c in cells)) for h, cells in cols]
-
-    def line(cells: list[str]) -> str:
-        # The first column is text (left-aligned); the others are numbers (right-aligned).
-        parts = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
-        return " | ".join(parts).rstrip()
-
-    header = [cols[0][0].ljust(widths[0])] + [h.rjust(w) for (h, _), w in zip(cols[1:], widths[1:])]
-    out = [" | ".join(header).rstrip(), "-+-".join("-" * w for w in widths)]
-    out += [line([cells[i] for _, cells in cols]) for i in range(len(rows))]
-    return "\n".join(out) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Markdown (Vertex "Markdown" artifact and the run log).
-
-_MD_SPECIAL = "\\`*_[]<>|#"
-
-
-def _md(text: str) -> str:
-    """Escape Markdown syntax so a model name or reason renders as the literal text."""
-    text = " ".join(str(text).split())  # a newline would end a table row
-    return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in text)
-
-
-def _validate_decision(registered: object, reason: object) -> None:
-    if not isinstance(registered, bool):
-        raise ValueError(f"registered must be True or False, got {registered!r}; pass the decision's bool")
-    if not isinstance(reason, str) or not reason.strip():
-        raise ValueError("reason must be a non-empty sentence; say why the model was or was not registered")
-
-
-def markdown_summary(
-    rows: list[ModelRow],
-    *,
-    registered: bool,
-    model_version: str | None,
-    reason: str,
-    dataset_hash: str | None = None,
-) -> str:
-    """A Markdown comparison table and the registration decision.
-
-    ``model_version`` is the registry version that was created: required when ``registered`` is True and
-    must be None when it is False, so the summary never names a version that does not exist.
-    """
-    rows = _validate_rows(rows)
-    _validate_decision(registered, reason)
-    if registered and (not isinstance(model_version, str) or not model_version.strip()):
-        raise ValueError(
-            f"model_version is {model_version!r} but registered=True; pass the registry version that was created"
-        )
-    if not registered and model_version is not None:
-        raise ValueError(
-            f"model_version is {model_version!r} but registered=False; pass None (no version was created)"
-        )
-    if dataset_hash is not None and (
-        not isinstance(dataset_hash, str) or not dataset_hash.strip() or any(c in dataset_hash for c in "`\n")
-    ):
-        raise ValueError(
-            f"dataset_hash is {dataset_hash!r}; it must be a non-empty single-line string without backticks, "
-            "or None"
-        )
-    cols = _columns(rows)
-    head = "| " + " | ".join(h for h, _ in cols) + " |"
-    align = "| --- | " + " | ".join("---:" for _ in cols[1:]) + " |"
-    body = ["| " + " | ".join(_md(cells[i]) for _, cells in cols) + " |" for i in range(len(rows))]
-    if registered:
-        decision = f"**Decision: registered** as model version `{model_version}`. Reason: {_md(reason)}"
-    else:
-        decision = f"**Decision: not registered.** Reason: {_md(reason)}"
-    out = ["## Evaluation results", "", head, align, *body, "", decision]
-    if dataset_hash is not None:
-        out += ["", f"Dataset hash: `{dataset_hash}`"]
-    return "\n".join(out) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Loss curve.
-
-
-def _validate_loss_curve(loss_curve: object, *, allow_empty: bool) -> list[tuple[int, float]]:
-    if not isinstance(loss_curve, Sequence) or isinstance(loss_curve, str):
-        raise ValueError(
-            f"loss_curve must be a list of (step, loss) pairs, got {type(loss_curve).__name__}; "
-            "pass the trainer's logged losses"
-        )
-    if not loss_curve and not allow_empty:
-        raise ValueError("loss_curve is empty; there is nothing to plot, log the loss at least once")
-    out: list[tuple[int, float]] = []
-    for i, pair in enumerate(loss_curve):
-        ok = isinstance(pair, Sequence) and len(pair) == 2
-        if ok:
-            step, loss = pair
-            ok = isinstance(step, Integral) and not isinstance(step, bool) and step >= 0 and _is_real(loss)
-        if not ok:
-            raise ValueError(
-                f"loss_curve[{i}] is {pair!r}; each entry must be (step: int >= 0, loss: finite float)"
-            )
-        if out and step <= out[-1][0]:
-            raise ValueError(
-                f"loss_curve steps must increase, but step {step} follows {out[-1][0]} at index {i}; "
-                "sort by step and keep the last value of a repeated step (e.g. after a resumed run)"
-            )
-        out.append((int(step), float(loss)))
-    return out
+from petqlora.evaluation.report_table import (ModelRow, format_f1, format_percent, table_columns, validate_decision,
+                                              validate_rows)
+from petqlora.train.loss_curve import validate_loss_curve
 
 
 def _nice_ticks(lo: float, hi: float, *, integer: bool = False, target: int = 5) -> list[float]:
@@ -314,29 +93,6 @@ def _svg_loss_curve(curve: list[tuple[int, float]]) -> str:
     return "".join(parts)
 
 
-def loss_curve_png(loss_curve: list[tuple[int, float]], path: str | os.PathLike) -> None:
-    """Write the training loss by step as a PNG (matplotlib, Agg), creating the parent folder."""
-    curve = _validate_loss_curve(loss_curve, allow_empty=False)
-    if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise ValueError(f"path must be a file path, got {path!r}; pass where the PNG should be written")
-    # Figure + FigureCanvasAgg instead of pyplot: no global backend switch, nothing left open.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 3.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    marker = "o" if len(curve) <= 60 else None  # markers help on short curves and clutter long ones
-    ax.plot([s for s, _ in curve], [v for _, v in curve], color="#1a73e8", marker=marker, markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.grid(True, color="#eceff1")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # HTML report.
 
@@ -391,7 +147,7 @@ def _e(value: object) -> str:
 
 
 def _comparison_html(rows: list[ModelRow]) -> str:
-    cols = _columns(rows)
+    cols = table_columns(rows)
     # Bold the best score of each quality column so the winner is visible at a glance.
     best: dict[str, float] = {
         "Accuracy": max(r.accuracy for r in rows),
@@ -508,6 +264,42 @@ def _extra_value(value: object) -> str:
     return str(value)
 
 
+def _check_inputs(rows, classes, finetuned, loss_curve, title, registered, reason, extra):
+    """html_report's arguments checked, in order; returns the rows, classes and loss curve as it uses them."""
+    rows = validate_rows(rows)
+    validate_decision(registered, reason)
+    if not isinstance(title, str) or not title.strip():
+        raise ValueError("title must be a non-empty string; name the run or the model")
+    if not isinstance(finetuned, ClassificationResult):
+        raise ValueError(
+            f"finetuned must be a ClassificationResult, got {type(finetuned).__name__}; "
+            "pass metrics.classification_result(...) of the fine-tuned model"
+        )
+    if not isinstance(classes, Sequence) or isinstance(classes, str) or list(classes) != finetuned.classes:
+        raise ValueError(
+            f"classes {list(classes)[:5] if isinstance(classes, Sequence) else classes!r}... do not match the "
+            f"fine-tuned result's classes {finetuned.classes[:5]!r}...; pass the same list, in the same order, "
+            "that was given to classification_result"
+        )
+    curve = None if loss_curve is None else validate_loss_curve(loss_curve, allow_empty=True)
+    if extra is not None and (not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra)):
+        raise ValueError(
+            "extra must be a dict with string keys, or None; e.g. {'base model': 'google/gemma-4-31b-it'}"
+        )
+    return rows, list(classes), curve
+
+
+def _loss_html(curve: list[tuple[int, float]] | None) -> str:
+    if not curve:
+        return '<p class="muted">No training loss was recorded for this run.</p>'
+    (s0, v0), (s1, v1) = curve[0], curve[-1]
+    return "\n".join([
+        _svg_loss_curve(curve),
+        f'<p class="muted">{len(curve)} logged value{"s" if len(curve) > 1 else ""}; '
+        f"loss {v0:.4g} at step {s0} \u2192 {v1:.4g} at step {s1}.</p>",
+    ])
+
+
 def html_report(
     *,
     rows: list[ModelRow],
@@ -525,30 +317,9 @@ def html_report(
     ``classes`` must be the class order of ``finetuned``. An empty or None ``loss_curve`` is reported as
     "not recorded". All text is HTML-escaped; nothing is loaded from outside the file.
     """
-    rows = _validate_rows(rows)
-    _validate_decision(registered, reason)
-    if not isinstance(title, str) or not title.strip():
-        raise ValueError("title must be a non-empty string; name the run or the model")
-    if not isinstance(finetuned, ClassificationResult):
-        raise ValueError(
-            f"finetuned must be a ClassificationResult, got {type(finetuned).__name__}; "
-            "pass metrics.classification_result(...) of the fine-tuned model"
-        )
-    if not isinstance(classes, Sequence) or isinstance(classes, str) or list(classes) != finetuned.classes:
-        raise ValueError(
-            f"classes {list(classes)[:5] if isinstance(classes, Sequence) else classes!r}... do not match the "
-            f"fine-tuned result's classes {finetuned.classes[:5]!r}...; pass the same list, in the same order, "
-            "that was given to classification_result"
-        )
-    classes = list(classes)
-    curve = None if loss_curve is None else _validate_loss_curve(loss_curve, allow_empty=True)
-    if extra is not None and (not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra)):
-        raise ValueError(
-            "extra must be a dict with string keys, or None; e.g. {'base model': 'google/gemma-4-31b-it'}"
-        )
-
+    rows, classes, curve = _check_inputs(rows, classes, finetuned, loss_curve, title, registered, reason, extra)
     decision_cls, decision_word = ("yes", "Registered") if registered else ("no", "Not registered")
-    top3 = "" if finetuned.top3_accuracy is None else f", top-3 accuracy {_pct(finetuned.top3_accuracy)}"
+    top3 = "" if finetuned.top3_accuracy is None else f", top-3 accuracy {format_percent(finetuned.top3_accuracy)}"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -558,20 +329,10 @@ def html_report(
         f'<div class="decision {decision_cls}"><strong>{decision_word}.</strong> {_e(reason)}</div>',
         "<h2>Comparison on the held-out split</h2>",
         _comparison_html(rows),
-        f'<p class="muted">Fine-tuned model: {finetuned.n} examples, accuracy {_pct(finetuned.accuracy)}, '
-        f"macro-F1 {_f1(finetuned.macro_f1)}{top3}. Peak memory is the process peak of the kind shown.</p>",
+        f'<p class="muted">Fine-tuned model: {finetuned.n} examples, accuracy {format_percent(finetuned.accuracy)}, '
+        f"macro-F1 {format_f1(finetuned.macro_f1)}{top3}. Peak memory is the process peak of the kind shown.</p>",
         "<h2>Training loss</h2>",
-    ]
-    if curve:
-        (s0, v0), (s1, v1) = curve[0], curve[-1]
-        parts.append(_svg_loss_curve(curve))
-        parts.append(
-            f'<p class="muted">{len(curve)} logged value{"s" if len(curve) > 1 else ""}; '
-            f"loss {v0:.4g} at step {s0} \u2192 {v1:.4g} at step {s1}.</p>"
-        )
-    else:
-        parts.append('<p class="muted">No training loss was recorded for this run.</p>')
-    parts += [
+        _loss_html(curve),
         "<h2>Confusion matrix of the fine-tuned model</h2>",
         _confusion_html(classes, finetuned),
         _confusion_summary_html(classes, finetuned),
