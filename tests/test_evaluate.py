@@ -365,10 +365,11 @@ def test_evaluate_loads_the_adapter_and_the_entrypoint_runs(checkpoints, dataset
     encoder = PromptEncoder(processor, family, manifest["instruction"])
     expected = score_classes(adapted, encoder, images[0], candidate_ids(encoder, manifest["classes"]))
 
-    code = evaluate_mod.main(["--dataset", str(dataset), "--output", str(tmp_path / "out"), "--name", "finetuned",
-                              "--base-model", str(checkpoints["gemma4-31b"]), "--adapter", str(tmp_path / "adapter"),
-                              "--image-token-budget", "70", "--quantize", "none", "--device", "cpu",
-                              "--max-examples", "2"])
+    config = tmp_path / "eval_config.json"
+    config.write_text(json.dumps({"name": "finetuned", "base_model": str(checkpoints["gemma4-31b"]),
+                                  "adapter": str(tmp_path / "adapter"), "image_token_budget": 70, "quantize": "none",
+                                  "device": "cpu", "max_examples": 2}))
+    code = evaluate_mod.main(["--dataset", str(dataset), "--output", str(tmp_path / "out"), "--config", str(config)])
     assert code == 0
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["name"] == "finetuned" and result["n_eval"] == 2
@@ -380,16 +381,25 @@ def test_evaluate_loads_the_adapter_and_the_entrypoint_runs(checkpoints, dataset
 # ------------------------------------------------------------------------------------------ config
 
 
-def test_eval_config_names_every_wrong_flag_at_once():
+def test_eval_config_names_every_wrong_field_at_once():
     with pytest.raises(ValueError) as err:
         EvalConfig(name="fine-tuned!", base_model="", adapter="", split="dev", mode="sample",
                    image_token_budget=300, quantize="8bit", max_examples=0, device="tpu")
     message = str(err.value)
-    for flag in ("--name", "--base-model", "--adapter", "--split", "--mode", "--image-token-budget", "--quantize",
-                 "--max-examples", "--device"):
-        assert f"- {flag} " in message, flag
-    assert message.count("\n- ") == 9
-    assert "'score' (default, deterministic) or 'generate'" in message and "70, 140, 280, 560, 1120" in message
+    for field in ("name", "base_model", "adapter", "split", "mode", "image_token_budget", "quantize",
+                  "max_examples", "device"):
+        assert f"  - {field}=" in message, field
+    assert message.count("\n  - ") == 9
+    assert "must be one of score, generate" in message and "70, 140, 280, 560, 1120" in message
+
+
+def test_the_entrypoint_refuses_a_bad_config_in_one_line_with_exit_2(tmp_path, capsys):
+    config = tmp_path / "eval_config.json"
+    config.write_text(json.dumps({"name": "finetuned", "base_model": "m", "batch_size": 0, "bogus": 1}))
+    code = evaluate_mod.main(["--dataset", str(tmp_path), "--output", str(tmp_path / "out"), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and "batch_size=0: must be >= 1" in err and "bogus=1: is not a known field" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("field, value", [("max_examples", "5"), ("image_token_budget", "280"), ("name", None),

@@ -98,14 +98,14 @@ def test_a_broken_example_fails_validation_before_training(tmp_path):
     from petqlora.data.prepare_data import PrepareDataConfig, prepare_data
     from petqlora.gemma.processors import load_processor
     from petqlora.data import dataset as data_lib
-    from petqlora.train.train_adapter import _sequence_length
+    from petqlora.train.examples import sequence_length
 
     out = tmp_path / "run"
     folder = resolve_dataset({"synthetic": {"per_class": 8, "seed": 3}}, None, out / "data")
     model = resolve_model("tiny:gemma4-31b", out / "models")
     ds = prepare_data(PrepareDataConfig(source=folder), tmp_path / "ds").path
     encoder = PromptEncoder(load_processor(model, "gemma4", 70), "gemma4", data_lib.read_manifest(ds)["instruction"])
-    lengths = {r["id"]: _sequence_length(encoder, r) for s in data_lib.SPLITS for r in data_lib.read_split(ds, s)}
+    lengths = {r["id"]: sequence_length(encoder, r) for s in data_lib.SPLITS for r in data_lib.read_split(ds, s)}
     longest = max(lengths.values())
     broken = sorted(i for i, n in lengths.items() if n == longest)
     config = yaml.safe_load((ROOT / "configs/local.yaml").read_text())

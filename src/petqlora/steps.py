@@ -14,6 +14,8 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from petqlora import schema
+
 from petqlora.backends import Backend
 
 log = logging.getLogger("petqlora.steps")
@@ -151,6 +153,7 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
                  model_name: str, backend: Backend, task_id: str, report_html: str, summary_md: str) -> dict:
     """Evaluate the three models (and the champion) on the test split; write the report; decide."""
     check_win_margin(win_margin)  # before any GPU time is spent
+    from petqlora.evaluation.evaluate import EvalConfig
     from petqlora.evaluation.metrics import ClassificationResult
     from petqlora.evaluation.report_html import html_report
     from petqlora.evaluation.report_table import ModelRow, markdown_summary, results_table
@@ -165,11 +168,14 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
     if champion:
         models["champion"] = (base_model, champion)
     results = {}
+    out.mkdir(parents=True, exist_ok=True)
     for name, (model, adapter) in models.items():
+        cfg = EvalConfig(name=name, base_model=model, adapter=backend.path_arg(adapter) if adapter else None,
+                         mode=mode, image_token_budget=image_token_budget)
+        config_path = out / f"{name}.config.json"
+        config_path.write_text(json.dumps(schema.to_json_dict(cfg), indent=1))
         args = ["--dataset", backend.path_arg(dataset_dir), "--output", backend.path_arg(str(out / name)),
-                "--name", name, "--base-model", model, "--mode", mode, "--image-token-budget", str(image_token_budget)]
-        if adapter:
-            args += ["--adapter", backend.path_arg(adapter)]
+                "--config", backend.path_arg(str(config_path))]
         backend.run("petqlora.evaluation.evaluate", args, f"{task_id}-{name}")
         results[name] = json.loads((out / name / "result.json").read_text())
 

@@ -17,7 +17,7 @@ from google.api import launch_stage_pb2
 from google.cloud import run_v2
 from google.protobuf import duration_pb2
 
-from petqlora.cloud.names import LABEL_KEY_RE, LABEL_VALUE_RE, PROJECT_RE
+from petqlora.cloud.names import LABEL_KEY_RE, LABEL_VALUE_RE, PROJECT_RE, check_entrypoint_module
 from petqlora.cloud.storage import is_gcs, local_path
 from petqlora.problems import Problems
 

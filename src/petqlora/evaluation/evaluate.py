@@ -1,34 +1,37 @@
 """evaluate: score a model (a baseline, or a base model + LoRA adapter) on a held-out split.
 
-    python -m petqlora.evaluation.evaluate --dataset DIR --output DIR --name finetuned --base-model PATH [--adapter DIR]
+    python -m petqlora.evaluation.evaluate --dataset DIR --output DIR --config CONFIG.json   (EvalConfig fields)
 
 The default mode scores every class name as a continuation of the prompt and takes the most likely:
 deterministic, and it cannot produce an unparseable answer. The prompt (with its image) is encoded once
-and its key/value cache is shared by all the candidates. `--mode generate` decodes greedily (never
+and its key/value cache is shared by all the candidates. `mode: generate` decodes greedily (never
 sampling) and matches the normalized text, for comparison with published numbers.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import resource
 import sys
 import time
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from petqlora import schema
 from petqlora.data import dataset as data_lib
+from petqlora.entrypoint import run_step
 from petqlora.gemma.encoding import PromptEncoder
 from petqlora.gemma.masking import supervised_span
 from petqlora.evaluation.metrics import classification_result
 from petqlora.gemma.modeling import base_model, head_logits, load_model_and_processor, resolve_device
-from petqlora.gemma.processors import SUPPORTED_BUDGETS
+from petqlora.params import SCORING_MODES, PipelineParams
+from petqlora.problems import Problems
+from petqlora.schema import field, required, same_as
 
 log = logging.getLogger("petqlora.evaluation.evaluate")
 
@@ -37,50 +40,34 @@ UNPARSEABLE = "<unparseable>"
 
 @dataclass(frozen=True)
 class EvalConfig:
-    name: str                        # the approach, e.g. finetuned, gemma4_baseline, gemma3_baseline
-    base_model: str
-    adapter: str | None = None       # LoRA adapter folder; None evaluates the base model as is
-    split: str = "test"
-    mode: str = "score"              # score | generate
-    image_token_budget: int = 280
-    quantize: str = "auto"           # auto (4-bit on GPU) | 4bit | none
-    max_examples: int | None = None
-    batch_size: int = 8              # images per forward pass of the packed Gemma 4 scorer
-    device: str = "auto"
+    name: str = required("The approach evaluated, e.g. finetuned, gemma4_baseline or gemma3_baseline.")
+    base_model: str = required("Checkpoint folder or Hub id of the model evaluated.")
+    adapter: str | None = field(None, "LoRA adapter folder; None evaluates the base model as is.")
+    split: str = field("test", "Split evaluated.", allowed=data_lib.SPLITS)
+    mode: str = field("score", "score (class likelihoods, deterministic) or generate (greedy, normalized match).",
+                      allowed=SCORING_MODES)
+    image_token_budget: int = same_as(PipelineParams, "image_token_budget")
+    quantize: str = field("auto", "auto (4-bit on GPU), 4bit or none.", allowed=("auto", "4bit", "none"))
+    max_examples: int | None = field(None, "Evaluate only this many examples; None: the whole split.", low=1)
+    batch_size: int = field(8, "Images per forward pass of the packed Gemma 4 scorer.", low=1)
+    device: str = field("auto", "auto (cuda when available), cpu or cuda[:N].")
 
     def __post_init__(self) -> None:
-        problems = []
-
-        def is_int(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        if not isinstance(self.name, str) or not self.name.isascii() or not self.name.replace("_", "").isalnum():
-            problems.append(f"--name {self.name!r}: must be ASCII letters, digits and underscores, "
-                            "e.g. finetuned or gemma4_baseline")
-        if not isinstance(self.base_model, str) or not self.base_model.strip():
-            problems.append(f"--base-model {self.base_model!r}: must be a checkpoint folder or a Hub id, "
-                            "e.g. google/gemma-4-31b-it")
-        if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter.strip()):
-            problems.append(f"--adapter {self.adapter!r}: must be the adapter folder, or left out for a baseline")
-        if self.split not in data_lib.SPLITS:
-            problems.append(f"--split {self.split!r}: must be one of {', '.join(data_lib.SPLITS)}")
-        if self.mode not in ("score", "generate"):
-            problems.append(f"--mode {self.mode!r}: must be 'score' (default, deterministic) or 'generate' "
-                            "(greedy, for comparison with published numbers)")
-        if not is_int(self.image_token_budget) or self.image_token_budget not in SUPPORTED_BUDGETS:
-            problems.append(f"--image-token-budget {self.image_token_budget!r}: must be one of "
-                            f"{', '.join(map(str, SUPPORTED_BUDGETS))}")
-        if self.quantize not in ("auto", "4bit", "none"):
-            problems.append(f"--quantize {self.quantize!r}: must be auto (4-bit on GPU), 4bit or none")
-        if self.max_examples is not None and (not is_int(self.max_examples) or self.max_examples < 1):
-            problems.append(f"--max-examples {self.max_examples!r}: must be an integer >= 1, or left out for "
-                            "the whole split")
-        if not is_int(self.batch_size) or self.batch_size < 1:
-            problems.append(f"--batch-size {self.batch_size!r}: must be an integer >= 1 (images per forward pass)")
-        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            problems.append(f"--device {self.device!r}: must be auto, cpu or cuda[:N]")
-        if problems:
-            raise ValueError("invalid evaluation config:\n- " + "\n- ".join(problems))
+        problems = Problems("evaluation config")
+        bad = schema.check(self, problems)
+        if "name" not in bad:
+            problems.check(self.name.isascii() and self.name.replace("_", "").isalnum(), "name", self.name,
+                           "must be ASCII letters, digits and underscores", "e.g. finetuned or gemma4_baseline")
+        if "base_model" not in bad:
+            problems.check(bool(self.base_model.strip()), "base_model", self.base_model,
+                           "must be a checkpoint folder or a Hub id", "e.g. google/gemma-4-31b-it")
+        if "adapter" not in bad and self.adapter is not None:
+            problems.check(bool(self.adapter.strip()), "adapter", self.adapter,
+                           "must be the adapter folder", "leave it out (null) for a baseline")
+        if "device" not in bad:
+            problems.check(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device", self.device,
+                           "must be auto, cpu or cuda[:N]")
+        problems.raise_if_any()
 
 
 def candidate_ids(encoder: PromptEncoder, classes: list[str]) -> list[list[int]]:
@@ -334,31 +321,17 @@ def evaluate(dataset_dir: str | Path, output_dir: str | Path, cfg: EvalConfig) -
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m petqlora.evaluation.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--base-model", required=True)
-    parser.add_argument("--adapter", default=None)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--mode", default="score", choices=["score", "generate"])
-    parser.add_argument("--image-token-budget", type=int, default=280)
-    parser.add_argument("--quantize", default="auto", choices=["auto", "4bit", "none"])
-    parser.add_argument("--max-examples", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (Gemma 4 scoring)")
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda:N")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+def _evaluate_mapped(dataset: str, output: str, cfg: EvalConfig) -> dict:
+    """Model and adapter paths may be gs:// URIs: read them through their /gcs mount."""
     from petqlora.cloud.storage import local_path
 
-    cfg = EvalConfig(name=args.name, base_model=local_path(args.base_model),
-                     adapter=local_path(args.adapter) if args.adapter else None, split=args.split, mode=args.mode,
-                     image_token_budget=args.image_token_budget, quantize=args.quantize, max_examples=args.max_examples,
-                     batch_size=args.batch_size,
-                     device=args.device)
-    evaluate(local_path(args.dataset), local_path(args.output), cfg)
-    return 0
+    adapter = local_path(cfg.adapter) if cfg.adapter else None
+    return evaluate(dataset, output, replace(cfg, base_model=local_path(cfg.base_model), adapter=adapter))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_step(argv, prog="petqlora.evaluation.evaluate", description=__doc__.split("\n\n")[0],
+                    config_cls=EvalConfig, step=_evaluate_mapped)
 
 
 if __name__ == "__main__":
