@@ -310,7 +310,9 @@ def test_run_evaluate_scores_every_model_and_the_champion_on_the_same_split(eval
 
         def run(self, module, args, task_id):
             calls.append((module, task_id, args))
-            assert importlib.import_module(module).main([*args, "--device", "cpu", "--quantize", "none"]) == 0
+            config = Path(args[args.index("--config") + 1])
+            config.write_text(json.dumps({**json.loads(config.read_text()), "device": "cpu", "quantize": "none"}))
+            assert importlib.import_module(module).main(args) == 0
 
     # The champion: the registry's default version is this same adapter, copied where an earlier run left it.
     champion = tmp_path / "earlier-run" / "train" / "adapter"
@@ -328,8 +330,11 @@ def test_run_evaluate_scores_every_model_and_the_champion_on_the_same_split(eval
 
     assert [task for _, task, _ in calls] == [f"run-2-evaluate-{k}" for k in
                                              ("finetuned", "gemma4_baseline", "gemma3_baseline", "champion")]
-    adapters = {task.rsplit("-", 1)[1]: args[args.index("--adapter") + 1] if "--adapter" in args else None
-                for _, task, args in calls}
+    configs = {task.rsplit("-", 1)[1]: json.loads(Path(args[args.index("--config") + 1]).read_text())
+               for _, task, args in calls}
+    adapters = {name: config["adapter"] for name, config in configs.items()}
+    assert {name: (config["name"], config["image_token_budget"], config["mode"]) for name, config in configs.items()} \
+        == {name: (name, 70, "score") for name in configs}
     assert adapters == {"finetuned": f"{evaluation_inputs['train']}/adapter", "champion": str(champion),
                         "gemma4_baseline": None, "gemma3_baseline": None}
     models = summary["models"]

@@ -26,9 +26,12 @@ class Rule:
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
+    nonempty: bool = False
     fix: str | None = None
 
     def problem(self, value: Any) -> str | None:
+        if self.nonempty and isinstance(value, str) and not value.strip():
+            return "must not be empty"
         if self.allowed is not None and value not in self.allowed:
             return "must be one of " + ", ".join(map(str, self.allowed))
         if value is None or isinstance(value, (str, bool, Mapping, tuple, list)):

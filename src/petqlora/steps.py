@@ -37,18 +37,6 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def integral_floats_to_int(values: dict) -> dict:
-    """KFP passes dict parameters as protobuf Structs, whose numbers are all floats: 20 arrives as 20.0.
-    Whole numbers go back to int, except for the TrainConfig fields declared float."""
-    from dataclasses import fields
-
-    from petqlora.train.config import TrainConfig
-
-    float_keys = {f.name for f in fields(TrainConfig) if str(f.type).startswith("float")}
-    return {k: int(v) if isinstance(v, float) and v.is_integer() and k not in float_keys else v
-            for k, v in values.items()}
-
-
 # ---- prepare_data
 
 def run_prepare_data(source: str, out_dir: str, report_path: str, **options) -> dict:
@@ -82,9 +70,9 @@ def run_validate_token_boundaries(dataset_dir: str, out_dir: str, report_path: s
 
 def run_train_adapter(dataset_dir: str, out_dir: str, train_config: dict, backend: Backend, task_id: str) -> dict:
     """Write the config next to the outputs, run the entrypoint, and return the training metrics."""
-    from petqlora.train.config import TrainConfig
+    from petqlora.train.config import parse_train_config
 
-    cfg = TrainConfig.from_dict(integral_floats_to_int(train_config))  # validate before any GPU is asked for
+    cfg = parse_train_config(train_config)  # validated before any GPU is asked for
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "train_config.json"

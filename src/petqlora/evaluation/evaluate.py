@@ -41,7 +41,8 @@ UNPARSEABLE = "<unparseable>"
 @dataclass(frozen=True)
 class EvalConfig:
     name: str = required("The approach evaluated, e.g. finetuned, gemma4_baseline or gemma3_baseline.")
-    base_model: str = required("Checkpoint folder or Hub id of the model evaluated.")
+    base_model: str = required("Checkpoint folder or Hub id of the model evaluated.", nonempty=True,
+                               fix="e.g. google/gemma-4-31b-it")
     adapter: str | None = field(None, "LoRA adapter folder; None evaluates the base model as is.")
     split: str = field("test", "Split evaluated.", allowed=data_lib.SPLITS)
     mode: str = field("score", "score (class likelihoods, deterministic) or generate (greedy, normalized match).",
@@ -58,9 +59,6 @@ class EvalConfig:
         if "name" not in bad:
             problems.check(self.name.isascii() and self.name.replace("_", "").isalnum(), "name", self.name,
                            "must be ASCII letters, digits and underscores", "e.g. finetuned or gemma4_baseline")
-        if "base_model" not in bad:
-            problems.check(bool(self.base_model.strip()), "base_model", self.base_model,
-                           "must be a checkpoint folder or a Hub id", "e.g. google/gemma-4-31b-it")
         if "adapter" not in bad and self.adapter is not None:
             problems.check(bool(self.adapter.strip()), "adapter", self.adapter,
                            "must be the adapter folder", "leave it out (null) for a baseline")

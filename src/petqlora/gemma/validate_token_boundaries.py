@@ -41,7 +41,8 @@ class TokenBoundaryError(ValueError):
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    base_model: str = required("Checkpoint folder or Hub id whose processor and chat template are checked.")
+    base_model: str = required("Checkpoint folder or Hub id whose processor and chat template are checked.",
+                                 nonempty=True)
     image_token_budget: int = same_as(PipelineParams, "image_token_budget")
     max_length: int = same_as(PipelineParams, "max_length")
     splits: tuple[str, ...] = field(data_lib.SPLITS, "Splits to check.")

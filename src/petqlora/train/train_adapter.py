@@ -28,7 +28,6 @@ feature_cache.py and loss_curve.py.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -44,6 +43,7 @@ import numpy as np
 import torch
 
 from petqlora.data import dataset as data_lib
+from petqlora.entrypoint import run_step
 from petqlora.gemma.encoding import PromptEncoder
 from petqlora.gemma.modeling import load_model_and_processor, resolve_device
 from petqlora.train.checkpoints import (TrainState, finished_metrics, resume_latest, save_checkpoint,
@@ -220,24 +220,15 @@ def _peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m petqlora.train.train_adapter",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, help="prepared dataset folder (gs:// is read through /gcs)")
-    parser.add_argument("--output", required=True, help="output folder: adapter, checkpoints, metrics")
-    parser.add_argument("--config", required=True, help="training config JSON file (TrainConfig fields)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
-    from petqlora.cloud.storage import local_path
-
-    config_path = Path(local_path(args.config))
-    if not config_path.exists():
-        parser.error(f"--config {args.config}: no such file; write the TrainConfig JSON there first")
-    cfg = TrainConfig.from_dict(json.loads(config_path.read_text()))
+def _train_this_attempt(dataset: str, output: str, cfg: TrainConfig) -> dict:
     # The runtime contract is read here, not in the library: Cloud Run numbers a task's retries from 0.
     attempt = int(os.environ.get("CLOUD_RUN_TASK_ATTEMPT", "0") or 0)
-    train_adapter(local_path(args.dataset), local_path(args.output), cfg, task_attempt=attempt)
-    return 0
+    return train_adapter(dataset, output, cfg, task_attempt=attempt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_step(argv, prog="petqlora.train.train_adapter", description=__doc__.split("\n\n")[0],
+                    config_cls=TrainConfig, step=_train_this_attempt)
 
 
 if __name__ == "__main__":
