@@ -220,7 +220,7 @@ def test_metric_values_become_label_values():
         vertex.to_vertex_labels({"a b": "1", "a_b": "2"})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.text(min_size=1, max_size=100).filter(lambda s: re.search(r"[A-Za-z0-9]", s)),
        st.one_of(st.text(max_size=100), st.floats(), st.integers(), st.booleans()))
 def test_sanitised_labels_always_satisfy_vertex_rules(key, value):
