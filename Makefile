@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 OUT ?= runs/latest
 
-.PHONY: setup run test test-unit test-gpu compile clean
+.PHONY: setup run test test-unit test-gpu compile mutation clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ test-gpu: setup
 
 compile: setup
 	$(PY) pipeline.py compile --output pipeline.yaml
+
+# plant known bugs one at a time in a scratch copy and check the tests catch each (minutes; not part of `make test`)
+mutation: setup
+	$(PY) tools/mutation_check.py
 
 clean:
 	rm -rf runs pipeline.yaml .pytest_cache

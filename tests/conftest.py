@@ -1,7 +1,22 @@
 """Shared test set-up."""
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
+
+# Hypothesis profiles, chosen by HYPOTHESIS_PROFILE (`.ci/run` sets `ci`; unset means `dev`).
+# ci: the same examples on every run (derandomize: a red CI run is the code, never a new draw), and no
+# deadline: CI is a loaded 2-core machine, where the per-example time depends on what else runs (the
+# masking property test took 1-316 ms an example when measured on this project), so a fixed deadline fails
+# on the machine, not the code; these tests check correctness, not speed. print_blob: a failure prints
+# the @reproduce_failure blob that replays it.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+# dev: Hypothesis' defaults (random draws, the example database, the 200 ms deadline). A test whose
+# examples are slow by nature keeps its own deadline=None (test_masking's FAST).
+settings.register_profile("dev")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,8 +33,8 @@ def one_torch_thread():
 def pets_dataset(tmp_path_factory):
     """`pets_dataset(per_class)`: a prepared synthetic pets dataset (6 learnable breeds, varied aspect
     ratios), built once per size for the whole session. Tests read it; none writes into it."""
-    from petqlora.data.prepare_data import PrepareDataConfig, prepare_data
-    from petqlora.data.synthetic import generate_synthetic_pets
+    from petqlora.data.dataset.prepare_data import PrepareDataConfig, prepare_data
+    from petqlora.data.dataset.synthetic import generate_synthetic_pets
 
     built = {}
 

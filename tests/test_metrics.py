@@ -127,7 +127,7 @@ def _labelled(draw: st.DrawFn) -> tuple[list[str], list[str], list[str], np.ndar
     return classes, y_true, y_pred, scores
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(_labelled())
 def test_properties(case: tuple[list[str], list[str], list[str], np.ndarray]) -> None:
     classes, y_true, y_pred, scores = case
@@ -151,7 +151,7 @@ def test_properties(case: tuple[list[str], list[str], list[str], np.ndarray]) ->
     assert r.top3_accuracy >= top1 - 1e-12
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(_names.flatmap(lambda cs: st.tuples(st.just(cs), st.permutations(cs))))
 def test_perfect_predictions_score_one(case: tuple[list[str], list[str]]) -> None:
     classes, order = case

@@ -109,25 +109,35 @@ def test_dry_run_schedule_prints_the_create_schedule_request(template, no_creden
     assert "pipeline_spec" in job
 
 
+SCHEDULES = f"projects/{PROJECT}/locations/{REGION}/schedules"
+
+
 @pytest.mark.parametrize(
-    "call",
+    "action, name, expected",
     [
-        lambda: vertex_schedules.list_schedules(project=PROJECT, region=REGION, dry_run=True, out=lambda _: None),
-        lambda: vertex_schedules.change_schedule("pause", "42", project=PROJECT, region=REGION, dry_run=True,
-                                                 out=lambda _: None),
-        lambda: vertex_schedules.change_schedule("resume", "42", project=PROJECT, region=REGION, dry_run=True,
-                                                 out=lambda _: None),
-        lambda: vertex_schedules.change_schedule("delete", 
-            f"projects/{PROJECT}/locations/{REGION}/schedules/42", project=PROJECT, region=REGION,
-            dry_run=True, out=lambda _: None,
-        ),
+        # A bare ID is expanded to the full resource name; a full name is passed through unchanged.
+        ("pause", "42", {"method": "PauseSchedule", "name": f"{SCHEDULES}/42"}),
+        ("resume", "42", {"method": "ResumeSchedule", "name": f"{SCHEDULES}/42"}),
+        ("delete", f"{SCHEDULES}/42", {"method": "DeleteSchedule", "name": f"{SCHEDULES}/42"}),
+        ("resume", "projects/other/locations/europe-west4/schedules/7",
+         {"method": "ResumeSchedule", "name": "projects/other/locations/europe-west4/schedules/7"}),
     ],
-    ids=["list", "pause", "resume", "delete"],
+    ids=["pause-id", "resume-id", "delete-full-name", "resume-full-name"],
 )
-def test_dry_run_schedule_commands_name_the_request(call, no_credentials):
-    request = call()
-    assert request["method"] in {"ListSchedules", "PauseSchedule", "ResumeSchedule", "DeleteSchedule"}
-    assert request.get("name", f"projects/{PROJECT}/locations/{REGION}/schedules/42").endswith("/schedules/42")
+def test_dry_run_schedule_commands_name_the_request(action, name, expected, no_credentials):
+    lines = []
+    request = vertex_schedules.change_schedule(action, name, project=PROJECT, region=REGION, dry_run=True, out=lines.append)
+    # Exactly this request, returned and printed (one JSON document), for exactly this action.
+    assert request == expected
+    assert [json.loads(line) for line in lines] == [expected]
+
+
+def test_dry_run_list_schedules_names_the_request(no_credentials):
+    lines = []
+    request = vertex_schedules.list_schedules(project=PROJECT, region=REGION, dry_run=True, out=lines.append)
+    expected = {"method": "ListSchedules", "parent": f"projects/{PROJECT}/locations/{REGION}"}
+    assert request == expected
+    assert [json.loads(line) for line in lines] == [expected]
 
 
 def test_dry_run_register_prints_the_upload_request(no_credentials):
@@ -222,7 +232,7 @@ def test_metric_values_become_label_values():
         vertex_common.to_vertex_labels({"a b": "1", "a_b": "2"})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.text(min_size=1, max_size=100).filter(lambda s: re.search(r"[A-Za-z0-9]", s)),
        st.one_of(st.text(max_size=100), st.floats(), st.integers(), st.booleans()))
 def test_sanitised_labels_always_satisfy_vertex_rules(key, value):
@@ -327,18 +337,49 @@ def test_schedule_lifecycle_through_the_sdk(template, fake):
     assert sent["createPipelineJobRequest"]["pipelineJob"]["serviceAccount"] == SA
     assert sent["maxConcurrentRunCount"] == "1"
 
+    name = created["name"]
+    assert re.fullmatch(rf"{SCHEDULES}/[0-9]+", name)
+    path = f"/v1/{name}"
     common = dict(project=PROJECT, region=REGION, out=lambda _: None, **_cloud(fake))
-    listed = vertex_schedules.list_schedules(**common)
-    assert [s["name"] for s in listed["schedules"]] == [created["name"]]
-    schedule_id = created["name"].rsplit("/", 1)[1]
-    vertex_schedules.change_schedule("pause", schedule_id, **common)
-    assert fake.schedules[created["name"]]["state"] == "PAUSED"
-    vertex_schedules.change_schedule("resume", created["name"], **common)
-    assert fake.schedules[created["name"]]["state"] == "ACTIVE"
-    vertex_schedules.change_schedule("delete", schedule_id, **common)
+
+    def calls_of(action) -> tuple:
+        """What one call returned, and the (HTTP method, path) pairs it sent, in order."""
+        before = len(fake.calls)
+        result = action()
+        return result, fake.calls[before:]
+
+    listed, sent = calls_of(lambda: vertex_schedules.list_schedules(**common))
+    assert sent == [("GET", f"/v1/projects/{PROJECT}/locations/{REGION}/schedules")]
+    assert listed == {"schedules": [{"name": name, "display_name": "weekly", "cron": "TZ=UTC 0 3 * * 1",
+                                     "state": "ACTIVE"}]}
+
+    schedule_id = name.rsplit("/", 1)[1]
+    # Each action is fetched by its full name, then exactly its own REST method: pause is never a resume.
+    result, sent = calls_of(lambda: vertex_schedules.change_schedule("pause", schedule_id, **common))
+    assert sent == [("GET", path), ("POST", f"{path}:pause")]
+    assert result == {"method": "PauseSchedule", "name": name, "done": True}
+    assert fake.schedules[name]["state"] == "PAUSED"
+
+    result, sent = calls_of(lambda: vertex_schedules.change_schedule("resume", name, **common))
+    assert sent == [("GET", path), ("POST", f"{path}:resume")]
+    assert result == {"method": "ResumeSchedule", "name": name, "done": True}
+    assert fake.schedules[name]["state"] == "ACTIVE"
+
+    result, sent = calls_of(lambda: vertex_schedules.change_schedule("delete", schedule_id, **common))
+    assert sent == [("GET", path), ("DELETE", path)]
+    assert result == {"method": "DeleteSchedule", "name": name, "done": True}
     assert fake.schedules == {}
 
 
-def test_change_schedule_names_an_unknown_action():
-    with pytest.raises(ValueError, match="action='stop': must be one of pause, resume, delete"):
-        vertex_schedules.change_schedule("stop", "42", project=PROJECT, region=REGION, dry_run=True, out=lambda _: None)
+def test_change_schedule_names_an_unknown_action(fake):
+    lines = []
+    # "Pause": actions are not case-folded into a real one; "stop" is no action at all.
+    for action in ("stop", "Pause"):
+        with pytest.raises(ValueError) as err:
+            vertex_schedules.change_schedule(action, "42", project=PROJECT, region=REGION, dry_run=True, out=lines.append)
+        assert str(err.value).splitlines()[1:] == [
+            f"  - action={action!r}: must be one of pause, resume, delete; fix: pass pause, resume or delete"]
+    # Refused before any request: nothing printed, and a real call never reaches the API.
+    with pytest.raises(ValueError, match="action='stop'"):
+        vertex_schedules.change_schedule("stop", "42", project=PROJECT, region=REGION, out=lines.append, **_cloud(fake))
+    assert lines == [] and fake.calls == []
