@@ -92,7 +92,7 @@ def _pipeline_parameters(pairs: list) -> dict:
     return {name: getattr(parsed, name) for name in given}
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python pipeline.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -144,8 +144,11 @@ def main(argv=None) -> int:
     p.add_argument("--project", default=None)
     p.add_argument("--region", default=None)
     p.add_argument("--dry-run", action="store_true")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     if args.command == "run-local":
         from petqlora.local_run import run_local_pipeline
 

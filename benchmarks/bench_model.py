@@ -42,17 +42,17 @@ def build_tokenizer():
     # Inside the prompt a word follows a space ("▁"); an answer's first word does not. "▁" forms first:
     # BPE applies merges by rank, and only their chains are free of each other's pairs.
     extra = sorted("▁" + w for w in words) + sorted({name.split()[0] for name in OXFORD_CLASSES} | {"What"})
-    merge_words = tiny_models._MERGE_WORDS + [w for w in extra if w not in tiny_models._MERGE_WORDS]
-    template = tiny_models._GEMMA4_TEMPLATE.replace("{THOUGHT}", "<|channel>thought\n<channel|>")
-    build_vocab = tiny_models._vocab_and_merges
+    merge_words = tiny_models.MERGE_WORDS + [w for w in extra if w not in tiny_models.MERGE_WORDS]
+    template = tiny_models.GEMMA4_TEMPLATE.replace("{THOUGHT}", "<|channel>thought\n<channel|>")
+    build_vocab = tiny_models.vocab_and_merges
 
     def first_merges_only(specials):
         # Words share pairs ("t","h"); a repeated merge would take the later, lower rank and split words.
         vocab, merges = build_vocab(specials)
         return vocab, list(dict.fromkeys(merges))
 
-    with mock.patch.object(tiny_models, "_MERGE_WORDS", merge_words), \
-            mock.patch.object(tiny_models, "_vocab_and_merges", first_merges_only):
+    with mock.patch.object(tiny_models, "MERGE_WORDS", merge_words), \
+            mock.patch.object(tiny_models, "vocab_and_merges", first_merges_only):
         return tiny_models.build_tokenizer("gemma4", template)
 
 
@@ -131,10 +131,25 @@ def save_checkpoint_folder(out: str | Path, text_layers: int, vision_layers: int
             "seconds": time.perf_counter() - started}
 
 
+RESULTS = "benchmarks/results"
+
+
+def add_out_arguments(parser, tag: str) -> None:
+    """Where a run's results go: `<out>/<tag>/`, one folder per run (see run_folder)."""
+    parser.add_argument("--out", default=RESULTS, help="the results root; this run writes into <out>/<tag>/")
+    parser.add_argument("--tag", default=tag, help="the run's name: its folder under --out")
+
+
+def run_folder(out: str | Path, tag: str) -> Path:
+    """`<out>/<tag>/`, created: a run's JSON goes there, and run_h200.sh puts the run's log beside it."""
+    folder = Path(out) / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def add_model_arguments(parser, tag: str = "h200_31b") -> None:
     """The flags every benchmark shares: where results go and which model to build."""
-    parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--tag", default=tag)
+    add_out_arguments(parser, tag)
     parser.add_argument("--text-layers", type=int, default=60)
     parser.add_argument("--vision-layers", type=int, default=27)
     parser.add_argument("--widths", default="31b")

@@ -1,6 +1,8 @@
 """The training entrypoint on the GPU with real 4-bit NF4: loss, checkpoint, kill, resume.
 
-    PYTHONUNBUFFERED=1 python benchmarks/entrypoint_check.py --out benchmarks/results/entrypoint_h200.json
+    PYTHONUNBUFFERED=1 python benchmarks/entrypoint_check.py --out benchmarks/results --tag h200_entrypoint
+
+Writes benchmarks/results/h200_entrypoint/entrypoint.json (after each model, so a timeout keeps what ran).
 
 For each model (the tiny `gemma4-31b`, and a random Gemma 4 at the real 31B widths with 4 text + 2 vision
 layers, saved as a checkpoint folder by bench_model.py), three runs of
@@ -86,7 +88,7 @@ def check(name: str, model_dir: Path, dataset: Path, work: Path, config: dict) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="benchmarks/results/entrypoint_h200.json")
+    bench_model.add_out_arguments(parser, "h200_entrypoint")
     parser.add_argument("--work", default="/tmp/petqlora_entrypoint")
     parser.add_argument("--text-layers", type=int, default=4)
     parser.add_argument("--vision-layers", type=int, default=2)
@@ -106,8 +108,7 @@ def main() -> None:
                   checkpoint_every=10, keep_checkpoints=2, log_every=5, seed=3, device="cuda")
     if args.cpu_trial:
         common.update(quantize="none", optimizer="adamw", device="cpu", max_steps=12, checkpoint_every=5)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = bench_model.run_folder(args.out, args.tag) / "entrypoint.json"
     if "mid" in args.models:
         built = bench_model.save_checkpoint_folder(work / "gemma4-31b-widths", args.text_layers, args.vision_layers,
                                                    "cuda" if torch.cuda.is_available() else "cpu")

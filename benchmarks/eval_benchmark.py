@@ -3,6 +3,8 @@
     PYTHONUNBUFFERED=1 python benchmarks/eval_benchmark.py --out benchmarks/results --tag h200_31b \
         --text-layers 60 --vision-layers 27
 
+Writes benchmarks/results/h200_31b/eval.json.
+
 One random-weight Gemma 4 at 31B widths (NF4, as bench_model.py builds it) with a LoRA adapter attached
 (r=64 on every linear layer, as the fine-tuned model is evaluated), the 37 Oxford breeds in the prompt:
 
@@ -155,9 +157,7 @@ def main() -> None:
     report["speedup"] = report["ours"]["images_per_s"] / report["reference"]["images_per_s"]
     report["packed_speedup"] = report["packed"]["images_per_s"] / report["reference"]["images_per_s"]
     report["total_s"] = time.perf_counter() - started
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"eval_{args.tag}.json"
+    path = bench_model.run_folder(args.out, args.tag) / "eval.json"
     path.write_text(json.dumps(report, indent=1))
     print(json.dumps({k: report[k] for k in ("reference", "ours", "packed", "speedup",
                                              "packed_speedup", "max_new_tokens", "total_s")}, indent=1))

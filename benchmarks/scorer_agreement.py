@@ -1,6 +1,8 @@
 """Do the two class scorers agree, and how far apart is any pair of exact methods at this depth in bf16?
 
-    PYTHONUNBUFFERED=1 python benchmarks/scorer_agreement.py --text-layers 60 --vision-layers 27
+    PYTHONUNBUFFERED=1 python benchmarks/scorer_agreement.py --text-layers 4 60 --vision-layers 27
+
+Writes benchmarks/results/h200_scorer_agreement/scorer_agreement.json.
 
 Scores the same images three ways, each exact in real arithmetic: `score_classes` (prompt cache shared),
 `score_classes_packed` (one forward per batch), and full sequences (prompt + candidate, no cache). On a
@@ -37,11 +39,11 @@ def full_sequence_scores(model, encoder, image, classes) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    bench_model.add_out_arguments(parser, "h200_scorer_agreement")
     parser.add_argument("--text-layers", type=int, nargs="+", default=[4, 60])
     parser.add_argument("--vision-layers", type=int, default=27)
     parser.add_argument("--images", type=int, default=2)
-    parser.add_argument("--out", default="benchmarks/results/scorer_agreement.json")
     args = parser.parse_args()
     classes = bench_model.OXFORD_CLASSES
     processor = bench_model.build_processor(280)
@@ -65,7 +67,9 @@ def main() -> None:
         print(layers, report[layers], flush=True)
         del model
         torch.cuda.empty_cache()
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    path = bench_model.run_folder(args.out, args.tag) / "scorer_agreement.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Write benchmarks/results/summary.json from the raw results, so that every headline figure has a source.
 
-    python benchmarks/summarize.py --train train_h200_31b_fused_6steps.json --eval eval_h200_31b_packed.json
+    python benchmarks/summarize.py --train h200_31b_fused_6steps --eval h200_31b_packed
 
-The training figures are the named variants of one train_benchmark.py run (side by side with its
-reference); the evaluation figures those of one eval_benchmark.py run; agreement from scorer_agreement.py.
+Each run's results are in benchmarks/results/<tag>/. The training figures are the named variants of one
+train_benchmark.py run (<tag>/train.json, side by side with its reference); the evaluation figures those of
+one eval_benchmark.py run (<tag>/eval.json); agreement from one scorer_agreement.py run
+(<tag>/scorer_agreement.json). summary.json names each file it read by its path under benchmarks/results.
 """
 
 from __future__ import annotations
@@ -34,15 +36,19 @@ def train_figures(variant: dict, reference: dict, prefix: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train", required=True, help="a train_benchmark.py JSON under benchmarks/results")
-    parser.add_argument("--eval", required=True, help="an eval_benchmark.py JSON under benchmarks/results")
+    parser.add_argument("--train", required=True, help="the tag of a train_benchmark.py run (its folder)")
+    parser.add_argument("--eval", required=True, help="the tag of an eval_benchmark.py run (its folder)")
+    parser.add_argument("--agreement", default="h200_scorer_agreement", help="the tag of a scorer_agreement.py run")
     parser.add_argument("--best", default="ours_bf16_b16_frozen_vision_fused")
     parser.add_argument("--cached", default="ours_bf16_b16_frozen_vision_fused_cached")
     parser.add_argument("--vision-lora", default="ours_bf16_b16_fused")
     args = parser.parse_args()
-    train = json.loads((RESULTS / args.train).read_text())
-    evaluation = json.loads((RESULTS / args.eval).read_text())
-    agreement = json.loads((RESULTS / "scorer_agreement.json").read_text())
+    train_file = f"{args.train}/train.json"
+    eval_file = f"{args.eval}/eval.json"
+    agreement_file = f"{args.agreement}/scorer_agreement.json"
+    train = json.loads((RESULTS / train_file).read_text())
+    evaluation = json.loads((RESULTS / eval_file).read_text())
+    agreement = json.loads((RESULTS / agreement_file).read_text())
     variants = train["variants"]
     reference = variants["reference"]
     summary = {
@@ -50,7 +56,7 @@ def main() -> None:
                    "bitsandbytes 0.50.2",
         "model": f"random-weight Gemma 4 at 31B widths, {train['text_layers']} text + {train['vision_layers']} "
                  f"vision layers, {reference['parameters'] / 1e9:.2f}B parameters, NF4 + double quant",
-        "train_run": {"file": args.train, "date": train["date"], "command": train["command"]},
+        "train_run": {"file": train_file, "date": train["date"], "command": train["command"]},
         "train_variant": args.best, **train_figures(variants[args.best], reference, "train_"),
         "train_reference_samples_per_s": reference["samples_per_s"],
         "train_reference_peak_memory_gib": reference["peak_memory_gib"],
@@ -62,7 +68,7 @@ def main() -> None:
         "train_cached_mfu_3_epochs": variants[args.cached]["mfu_3_epochs"],
         "train_vision_lora_variant": args.vision_lora, **train_figures(variants[args.vision_lora], reference,
                                                                        "train_vision_lora_"),
-        "eval_run": {"file": args.eval, "date": evaluation["date"], "command": evaluation["command"]},
+        "eval_run": {"file": eval_file, "date": evaluation["date"], "command": evaluation["command"]},
         "eval_variant": "petqlora.evaluation.evaluate.score_classes_packed, batch 8 (one forward per 8 images, all classes packed)",
         "eval_speedup": evaluation["packed_speedup"],
         "eval_reference_images_per_s": evaluation["reference"]["images_per_s"],
@@ -82,7 +88,7 @@ def main() -> None:
         "train_peak_memory": summary["train_peak_memory_gib"] <= TARGETS["train_peak_memory_gib_max"],
         "eval_speedup": summary["eval_speedup"] >= TARGETS["eval_speedup_min"],
     }
-    summary["sources"] = sorted({args.train, args.eval, "scorer_agreement.json"})
+    summary["sources"] = sorted({train_file, eval_file, agreement_file})
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
 

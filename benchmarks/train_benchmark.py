@@ -3,6 +3,8 @@
     PYTHONUNBUFFERED=1 python benchmarks/train_benchmark.py --out benchmarks/results --tag h200_31b \
         --text-layers 60 --vision-layers 27
 
+Writes benchmarks/results/h200_31b/train.json (after every variant, so a timeout keeps what ran).
+
 Every variant trains the same random-weight Gemma 4 (31B widths, NF4 + double quant, bf16 compute; see
 bench_model.py), from the same LoRA initialisation (r=64, alpha=64, every linear layer), with paged 8-bit
 AdamW at lr 5e-5, on the same samples in the same optimizer steps of 16 samples each:
@@ -293,8 +295,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     started = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    path = bench_model.run_folder(args.out, args.tag) / "train.json"
     processor = bench_model.build_processor(280)
     encoder = PromptEncoder(processor, "gemma4", bench_model.oxford_instruction())
     config = bench_model.gemma4_31b_config(processor.tokenizer, args.text_layers, args.vision_layers, args.widths)
@@ -304,7 +305,6 @@ def main() -> None:
               "text_layers": args.text_layers, "vision_layers": args.vision_layers, "widths": args.widths,
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv),
               "samples_per_step": SAMPLES_PER_STEP, "peak_flops": PEAK_FLOPS, "variants": {}, "not_run": {}}
-    path = out / f"train_{args.tag}.json"
     for name in args.variants.split(","):
         if time.perf_counter() - started > args.deadline_s:
             report["not_run"][name] = "deadline reached"

@@ -33,8 +33,8 @@ def one_torch_thread():
 def pets_dataset(tmp_path_factory):
     """`pets_dataset(per_class)`: a prepared synthetic pets dataset (6 learnable breeds, varied aspect
     ratios), built once per size for the whole session. Tests read it; none writes into it."""
-    from petqlora.data.dataset.prepare_data import PrepareDataConfig, prepare_data
-    from petqlora.data.dataset.synthetic import generate_synthetic_pets
+    from petqlora.data.prepare_data import PrepareDataConfig, prepare_data
+    from petqlora.data.synthetic import generate_synthetic_pets
 
     built = {}
 

@@ -34,12 +34,12 @@ GEMMA4_SPECIALS = [
 GEMMA3_SPECIALS = ["<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
 
 # Frequent pieces of the prompts, so sequences stay short; breed names stay multi-token.
-_MERGE_WORDS = ["user", "model", "thought", "▁the", "▁breed", "▁this", "▁image", "▁list", "▁one", "▁is"]
+MERGE_WORDS = ["user", "model", "thought", "▁the", "▁breed", "▁this", "▁image", "▁list", "▁one", "▁is"]
 
 # Gemma 4 chat templates reduced to what this project renders: a user turn of images and text, an
 # optional model turn, and the generation prompt. They render the same strings as the published ones
 # for these messages.
-_GEMMA4_TEMPLATE = (
+GEMMA4_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "<|turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
@@ -65,12 +65,18 @@ _GEMMA3_TEMPLATE = (
 )
 
 
-def _vocab_and_merges(specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def vocab_and_merges(specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """build_tokenizer's vocabulary (token -> id) and BPE merges, in rank order.
+
+    The vocabulary: the base specials, `specials`, the 256 byte-fallback tokens, the printable characters
+    other than whitespace, "▁" and a newline, then every prefix of each MERGE_WORDS entry; the merges build
+    each entry left to right, one character at a time (a pair two entries share is listed once per entry).
+    """
     tokens = list(_BASE_SPECIALS) + specials + [f"<0x{i:02X}>" for i in range(256)]
     chars = [c for c in string.printable if c not in " \t\n\r\x0b\x0c"] + ["▁", "\n"]
     tokens += [c for c in chars if c not in tokens]
     merges: list[tuple[str, str]] = []
-    for word in _MERGE_WORDS:
+    for word in MERGE_WORDS:
         piece = word[0]
         for ch in word[1:]:
             merges.append((piece, ch))
@@ -94,7 +100,7 @@ def build_tokenizer(family: str, chat_template: str):
     else:
         specials = GEMMA3_SPECIALS
         named = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
-    vocab, merges = _vocab_and_merges(specials)
+    vocab, merges = vocab_and_merges(specials)
     tok = GemmaTokenizer(vocab=vocab, merges=merges, extra_special_tokens=named, chat_template=chat_template)
     tok.add_special_tokens({"additional_special_tokens": specials})
     return tok
@@ -179,7 +185,7 @@ def build_tiny_checkpoint(variant: str, out_dir: str | Path, seed: int = 0, clip
     family = "gemma3" if variant == "gemma3" else "gemma4"
     if family == "gemma4":
         thought = "<|channel>thought\n<channel|>" if variant == "gemma4-31b" else ""
-        tok = build_tokenizer("gemma4", _GEMMA4_TEMPLATE.replace("{THOUGHT}", thought))
+        tok = build_tokenizer("gemma4", GEMMA4_TEMPLATE.replace("{THOUGHT}", thought))
         vocab_size = ((len(tok) + 63) // 64) * 64
         model = Gemma4ForConditionalGeneration(_gemma4_config(variant, vocab_size, tok))
         if variant == "gemma4-e":
