@@ -30,6 +30,22 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """`tiny_checkpoint(variant)`: a tiny random checkpoint folder (gemma4-31b, gemma4-e, gemma3), built once
+    per variant for the whole session. Tests read it; none writes into it."""
+    from petqlora.gemma.tiny_models import build_tiny_checkpoint
+
+    built = {}
+
+    def build(variant: str):
+        if variant not in built:
+            built[variant] = build_tiny_checkpoint(variant, tmp_path_factory.mktemp("tiny") / variant)
+        return built[variant]
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def pets_dataset(tmp_path_factory):
     """`pets_dataset(per_class)`: a prepared synthetic pets dataset (6 learnable breeds, varied aspect
     ratios), built once per size for the whole session. Tests read it; none writes into it."""

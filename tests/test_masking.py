@@ -25,7 +25,6 @@ from petqlora.gemma.masking import (
 )
 from petqlora.gemma.processors import SUPPORTED_BUDGETS, load_processor
 from petqlora.gemma.prompts import build_messages
-from petqlora.gemma.tiny_models import build_tiny_checkpoint
 
 X = IGNORE_INDEX
 
@@ -286,9 +285,8 @@ INSTRUCTION = "What breed is the pet in this image? Answer with one breed from t
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-masking")
-    return {v: build_tiny_checkpoint(v, root / v) for v in VARIANTS}
+def checkpoints(tiny_checkpoint):
+    return {v: tiny_checkpoint(v) for v in VARIANTS}
 
 
 @pytest.fixture(scope="module")

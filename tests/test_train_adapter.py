@@ -23,7 +23,6 @@ from safetensors.torch import load_file
 from petqlora.data import dataset as data_lib
 from petqlora.gemma.encoding import PromptEncoder
 from petqlora.gemma.modeling import load_model_and_processor
-from petqlora.gemma.tiny_models import build_tiny_checkpoint
 from petqlora.train.config import TrainConfig, parse_train_config
 from petqlora.train.examples import batch_plan, select_examples, sequence_length
 from petqlora.train.train_adapter import train_adapter
@@ -32,8 +31,8 @@ ADAPTER_FILE = "adapter_model.safetensors"
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_checkpoint("gemma4-31b", tmp_path_factory.mktemp("model") / "gemma4-31b")
+def tiny_model(tiny_checkpoint) -> Path:
+    return tiny_checkpoint("gemma4-31b")
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ from petqlora.data import dataset as data_lib
 from petqlora.gemma.encoding import PromptEncoder
 from petqlora.gemma.masking import IGNORE_INDEX
 from petqlora.gemma.modeling import load_model_and_processor
-from petqlora.gemma.tiny_models import build_tiny_checkpoint
 from petqlora.train.config import TrainConfig
 from petqlora.train.loop import forward_backward, prepare_for_training
 from petqlora.train.train_adapter import train_adapter
@@ -42,10 +41,10 @@ CLIPPABLE = "Gemma4ClippableLinear"
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
+def tiny_model(tiny_checkpoint) -> Path:
     # The E-like Gemma 4: its vision tower is built from Gemma4ClippableLinear with finite bounds
     # (inputs +-2, outputs +-0.5), so the same model serves the loss tests and the clipping test.
-    return build_tiny_checkpoint("gemma4-e", tmp_path_factory.mktemp("model") / "gemma4-e")
+    return tiny_checkpoint("gemma4-e")
 
 
 @pytest.fixture(scope="module")

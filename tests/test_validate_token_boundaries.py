@@ -21,7 +21,6 @@ from petqlora.gemma.encoding import PromptEncoder
 from petqlora.gemma.masking import IGNORE_INDEX
 from petqlora.gemma.processors import SUPPORTED_BUDGETS, load_processor
 from petqlora.gemma.prompts import render_instruction
-from petqlora.gemma.tiny_models import build_tiny_checkpoint
 from petqlora.gemma.validate_token_boundaries import (
     TokenBoundaryError,
     ValidateConfig,
@@ -60,9 +59,8 @@ def _assert_only(record: dict, rule: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-vtb")
-    return {v: build_tiny_checkpoint(v, root / v) for v in VARIANTS}
+def checkpoints(tiny_checkpoint):
+    return {v: tiny_checkpoint(v) for v in VARIANTS}
 
 
 @pytest.fixture(scope="module")
