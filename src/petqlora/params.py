@@ -35,7 +35,7 @@ class PipelineParams:
     gemma3_baseline: str = field("google/gemma-3-27b-it", "Gemma 3 checkpoint evaluated zero-shot as a baseline.")
     seed: int = field(42, "Seed of the splits, the batch order and the LoRA initialisation.", low=0)
     val_fraction: float = field(0.1, "Share of each class held out for validation (when the source has no "
-                                "split of its own).", low=0, high=1, high_open=True)
+                                "split of its own).", low=0, high=1, low_open=True, high_open=True)
     test_fraction: float = field(0.1, "Share of each class held out for the test split every model is "
                                  "evaluated on.", low=0, high=1, low_open=True, high_open=True)
     max_per_class_train: int = field(0, "Cap on training images per class; 0 keeps them all.", low=0)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import shutil
 import sys
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from petqlora import __version__
+from petqlora import __version__, schema
 from petqlora.entrypoint import run_step
 from petqlora.data.dataset import DATASET_FORMAT, SPLITS, dataset_hash
 from petqlora.data.entries import Item, Listing, PrepareDataError
@@ -41,89 +40,59 @@ from petqlora.data.prepare_report import new_report, write_json, write_report
 from petqlora.data.sources import SOURCE_KINDS, detect_kind, list_source
 from petqlora.data.splits import assign_splits, cap, drop_leaked, find_leaks, pair_line
 from petqlora.gemma import prompts
+from petqlora.params import PipelineParams
 from petqlora.problems import Problems
+from petqlora.schema import field, required, same_as
 
 __all__ = ["PrepareDataConfig", "PrepareDataError", "PreparedDataset", "main", "prepare_data"]
 
 log = logging.getLogger(__name__)
 
-BAD_INPUT_POLICIES = ("fail", "skip")
 LEAKAGE_POLICIES = ("fail", "drop")
 _MAX_LISTED = 50  # lines of a list shown in an error message; report.json has them all
 
 
+def _shared(name: str):
+    return same_as(PipelineParams, name)
+
+
 @dataclass(frozen=True)
 class PrepareDataConfig:
-    source: str  # path or gs:// uri (gs:// only for a manifest; Vertex mounts buckets under /gcs/)
-    source_kind: str = "auto"  # auto|oxford|hf|image_folder|manifest
-    seed: int = 42  # same input + seed -> same splits
-    val_fraction: float = 0.1  # of each class; of the source's train part when it has its own split
-    test_fraction: float = 0.1  # of each class; unused when the source has its own test split
-    use_source_split: bool = True  # Oxford trainval/test, HF splits, a manifest `split` column
-    max_per_class_train: int | None = None  # 19 gives the published 700-image run over 37 breeds
-    max_per_class_eval: int | None = None  # caps validation and test
-    on_bad_input: str = "skip"  # fail: first bad file raises; skip: listed in the report
-    max_skipped_fraction: float = 0.05  # skip more than this and the step fails with the list
-    on_leakage: str = "fail"  # fail|drop (drop removes the later split's copy)
-    near_duplicate_distance: int = 4  # phash Hamming distance; -1 disables the near-duplicate check
-    max_image_pixels: int = 40_000_000  # decompression-bomb guard, checked before decoding
-    instruction_template: str = prompts.DEFAULT_INSTRUCTION
+    source: str = required("Path or gs:// uri of the dataset (gs:// only for a manifest; Vertex mounts buckets "
+                           "under /gcs/).", nonempty=True)
+    source_kind: str = field("auto", "What the source is; auto detects it.", allowed=SOURCE_KINDS)
+    seed: int = _shared("seed")  # same input + seed -> same splits
+    val_fraction: float = _shared("val_fraction")  # of the source's train part when it has its own split
+    test_fraction: float = _shared("test_fraction")  # unused when the source has its own test split
+    use_source_split: bool = field(True, "Keep the source's own train/test split (Oxford, HF, a manifest column).")
+    max_per_class_train: int | None = field(None, "Cap on training images per class; None: no cap (19 gives the "
+                                            "published 700-image run over 37 breeds).", low=1)
+    max_per_class_eval: int | None = field(None, "Cap on validation and test images per class; None: no cap.", low=1)
+    on_bad_input: str = _shared("on_bad_input")  # fail: the first bad file raises; skip: listed in the report
+    max_skipped_fraction: float = field(0.05, "Skip more than this share and the step fails with the list.",
+                                        low=0, high=1)
+    on_leakage: str = field("fail", "An image in two splits: fail, or drop the later split's copy.",
+                            allowed=LEAKAGE_POLICIES)
+    near_duplicate_distance: int = field(4, "Perceptual-hash Hamming distance of near duplicates; -1 disables "
+                                         "the check.", low=-1, high=32,
+                                         fix="keep it small: above about 10 unrelated images start to match")
+    max_image_pixels: int = field(40_000_000, "Decompression-bomb guard, checked before decoding.", low=1)
+    instruction_template: str = field(prompts.DEFAULT_INSTRUCTION, "The instruction; '{classes}' becomes the "
+                                      "class list.")
 
     def __post_init__(self) -> None:
         p = Problems("PrepareDataConfig")
-        p.check(isinstance(self.source, str) and bool(self.source.strip()), "source", self.source,
-                "must be a non-empty path or gs:// uri of the dataset")
-        p.check(self.source_kind in SOURCE_KINDS, "source_kind", self.source_kind,
-                f"must be one of {', '.join(SOURCE_KINDS)}")
-        if _integer(p, "seed", self.seed):
-            p.check(self.seed >= 0, "seed", self.seed, "must be >= 0 (numpy seeds are non-negative)")
-        fractions_ok = True
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            ok = _number(p, name, value) and p.check(
-                0 < value < 1, name, value, "must be between 0 and 1 (exclusive); every split needs images"
-            )
-            fractions_ok = fractions_ok and ok
-        if fractions_ok:
+        wrong = schema.check(self, p)
+        if not {"val_fraction", "test_fraction"} & wrong:
             p.check(self.val_fraction + self.test_fraction < 1, "val_fraction + test_fraction",
                     self.val_fraction + self.test_fraction, "must be below 1 so that train keeps images",
                     "lower one of them")
-        p.check(isinstance(self.use_source_split, bool), "use_source_split", self.use_source_split,
-                "must be True or False")
-        for name in ("max_per_class_train", "max_per_class_eval"):
-            value = getattr(self, name)
-            if value is not None and _integer(p, name, value):
-                p.check(value >= 1, name, value, "must be >= 1, or None for no cap")
-        p.check(self.on_bad_input in BAD_INPUT_POLICIES, "on_bad_input", self.on_bad_input,
-                f"must be one of {', '.join(BAD_INPUT_POLICIES)}")
-        if _number(p, "max_skipped_fraction", self.max_skipped_fraction):
-            p.check(0 <= self.max_skipped_fraction <= 1, "max_skipped_fraction", self.max_skipped_fraction,
-                    "must be between 0 and 1")
-        p.check(self.on_leakage in LEAKAGE_POLICIES, "on_leakage", self.on_leakage,
-                f"must be one of {', '.join(LEAKAGE_POLICIES)}")
-        if _integer(p, "near_duplicate_distance", self.near_duplicate_distance):
-            p.check(-1 <= self.near_duplicate_distance <= 32, "near_duplicate_distance",
-                    self.near_duplicate_distance, "must be -1 (off) to 32",
-                    "keep it small: above about 10 unrelated images start to match")
-        if _integer(p, "max_image_pixels", self.max_image_pixels):
-            p.check(self.max_image_pixels >= 1, "max_image_pixels", self.max_image_pixels, "must be >= 1")
-        _check_instruction(p, self.instruction_template)
+        if "instruction_template" not in wrong:
+            _check_instruction(p, self.instruction_template)
         p.raise_if_any()
 
 
-def _number(p: Problems, name: str, value: object) -> bool:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return p.check(ok, name, value, "must be a number")
-
-
-def _integer(p: Problems, name: str, value: object) -> bool:
-    return p.check(isinstance(value, int) and not isinstance(value, bool), name, value, "must be an integer")
-
-
-def _check_instruction(p: Problems, template: object) -> None:
-    if not isinstance(template, str):
-        p.add("instruction_template", template, "must be text with '{classes}'")
-        return
+def _check_instruction(p: Problems, template: str) -> None:
     try:
         prompts.render_instruction(["a", "b"], template)
     except (ValueError, KeyError, IndexError) as exc:
