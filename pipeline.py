@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="configs/local.yaml")
     p.add_argument("--dataset", default=None, help="a dataset path: Oxford layout, image folder, manifest, saved HF")
 
+    sub.add_parser("params", help="print every pipeline parameter: type, default, allowed values, description")
+
     p = sub.add_parser("compile", help="write the KFP IR YAML")
     p.add_argument("--output", required=True)
 
@@ -154,6 +156,9 @@ def main(argv=None) -> int:
 
         summary = run_local_pipeline(pet_breeds_pipeline, Path(args.output_dir), Path(args.config), args.dataset)
         return 0 if summary.get("status") == "succeeded" else 1
+    if args.command == "params":
+        print(params.table())
+        return 0
     if args.command == "compile":
         from kfp import compiler
 

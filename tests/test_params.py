@@ -112,3 +112,13 @@ def test_round_trip_through_json():
     p = params.parse({"lora_r": 8, "train_options": {"log_every": 3}})
     assert params.parse(schema.to_json_dict(p)) == p
     assert dataclasses.asdict(params.parse({})) == dataclasses.asdict(params.DEFAULTS)
+
+
+def test_params_command_prints_every_parameter_from_the_schema(capsys):
+    import pipeline
+
+    assert pipeline.main(["params"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == list(params.NAMES)
+    budget = next(row for row in rows if row.startswith("| `image_token_budget`"))
+    assert "| int | `280` | 70, 140, 280, 560, 1120 |" in budget

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -127,3 +128,17 @@ def with_signature(body: Callable[[Any], None]) -> Callable[..., None]:
     pipeline.__signature__ = sig
     pipeline.__doc__ = docstring((body.__doc__ or "").strip())
     return pipeline
+
+
+def table() -> str:
+    """The parameters as a Markdown table (name, type, default, allowed values, description): what
+    `python pipeline.py params` prints."""
+    hints = schema.types_of(PipelineParams)
+    rows = ["| parameter | type | default | allowed | description |", "| --- | --- | --- | --- | --- |"]
+    for name in NAMES:
+        rule = schema.rule_of(PipelineParams, name)
+        allowed = (", ".join(map(str, rule.allowed)) if rule.allowed is not None
+                   else rule.interval() if rule.low is not None or rule.high is not None else "")
+        default = json.dumps(getattr(DEFAULTS, name))
+        rows.append(f"| `{name}` | {hints[name].__name__} | `{default}` | {allowed} | {rule.help} |")
+    return "\n".join(rows)
