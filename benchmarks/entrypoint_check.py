@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--text-layers", type=int, default=4)
     parser.add_argument("--vision-layers", type=int, default=2)
     parser.add_argument("--models", default="mid,tiny", help="mid (31B widths) runs first: it matters most")
+    parser.add_argument("--eager", action="store_true",
+                        help="fuse_elementwise=false: no compiled norm and gelu kernels (on by default with a GPU)")
     parser.add_argument("--cpu-trial", action="store_true", help="try the script here: no GPU, no 4-bit")
     args = parser.parse_args()
     import torch
@@ -106,6 +108,8 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv), "models": {}}
     common = dict(quantize="4bit", optimizer="paged_adamw_8bit", epochs=1.0, max_steps=30, warmup_ratio=0.0,
                   checkpoint_every=10, keep_checkpoints=2, log_every=5, seed=3, device="cuda")
+    if args.eager:
+        common.update(fuse_elementwise=False)
     if args.cpu_trial:
         common.update(quantize="none", optimizer="adamw", device="cpu", max_steps=12, checkpoint_every=5)
     out = bench_model.run_folder(args.out, args.tag) / "entrypoint.json"

@@ -14,22 +14,21 @@
 #               training table is STEPS=6 TAG=h200_31b_fused_6steps
 #   gpu         pytest tests/test_gpu.py, then entrypoint_check.py on the 31B-wide model with 4 + 2 layers:
 #               trained, killed after its first checkpoint, resumed (tag h200_entrypoint_mid_fused)
-#   entrypoint  entrypoint_check.py on the 31B-wide model alone (tag h200_entrypoint_mid)
+#   entrypoint  entrypoint_check.py on the 31B-wide model alone, eager kernels (tag h200_entrypoint_mid)
 #   eval        eval_benchmark.py, 60 + 27 layers: sampled generate against class scoring (tag h200_31b_packed)
 #   agreement   scorer_agreement.py at 4 and 60 text layers (tag h200_scorer_agreement)
-#   bench       train_benchmark.py and eval_benchmark.py with their default variants (tag h200_31b)
-#   check       entrypoint_check.py on the tiny gemma4-31b (tag h200_entrypoint_tiny), pytest tests/test_gpu.py,
-#               eval_benchmark.py (tag h200_31b_packed, as the eval stage) and a steady-state
-#               train_benchmark.py of two variants (tag h200_31b_steady)
+#   bench       train_benchmark.py's levers one by one, eager kernels, and eval_benchmark.py (tag h200_31b)
+#   check       entrypoint_check.py on the tiny gemma4-31b, eager kernels (tag h200_entrypoint_tiny),
+#               pytest tests/test_gpu.py, eval_benchmark.py (tag h200_31b_packed, as the eval stage) and a
+#               steady-state train_benchmark.py of two variants (tag h200_31b_steady)
 #   (no stage: bench)
 #
 # Results: each run writes its JSON to $OUT/<tag>/ (train.json, eval.json, entrypoint.json,
 # scorer_agreement.json); OUT defaults to benchmarks/results. The stage's whole output, warnings and progress
 # bars left out, goes to the screen and to a log beside its runs, $OUT/<tag>/<stage>.log (the case at the end
-# names each; the train stage's is $OUT/$TAG/train.log). Then, wherever the results are under
-# benchmarks/results,
+# names each; the train stage's is $OUT/$TAG/train.log). summarize.py reads the run folders under
+# benchmarks/results (copy them there when OUT was elsewhere) and writes benchmarks/results/summary.json:
 #   python benchmarks/summarize.py --train h200_31b_fused_6steps --eval h200_31b_packed
-# writes benchmarks/results/summary.json from them.
 set -u -o pipefail
 OUT=${OUT:-benchmarks/results}
 STAGE=${1:-bench}
@@ -49,7 +48,7 @@ stage() {
     timeout 240 python3 benchmarks/entrypoint_check.py --models mid --out "$OUT" --tag h200_entrypoint_mid_fused
     ;;
   entrypoint)
-    timeout 330 python3 benchmarks/entrypoint_check.py --models mid --out "$OUT" --tag h200_entrypoint_mid
+    timeout 330 python3 benchmarks/entrypoint_check.py --models mid --eager --out "$OUT" --tag h200_entrypoint_mid
     ;;
   eval)
     timeout 300 python3 benchmarks/eval_benchmark.py --out "$OUT" --tag h200_31b_packed --text-layers 60 --vision-layers 27
@@ -58,11 +57,12 @@ stage() {
     timeout 540 python3 benchmarks/scorer_agreement.py --out "$OUT" --tag h200_scorer_agreement --text-layers 4 60 --vision-layers 27
     ;;
   bench)
-    timeout 420 python3 benchmarks/train_benchmark.py --out "$OUT" --tag h200_31b --text-layers 60 --vision-layers 27 --deadline-s 330
+    timeout 420 python3 benchmarks/train_benchmark.py --out "$OUT" --tag h200_31b --text-layers 60 --vision-layers 27 --deadline-s 330 \
+      --variants reference,ours_as_was_b8,ours_bf16_b8,ours_bf16_b8_frozen_vision,ours_bf16_b16_frozen_vision
     timeout 150 python3 benchmarks/eval_benchmark.py --out "$OUT" --tag h200_31b --text-layers 60 --vision-layers 27
     ;;
   check)
-    timeout 330 python3 benchmarks/entrypoint_check.py --models tiny --out "$OUT" --tag h200_entrypoint_tiny
+    timeout 330 python3 benchmarks/entrypoint_check.py --models tiny --eager --out "$OUT" --tag h200_entrypoint_tiny
     timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
     timeout 90 python3 benchmarks/eval_benchmark.py --out "$OUT" --tag h200_31b_packed --text-layers 60 --vision-layers 27
     timeout 85 python3 benchmarks/train_benchmark.py --out "$OUT" --tag h200_31b_steady --text-layers 60 --vision-layers 27 \
