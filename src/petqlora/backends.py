@@ -9,6 +9,7 @@ Cloud Run backend is :class:`petqlora.cloud.cloud_run.CloudRunLauncher`, importe
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -19,7 +20,9 @@ from typing import Callable
 
 from petqlora.cloud.names import check_entrypoint_module
 from petqlora.cloud.storage import local_path
+from petqlora.logs import LOG_FORMAT_ENV, ChildLogRelay
 from petqlora.problems import Problems
+from petqlora.train.progress import PROGRESS_FILE, ProgressWatcher
 
 __all__ = ["Backend", "LocalRunError", "run_local"]
 
@@ -84,10 +87,15 @@ class Backend:
     service_account: str = ""
     bucket: str = ""
     hf_token_secret: str = ""
+    progress_every_s: float = 30.0  # how often the step reads and logs a running entrypoint's progress.json
 
     def __post_init__(self) -> None:
         if self.kind not in ("local", "cloud_run"):
             raise ValueError(f"backend={self.kind!r} must be 'local' or 'cloud_run'")
+        if (isinstance(self.progress_every_s, bool) or not isinstance(self.progress_every_s, (int, float))
+                or not self.progress_every_s > 0):
+            raise ValueError(f"backend progress_every_s={self.progress_every_s!r} must be a number of seconds > 0, "
+                             "e.g. 30")
         if self.kind == "cloud_run":
             missing = [n for n in ("project", "region", "image", "service_account", "bucket") if not getattr(self, n)]
             if missing:
@@ -114,8 +122,23 @@ class Backend:
         return path  # the job mounts the bucket at /gcs/<bucket>, the same path Vertex gives the step
 
     def run(self, module: str, args: list[str], task_id: str) -> None:
+        """``python -m module *args`` where ``kind`` says, until it ends. Meanwhile the progress the entrypoint
+        writes to OUTPUT/progress.json (train_adapter does) is logged here every ``progress_every_s`` seconds
+        when it changed, for both kinds: the Cloud Run Job writes OUTPUT on the bucket mount, the same path this
+        step reads (path_arg), so no API call is needed."""
+        step = module.rsplit(".", 1)[-1]
+        output = args[args.index("--output") + 1] if "--output" in args[:-1] else None
+        watch = contextlib.nullcontext() if output is None else ProgressWatcher(
+            os.path.join(output, PROGRESS_FILE), lambda line: log.info("%s progress: %s", step, line),
+            self.progress_every_s)
+        with watch:
+            self._run(module, args, task_id)
+
+    def _run(self, module: str, args: list[str], task_id: str) -> None:
         if self.kind == "local":
-            run_local(module, args, log=lambda line: log.info("%s", line))
+            # The child writes JSON records; each is logged here again with the child's severity, logger and
+            # time, so a line has one timestamp and a child's warning stays a warning.
+            run_local(module, args, env={LOG_FORMAT_ENV: "json"}, log=ChildLogRelay(log))
             return
         from petqlora.cloud.cloud_run import CloudRunLauncher, cancel_on_sigterm
         from petqlora.cloud.cloud_run_spec import CloudRunJobConfig

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from petqlora import schema
+from petqlora.logs import setup_logging
 
 
 def read_config(config_cls: type, path: str | None, **fixed: Any) -> Any:
@@ -43,19 +44,20 @@ def run_step(argv: list[str] | None, *, prog: str, description: str, config_cls:
     parser.add_argument("--config", default=None,
                         help=f"a JSON file of {config_cls.__name__} fields; left out, the defaults")
     args = parser.parse_args(argv)
-    # Logs on stderr: stdout is left for a step's result line.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        stream=sys.stderr)
+    # The runtime contract is read here: JSON records with a severity in a Cloud Run Job or when run_local
+    # asks for them (PETQLORA_LOG_FORMAT), plain lines in a terminal; on stderr, stdout is left for a result line.
+    setup_logging(os.environ)
     name = prog.rsplit(".", 1)[-1]
+    log = logging.getLogger(prog)
     try:
         fixed = {dataset_field: args.dataset} if dataset_field else {}
         config = read_config(config_cls, args.config, **fixed)
     except (OSError, ValueError) as exc:
-        print(f"{name}: bad arguments: {exc}", file=sys.stderr)
+        log.error("%s: bad arguments: %s", name, exc)
         return 2
     try:
         step(local_path(args.dataset), local_path(args.output), config)
     except refused as exc:
-        print(f"{name}: refused: {exc}", file=sys.stderr)
+        log.error("%s: refused: %s", name, exc)
         return 1
     return 0

@@ -5,6 +5,7 @@ TrainState to the last one, with progress logging and checkpoints."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from petqlora.train.checkpoints import TrainState
 from petqlora.train.config import TrainConfig
 from petqlora.train.examples import TrainingExamples, micro_batches
 from petqlora.train.feature_cache import ImageFeatureCache
+from petqlora.train.progress import TrainProgress
 
 # The training step's one logger, whichever module of it speaks: its log lines read as they always did.
 log = logging.getLogger("petqlora.train.train_adapter")
@@ -115,20 +117,24 @@ def optimizer_step(trainer: Trainer, encoded: list[dict], max_grad_norm: float) 
 
 
 def train_steps(trainer: Trainer, examples: TrainingExamples, state: TrainState, cfg: TrainConfig,
-                total_steps: int, save: Callable[[TrainState], object], stop_after_steps: int | None = None) -> bool:
-    """Optimizer steps from `state` (updated in place) to `total_steps`; `save(state)` writes a checkpoint.
+                total_steps: int, save: Callable[[TrainState], object], stop_after_steps: int | None = None,
+                on_log: Callable[[TrainProgress], object] | None = None) -> bool:
+    """Optimizer steps from `state` (updated in place) to `total_steps`; `save(state)` writes a checkpoint;
+    `on_log(progress)` is called at every log step (the trainer writes progress.json with it).
 
     Returns False when it stopped after `stop_after_steps` steps of this call, as asked, before the last.
     No checkpoint is written at the last step: the caller's outputs are the final state.
     """
     stream = micro_batches(examples.lengths, cfg.batch_size, cfg.seed, state.epoch, state.batch_in_epoch)
-    steps_here, time_here = 0, 0.0
+    batches_per_epoch = math.ceil(len(examples.lengths) / cfg.batch_size)
+    steps_here, time_here, samples_here = 0, 0.0, 0
     while state.global_step < total_steps:
         step_started = time.perf_counter()
         group = [next(stream) for _ in range(cfg.grad_accum)]
         encoded = [examples.encode(idx, with_image_keys=trainer.cache is not None) for _, _, idx in group]
         total, seen = optimizer_step(trainer, encoded, cfg.max_grad_norm)
         state.tokens_seen += seen
+        samples_here += sum(len(idx) for _, _, idx in group)
         last_epoch, last_batch, _ = group[-1]
         state.global_step += 1
         state.epoch, state.batch_in_epoch = last_epoch, last_batch + 1
@@ -139,8 +145,16 @@ def train_steps(trainer: Trainer, examples: TrainingExamples, state: TrainState,
         state.elapsed_s += step_time  # training time only: checkpoint writes are not counted
         if state.global_step % cfg.log_every == 0 or state.global_step == total_steps:
             rate = steps_here / time_here
+            eta = (total_steps - state.global_step) / max(rate, 1e-9)
             log.info("step %d/%d  epoch %d  loss %.4f  %.2f steps/s  eta %.0fs", state.global_step, total_steps,
-                     state.epoch, total, rate, (total_steps - state.global_step) / max(rate, 1e-9))
+                     state.epoch, total, rate, eta)
+            if on_log is not None:
+                on_log(TrainProgress(
+                    step=state.global_step, total_steps=total_steps,
+                    epoch=round(state.epoch + state.batch_in_epoch / batches_per_epoch, 4),
+                    total_epochs=round(total_steps * cfg.grad_accum / batches_per_epoch, 4), loss=round(total, 6),
+                    samples_per_s=round(samples_here / time_here, 4), eta_s=round(eta, 1),
+                    elapsed_s=round(state.elapsed_s, 1)))
         if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0 and state.global_step < total_steps:
             save(state)
         if stop_after_steps is not None and steps_here >= stop_after_steps and state.global_step < total_steps:

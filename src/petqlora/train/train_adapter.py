@@ -9,6 +9,8 @@ Outputs, all under OUTPUT_DIR:
 
     adapter/          adapter_model.safetensors + adapter_config.json (explicit module paths) + the processor
     metrics.json      loss per step, tokens/s, peak memory, wall time; written last: it marks a finished run
+    progress.json     step, total steps, epoch, loss, samples/s, ETA, replaced at every log step: the pipeline
+                      step logs it while the run goes on (train/progress.py)
     loss_curve.png
     checkpoints/step-NNNNNNN/   adapter, optimizer + scheduler, RNG state, data position (the last K kept)
 
@@ -53,6 +55,7 @@ from petqlora.train.examples import TrainingExamples, select_examples
 from petqlora.train.feature_cache import ImageFeatureCache
 from petqlora.train.loop import Trainer, build_optimizer, prepare_for_training, train_steps, uses_autocast
 from petqlora.train.loss_curve import loss_curve_png
+from petqlora.train.progress import TrainProgress, write_progress
 
 log = logging.getLogger("petqlora.train.train_adapter")
 
@@ -91,7 +94,8 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
              run.device)
     finished = train_steps(trainer, run.examples, state, cfg, run.total_steps, stop_after_steps=stop_after_steps,
                            save=lambda s: save_checkpoint(output, trainer.model, trainer.optimizer, trainer.scheduler,
-                                                          s, cfg.keep_checkpoints, fingerprint))
+                                                          s, cfg.keep_checkpoints, fingerprint),
+                           on_log=lambda progress: _write_progress(output, progress))
     if not finished:
         return {"stopped_at_step": state.global_step}
 
@@ -206,6 +210,15 @@ def _metrics(run: _Run, cfg: TrainConfig, state: TrainState, started: float, tas
         "run": fingerprint,
     }
     return json.loads(json.dumps(metrics))  # what a re-run reads back (tuples become lists)
+
+
+def _write_progress(output: Path, progress: TrainProgress) -> None:
+    # OUTPUT/progress.json is what the pipeline step shows while this runs (train/progress.py); a failed
+    # write (a storage hiccup on the bucket mount) must not end the training it reports on.
+    try:
+        write_progress(output, progress)
+    except OSError as exc:
+        log.warning("could not write %s: %s", output / "progress.json", exc)
 
 
 def _count_4bit_layers(model) -> int:
