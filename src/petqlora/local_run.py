@@ -87,7 +87,6 @@ def _latest_run(pipeline_root: Path, error: str | None) -> Path:
 def run_local_pipeline(pipeline_func, output_dir: Path, config_path: Path, dataset: str | None = None) -> dict:
     from kfp import local
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = load_local_config(config_path)
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
