@@ -10,12 +10,14 @@
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from kfp import dsl
 
 from petqlora import params
+from petqlora.logs import setup_logging
 
 from components.evaluate import evaluate
 from components.prepare_data import prepare_data
@@ -151,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    setup_logging(os.environ)  # the steps' own setup: JSON records in the cloud, plain lines here
     if args.command == "run-local":
         from petqlora.local_run import run_local_pipeline
 
