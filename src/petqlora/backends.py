@@ -16,13 +16,16 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from petqlora.cloud.names import check_entrypoint_module
 from petqlora.cloud.storage import local_path
 from petqlora.logs import LOG_FORMAT_ENV, ChildLogRelay
 from petqlora.problems import Problems
 from petqlora.train.progress import PROGRESS_FILE, ProgressWatcher
+
+if TYPE_CHECKING:  # the Cloud Run client library is imported only when a job is built
+    from petqlora.cloud.cloud_run_spec import CloudRunJobConfig
 
 __all__ = ["Backend", "LocalRunError", "run_local"]
 
@@ -121,6 +124,17 @@ class Backend:
                              f"in gs://{self.bucket}")
         return path  # the job mounts the bucket at /gcs/<bucket>, the same path Vertex gives the step
 
+    def job_config(self, module: str) -> CloudRunJobConfig:
+        """The Cloud Run job that runs ``module`` (a CloudRunJobConfig: every field checked on construction);
+        run_checks builds it before a run starts, so a bad image or bucket fails then, not at the GPU step."""
+        from petqlora.cloud.cloud_run_spec import CloudRunJobConfig
+
+        step = module.rsplit(".", 1)[-1].replace("_", "-")
+        return CloudRunJobConfig(
+            project=self.project, region=self.region, job_name=f"{self.job_prefix}-{step}",
+            image=self.image, module=module, service_account=self.service_account, bucket=self.bucket,
+            mount_path=self.mount_path, hf_token_secret=self.hf_token_secret or None)
+
     def run(self, module: str, args: list[str], task_id: str) -> None:
         """``python -m module *args`` where ``kind`` says, until it ends. Meanwhile the progress the entrypoint
         writes to OUTPUT/progress.json (train_adapter does) is logged here every ``progress_every_s`` seconds
@@ -141,14 +155,8 @@ class Backend:
             run_local(module, args, env={LOG_FORMAT_ENV: "json"}, log=ChildLogRelay(log))
             return
         from petqlora.cloud.cloud_run import CloudRunLauncher, cancel_on_sigterm
-        from petqlora.cloud.cloud_run_spec import CloudRunJobConfig
 
-        step = module.rsplit(".", 1)[-1].replace("_", "-")
-        cfg = CloudRunJobConfig(
-            project=self.project, region=self.region, job_name=f"{self.job_prefix}-{step}",
-            image=self.image, module=module, service_account=self.service_account, bucket=self.bucket,
-            mount_path=self.mount_path, hf_token_secret=self.hf_token_secret or None)
-        launcher = CloudRunLauncher(cfg)
+        launcher = CloudRunLauncher(self.job_config(module))
         launcher.ensure_job()
         with cancel_on_sigterm():
             launcher.run(args, task_id)

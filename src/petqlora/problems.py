@@ -30,5 +30,8 @@ class Problems:
         return f"invalid {self.what}:\n" + "\n".join(f"  - {p}" for p in self.items)
 
     def raise_if_any(self, error: type[Exception] = ValueError) -> None:
+        """The error carries the items as ``.problems``, so a check of a larger whole can fold them into its own."""
         if self.items:
-            raise error(self.message())
+            exc = error(self.message())
+            exc.problems = tuple(self.items)
+            raise exc

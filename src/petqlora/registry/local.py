@@ -21,7 +21,9 @@ import json
 import math
 import re
 import sqlite3
+import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +36,7 @@ from petqlora.cloud.names import (
 )
 from petqlora.problems import Problems
 
-__all__ = ["LocalRegistry", "ModelVersion", "UnknownModelError"]
+__all__ = ["LocalRegistry", "ModelVersion", "UnknownModelError", "registry_path_problem"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _BUSY_TIMEOUT_S = 60.0
@@ -91,19 +93,37 @@ class ModelVersion:
 class LocalRegistry:
     """Model versions, aliases, labels, metrics and lineage in one SQLite file."""
 
-    def __init__(self, db_path: str | Path):
+    def __init__(self, db_path: str | Path, *, read_only: bool = False):
+        """``read_only``: an existing registry, for reads only (lineage); it works in a folder this process
+        cannot write. A file that is not a registry, or one that cannot be written, raises ValueError."""
         if not isinstance(db_path, (str, Path)) or not str(db_path):
             raise ValueError(f"db_path={db_path!r}: must be a file path; fix: pass e.g. runs/registry.sqlite")
         self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
-            _retry_locked(lambda: conn.executescript(_SCHEMA))
+        self._uri: str | None = None
+        if not read_only:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.db_path.is_file():
+            raise ValueError(f"{self.db_path}: no such registry file; fix: {_REGISTRY_FIX}")
+        try:
+            if read_only:
+                self._uri = _read_only_uri(self.db_path)
+            with self._connect() as conn:
+                if (problem := _tables_problem(conn, new_ok=not read_only)) is not None:
+                    raise ValueError(f"{self.db_path}: {problem}; fix: {_REGISTRY_FIX}")
+                if not read_only:
+                    _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+                    _retry_locked(lambda: conn.executescript(_SCHEMA))
+        except sqlite3.DatabaseError as err:
+            message = _open_error(self.db_path, err)
+            if message is None:
+                raise
+            raise ValueError(message) from err
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # isolation_level=None: autocommit, so transactions are exactly the BEGIN/COMMIT written below
-        conn = sqlite3.connect(self.db_path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        conn = (sqlite3.connect(self.db_path, timeout=_BUSY_TIMEOUT_S, isolation_level=None) if self._uri is None
+                else sqlite3.connect(self._uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None))
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -241,6 +261,73 @@ class LocalRegistry:
             f"{ref!r}: model {name!r} has no such version or alias "
             f"(versions: {', '.join(versions)}; aliases: {', '.join(aliases)})"
         )
+
+
+_REGISTRY_FIX = "pass the registry.sqlite a run wrote (run-local writes OUTPUT_DIR/registry.sqlite)"
+
+
+def _read_only_uri(path: Path) -> str:
+    """The URI that reads ``path`` without writing. Reading a WAL database takes a -shm file beside it; in a
+    folder this process cannot write, SQLite cannot make one, so the file is read as immutable (as it is now)."""
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        return uri + "&immutable=1"
+    return uri
+
+
+def _tables_problem(conn: sqlite3.Connection, *, new_ok: bool) -> str | None:
+    """Why a SQLite file is not a registry, or None; ``new_ok``: an empty one is (it gets the tables). Another
+    program's database must not get our tables."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "model_versions" in tables or (new_ok and not tables):
+        return None
+    what = "an empty database" if not tables else f"a database of other tables ({', '.join(sorted(tables))})"
+    return f"is not a local model registry ({what})"
+
+
+def _open_error(path: Path, err: sqlite3.DatabaseError) -> str | None:
+    """The one-line message for a file SQLite cannot use as a registry; None for other errors (a lock)."""
+    if "not a database" in str(err):
+        return f"{path}: is not a local model registry (SQLite: {err}); fix: {_REGISTRY_FIX}"
+    if "readonly" in str(err) or "unable to open" in str(err):
+        return (f"{path}: the registry cannot be written (SQLite: {err}); it writes the file and its -wal and -shm "
+                f"files in {path.parent}; fix: make that folder writable, or pass a registry in a writable folder")
+    return None
+
+
+def registry_path_problem(path: str | Path) -> tuple[str, str] | None:
+    """Why a run could not register into the local registry at ``path``, as ``(rule, fix)``, or None: checked
+    before a run starts, since registering is its last step. Writes nothing but a temporary file."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return (f"its folder {path.parent} does not exist",
+                f"create it (mkdir -p {path.parent}), or pass a registry path in an existing folder")
+    if path.exists() and not path.is_file():
+        return "is not a file", "pass the path of a registry file (it is created when missing)"
+    writable = "make it writable, or pass a registry path in a writable folder"
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):  # SQLite writes -wal and -shm files in the folder
+            pass
+    except OSError as err:
+        return f"its folder {path.parent} cannot be written ({err.strerror})", writable
+    if not path.exists():
+        return None
+    try:
+        with open(path, "r+b"):  # opened for writing, not changed
+            pass
+    except OSError as err:
+        return f"cannot be written ({err.strerror})", writable
+    try:
+        immutable = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&immutable=1"  # reads, locks nothing
+        with contextlib.closing(sqlite3.connect(immutable, uri=True)) as conn:
+            if (problem := _tables_problem(conn, new_ok=True)) is not None:
+                return problem, _REGISTRY_FIX
+    except sqlite3.DatabaseError as err:
+        return f"is not a local model registry (SQLite: {err})", _REGISTRY_FIX
+    return None
 
 
 def _retry_locked(statement: Callable[[], Any], attempts: int = 50) -> Any:
