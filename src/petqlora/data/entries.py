@@ -1,12 +1,12 @@
-"""What the prepare_data steps hand each other: a listed entry, a checked item, a source's listing, the two
-errors, and the small helpers every source reader shares (local reads, ids, split names)."""
+"""What the prepare_data steps hand each other: a listed entry, a checked item, a source's listing, the
+errors, and the small helpers every source reader shares (ids, split names, listing problems)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from petqlora.data.dataset import IMAGE_EXTENSIONS
 
@@ -21,6 +21,7 @@ SPLIT_ALIASES = {
     "test": "test",
 }
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_LISTED = 50  # lines of a list shown in an error message; report.json has them all
 
 
 class PrepareDataError(ValueError):
@@ -31,6 +32,11 @@ class BadEntry(Exception):
     """One entry cannot be used; the message is the reason shown to the user."""
 
 
+class PathEscape(BadEntry):
+    """An entry's path resolves outside its source's root: the source is wrong, not the image, so this
+    refuses the run under every on_bad_input policy."""
+
+
 @dataclass
 class Entry:
     """A listed image, before its bytes are read."""
@@ -38,10 +44,11 @@ class Entry:
     source: str  # source-relative path or uri: shown in reports and kept in the record
     rel: str  # what the id is made from
     label: str | None  # source class name
-    read: Callable[[], bytes]
+    read: Callable[[int], bytes]  # the bytes, given the most it may read
     source_split: str | None = None
     problem: str | None = None  # known bad before reading (no label, malformed row...)
     id: str = ""
+    where: str | None = None  # the row that lists it (file:line), when it is not the file itself
 
 
 @dataclass
@@ -57,6 +64,8 @@ class Item:
     height: int
     phash: int
     source_split: str | None
+    frames: int = 1  # >1: an animated or multi-picture file, of which the first frame is used
+    dhash: int = 0  # with phash: what near-duplicates are judged on (data.hamming)
 
 
 @dataclass
@@ -68,17 +77,20 @@ class Listing:
     declared: list[str] = field(default_factory=list)  # class names the source defines (folders, ClassLabel)
     ignored: list[str] = field(default_factory=list)  # files that are not images by extension
     notes: list[str] = field(default_factory=list)
+    escapes: list[str] = field(default_factory=list)  # "where: path and where it resolves", refused
+    unlisted: list[str] = field(default_factory=list)  # image files the source's index does not name
 
 
-def read_local(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise BadEntry(f"missing file {path}") from None
-    except IsADirectoryError:
-        raise BadEntry(f"{path} is a directory, not an image file") from None
-    except OSError as exc:
-        raise BadEntry(f"cannot read {path} ({exc.strerror or exc})") from None
+def no_bytes(max_bytes: int) -> bytes:
+    """The read of an entry known bad before reading: never called."""
+    return b""
+
+
+def listed(lines: list[str]) -> str:
+    """At most MAX_LISTED lines as a bulleted list for an error message, and how many more there are."""
+    shown = "\n".join(f"  - {line}" for line in lines[:MAX_LISTED])
+    more = len(lines) - MAX_LISTED
+    return shown + (f"\n  ... and {more} more (all in report.json)" if more > 0 else "")
 
 
 def make_id(rel: str) -> str:

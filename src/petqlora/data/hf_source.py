@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from petqlora.data.entries import BadEntry, Entry, Listing, PrepareDataError, read_local, split_name
+from petqlora.data.entries import BadEntry, Entry, Listing, PathEscape, PrepareDataError, split_name
+from petqlora.data.local_files import read_local, resolve_inside
 
 
 def _load(source: str, stack: contextlib.ExitStack) -> Any:
@@ -48,12 +49,28 @@ def _columns(features: Any, source: str, part_name: str) -> tuple[str, str, list
     return image_col, label_col, labels[label_col].names if label_col in labels else None
 
 
-def _image_bytes(value: object) -> bytes:
+def _root(source: str) -> Path | None:
+    """The folder an image path of the dataset must stay in: the dataset's own (None for a Hub name)."""
+    path = Path(source)
+    return (path if path.is_dir() else path.parent) if path.exists() else None
+
+
+def _image_bytes(value: object, root: Path | None, allow_outside_root: bool, max_bytes: int) -> bytes:
+    """The row's embedded bytes, or the file its path names (inside `root`, unless allow_outside_root)."""
     if isinstance(value, dict):
         if value.get("bytes"):
+            if len(value["bytes"]) > max_bytes:
+                raise BadEntry(f"embedded image is {len(value['bytes'])} bytes, over max_image_bytes={max_bytes}; "
+                               "remove the row or raise max_image_bytes")
             return value["bytes"]
         if value.get("path"):
-            return read_local(Path(value["path"]))
+            path = Path(value["path"])
+            path = path if path.is_absolute() or root is None else root / path
+            resolved, inside = resolve_inside(path, root) if root is not None else (path.resolve(), False)
+            if not inside and not allow_outside_root:
+                where = f"the dataset folder {root.resolve()}" if root else "a Hub dataset (no local folder)"
+                raise PathEscape(f"image path {value['path']!r} resolves to {resolved}, outside {where}")
+            return read_local(resolved, max_bytes)
     raise BadEntry("row has no image bytes and no image path")
 
 
@@ -70,9 +87,13 @@ def _label(entry: Entry, raw_label: object, names: list[str] | None) -> None:
         entry.problem = "empty or missing label"
 
 
-def hf_source(source: str, use_source_split: bool, stack: contextlib.ExitStack) -> Listing:
+def hf_source(source: str, use_source_split: bool, stack: contextlib.ExitStack,
+              allow_outside_root: bool = False) -> Listing:
+    """The rows of every split. A row's image is its embedded bytes, or the file its path names; a path out
+    of the dataset's folder is a PathEscape when read (unless allow_outside_root)."""
     import datasets
 
+    root = _root(source)
     loaded = _load(source, stack)
     parts = {"data": loaded} if isinstance(loaded, datasets.Dataset) else dict(loaded)
     result = Listing("hf", [])
@@ -93,7 +114,8 @@ def hf_source(source: str, use_source_split: bool, stack: contextlib.ExitStack) 
         for i, raw_label in enumerate(part[label_col]):
             key = str(ids[i]) if ids is not None and ids[i] not in (None, "") else str(i)
             rel = key if part_name == "data" else f"{part_name}/{key}"
-            read = lambda d=images, i=i, c=image_col: _image_bytes(d[i][c])  # noqa: E731 (bound per row)
+            read = lambda max_bytes, d=images, i=i, c=image_col: _image_bytes(  # noqa: E731 (bound per row)
+                d[i][c], root, allow_outside_root, max_bytes)
             entry = Entry(rel, rel, None, read, split)
             _label(entry, raw_label, names)
             result.entries.append(entry)

@@ -1,5 +1,5 @@
-"""From listed entries to checked items: canonical class names, unique ids, and reading, verifying, hashing
-and copying each image, one at a time."""
+"""From listed entries to checked items: unique ids, and reading, verifying, hashing and copying each image,
+one at a time."""
 
 from __future__ import annotations
 
@@ -14,30 +14,12 @@ import imagehash
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from petqlora.data.dataset import FORMAT_EXTENSIONS, canonical_class_name, check_pixels, pixel_limit, to_rgb
-from petqlora.data.entries import BadEntry, Entry, Item, Listing, PrepareDataError, make_id
+from petqlora.data.dataset import FORMAT_EXTENSIONS, check_pixels, pixel_limit, to_rgb
+from petqlora.data.entries import BadEntry, Entry, Item, PathEscape, PrepareDataError, listed, make_id
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 500  # files between progress lines on stderr
-
-
-def canonical_names(source: Listing) -> tuple[dict[str, str], dict[str, str]]:
-    """source name -> canonical name, and back; two source names on one canonical name is an error."""
-    canonical: dict[str, str] = {}
-    source_of: dict[str, str] = {}
-    for name in sorted({*source.declared, *(e.label for e in source.entries if e.label is not None)}):
-        try:
-            key = canonical_class_name(name)
-        except ValueError:
-            continue  # entries with this label are reported one by one as bad input
-        if key in source_of:
-            raise PrepareDataError(
-                f"class names {source_of[key]!r} and {name!r} both become {key!r}; "
-                "rename one of them in the source, or merge their images under one name"
-            )
-        canonical[name], source_of[key] = key, name
-    return canonical, source_of
 
 
 def assign_ids(entries: list[Entry], canonical: dict[str, str]) -> None:
@@ -59,31 +41,50 @@ def assign_ids(entries: list[Entry], canonical: dict[str, str]) -> None:
 
 def ingest_all(
     entries: list[Entry], canonical: dict[str, str], images_dir: Path, skipped: list[dict], *,
-    on_bad_input: str, max_image_pixels: int, with_phash: bool,
+    on_bad_input: str, max_image_pixels: int, max_image_bytes: int, with_phash: bool,
 ) -> list[Item]:
     """Read, verify, hash and copy one file at a time: memory holds one image, whatever the dataset's size.
-    Bad entries raise under on_bad_input='fail', and are appended to `skipped` under 'skip'."""
+    Bad entries raise under on_bad_input='fail', and are appended to `skipped` under 'skip'. Paths out of
+    the source's folder found while reading refuse the run under either policy, all listed at once."""
     items: list[Item] = []
+    escapes: list[str] = []
     for n, entry in enumerate(entries, start=1):
+        where = f"{entry.source} ({entry.where})" if entry.where else entry.source
         try:
             if entry.problem is not None:
                 raise BadEntry(entry.problem)
             entry.label = canonical[entry.label]
-            items.append(ingest(entry, images_dir, max_image_pixels, with_phash))
+            items.append(ingest(entry, images_dir, max_image_pixels, max_image_bytes, with_phash))
+        except PathEscape as escape:
+            escapes.append(f"{where}: {escape}")
         except BadEntry as bad:
             if on_bad_input == "fail":
                 raise PrepareDataError(
-                    f"bad input {entry.source}: {bad}. Fix or remove it, or pass on_bad_input='skip' to "
+                    f"bad input {where}: {bad}. Fix or remove it, or pass on_bad_input='skip' to "
                     "leave bad files out and list them in the report"
                 ) from None
-            skipped.append({"source": entry.source, "reason": str(bad)})
+            row = {"where": entry.where} if entry.where else {}
+            skipped.append({"source": entry.source, "reason": str(bad), **row})
         if n % PROGRESS_EVERY == 0 or n == len(entries):
             log.info("prepare_data: %d/%d checked, %d skipped", n, len(entries), len(skipped))
+    refuse_escapes(escapes)
     return items
 
 
-def _decode(data: bytes, max_image_pixels: int) -> tuple[str, Image.Image]:
-    """(file extension, RGB image) of fully decoded bytes; BadEntry with the reason when they are unusable."""
+def refuse_escapes(escapes: list[str]) -> None:
+    """Paths that leave the source's folder: a wrong source, refused under every on_bad_input policy."""
+    if escapes:
+        raise PrepareDataError(
+            f"{len(escapes)} image path(s) resolve outside the source's folder (by '..', an absolute path or a "
+            "symlink); a source that points elsewhere is a wrong source, not a bad image, so this is refused "
+            "whatever on_bad_input says. Fix the paths (or copy the images into the folder), or pass "
+            "allow_outside_root=True if the source is meant to point outside its folder:\n" + listed(escapes)
+        )
+
+
+def _decode(data: bytes, max_image_pixels: int) -> tuple[str, Image.Image, int]:
+    """(file extension, RGB first frame, frame count) of fully decoded bytes; BadEntry with the reason when
+    they are unusable."""
     try:
         with pixel_limit(max_image_pixels):
             with Image.open(io.BytesIO(data)) as image:
@@ -93,11 +94,13 @@ def _decode(data: bytes, max_image_pixels: int) -> tuple[str, Image.Image]:
                     )
                 ext = FORMAT_EXTENSIONS[image.format]
                 check_pixels(image, max_image_pixels)
+                frames = getattr(image, "n_frames", 1)
                 image.verify()
-            # verify() leaves the image unusable and misses truncation: decode it for real.
+            # verify() leaves the image unusable and misses truncation: decode it for real (the first frame,
+            # which is what every later step decodes too).
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
-                return ext, to_rgb(image)
+                return ext, to_rgb(image), frames
     except BadEntry:
         raise
     except UnidentifiedImageError:
@@ -108,20 +111,26 @@ def _decode(data: bytes, max_image_pixels: int) -> tuple[str, Image.Image]:
         raise BadEntry(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
 
 
-def ingest(entry: Entry, images_dir: Path, max_image_pixels: int, with_phash: bool) -> Item:
+def _hash_int(image_hash: imagehash.ImageHash) -> int:
+    return int.from_bytes(np.packbits(image_hash.hash.flatten()).tobytes(), "big")
+
+
+def ingest(entry: Entry, images_dir: Path, max_image_pixels: int, max_image_bytes: int, with_phash: bool) -> Item:
     """Read, fully verify, hash and copy one image; raise BadEntry with the reason when it is unusable."""
-    data = entry.read()
+    data = entry.read(max_image_bytes)
     if not data:
         raise BadEntry("empty file (0 bytes)")
-    ext, rgb = _decode(data, max_image_pixels)
-    phash = 0
+    if len(data) > max_image_bytes:  # every reader caps its read; this holds whatever reader comes next
+        raise BadEntry(f"{len(data)} bytes, over max_image_bytes={max_image_bytes}")
+    ext, rgb, frames = _decode(data, max_image_pixels)
+    phash = dhash = 0
     if with_phash:
-        bits = np.packbits(imagehash.phash(rgb).hash.flatten())
-        phash = int.from_bytes(bits.tobytes(), "big")
+        phash, dhash = _hash_int(imagehash.phash(rgb)), _hash_int(imagehash.dhash(rgb))
     sha256 = hashlib.sha256(data).hexdigest()
     target = images_dir / f"{sha256}.{ext}"
     if not target.exists():  # content-addressed: the same bytes are stored once
         tmp = images_dir / f".{sha256}.{os.getpid()}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, target)  # atomic, so a crash never leaves a half image under the final name
-    return Item(entry.id, entry.source, entry.label, sha256, ext, rgb.width, rgb.height, phash, entry.source_split)
+    return Item(entry.id, entry.source, entry.label, sha256, ext, rgb.width, rgb.height, phash, entry.source_split,
+                frames, dhash)

@@ -1,5 +1,6 @@
 """The manifest source of prepare_data: a CSV or JSON-lines file of `uri,label` rows (optional `split`),
-local or gs://, whose uris are local paths or gs:// objects; and the gs:// reads it needs."""
+local or gs://, whose uris are local paths or gs:// objects inside the manifest's folder (anywhere with
+allow_outside_root); and the gs:// reads it needs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from petqlora.cloud import storage
-from petqlora.data.entries import BadEntry, Entry, Listing, PrepareDataError, read_local, split_name
+from petqlora.data.entries import BadEntry, Entry, Listing, PrepareDataError, no_bytes, split_name
+from petqlora.data.local_files import INDEX_MAX_BYTES, read_index, read_local, resolve_inside
 
 if TYPE_CHECKING:
     from google.cloud import storage as gcs
@@ -25,7 +27,9 @@ class GcsReader:
         self.client = client
         self.no_access: str | None = None
 
-    def read(self, uri: str) -> bytes:
+    def read(self, uri: str, max_bytes: int) -> bytes:
+        """The object's bytes; over `max_bytes` is a BadEntry (checked once downloaded: cloud.storage has no
+        ranged read)."""
         if self.client is None and self.no_access is None:
             try:
                 self.client = storage.connect(uri)
@@ -34,11 +38,15 @@ class GcsReader:
         if self.no_access is not None:
             raise BadEntry(self.no_access)
         try:
-            return storage.read_bytes(uri, client=self.client)
+            data = storage.read_bytes(uri, client=self.client)
         except (ValueError, storage.StorageAccessError) as exc:  # not an object uri; missing; forbidden
             raise BadEntry(str(exc)) from None
         except Exception as exc:  # transport errors: still one file's problem, for the on_bad_input policy
             raise BadEntry(f"cannot read {uri} ({type(exc).__name__}: {exc})") from None
+        if len(data) > max_bytes:
+            raise BadEntry(f"{uri} is {len(data)} bytes, over max_image_bytes={max_bytes}; shrink or remove it, "
+                           "or raise max_image_bytes")
+        return data
 
 
 def _manifest_rows(text: str, name: str) -> Iterable[tuple[str, dict | None, str | None]]:
@@ -68,49 +76,65 @@ def _manifest_rows(text: str, name: str) -> Iterable[tuple[str, dict | None, str
         yield f"{name}:{line_no}", row, None
 
 
-def _read_manifest_text(uri: str, gcs: GcsReader) -> tuple[str, Callable[[str], Callable[[], bytes]]]:
-    """The manifest's text, and how to read a row's uri (relative ones from the manifest's folder)."""
+def _read_manifest_text(uri: str, gcs: GcsReader) -> str:
     if uri.startswith("gs://"):
         try:
-            raw = gcs.read(uri)
+            raw = gcs.read(uri, INDEX_MAX_BYTES)
         except BadEntry as exc:
             raise PrepareDataError(f"cannot read manifest: {exc}") from None
-        base_gs, base_local = uri.rsplit("/", 1)[0], None
-    else:
-        path = Path(uri)
-        if not path.is_file():
-            raise PrepareDataError(f"manifest {uri!r} is not a file; pass a .csv or .jsonl file of uri,label rows")
-        raw, base_gs, base_local = path.read_bytes(), None, path.parent
-    try:
-        text = raw.decode("utf-8-sig")  # -sig: spreadsheet exports start with a byte-order mark
-    except UnicodeDecodeError as exc:
-        raise PrepareDataError(f"manifest {uri!r} is not UTF-8 text ({exc}); save it as UTF-8") from None
-
-    def reader(ref: str) -> Callable[[], bytes]:
-        if ref.startswith("gs://"):
-            return lambda: gcs.read(ref)
-        if base_gs is not None and not ref.startswith("/"):
-            return lambda: gcs.read(f"{base_gs}/{ref}")
-        path = base_local / ref if base_local else Path(ref)
-        return lambda: read_local(path)
-
-    return text, reader
+        try:
+            return raw.decode("utf-8-sig")  # -sig: spreadsheet exports start with a byte-order mark
+        except UnicodeDecodeError as exc:
+            raise PrepareDataError(f"manifest {uri!r} is not UTF-8 text ({exc}); save it as UTF-8") from None
+    if not Path(uri).is_file():
+        raise PrepareDataError(f"manifest {uri!r} is not a file; pass a .csv or .jsonl file of uri,label rows")
+    return read_index(Path(uri))
 
 
-def manifest_source(uri: str, use_source_split: bool, gcs: GcsReader) -> Listing:
-    text, reader = _read_manifest_text(uri, gcs)
+def _gs_inside(uri: str, folder: str) -> bool:
+    """Whether the object `uri` lies under the gs:// `folder` (no '.' or '..' segment on the way)."""
+    if not uri.startswith(folder + "/"):
+        return False
+    return not {".", ".."} & set(uri[len(folder) + 1 :].split("/"))
+
+
+def _locate(ref: str, manifest: str, gcs: GcsReader) -> tuple[Callable[[int], bytes], str, bool]:
+    """(how to read the row's uri, what it resolves to, whether that is inside the manifest's folder).
+    Relative uris are read from the manifest's folder; local paths with every symlink resolved."""
+    folder = manifest.rsplit("/", 1)[0] if manifest.startswith("gs://") else str(Path(manifest).parent)
+    if ref.startswith("gs://") or (manifest.startswith("gs://") and not ref.startswith("/")):
+        target = ref if ref.startswith("gs://") else f"{folder}/{ref}"
+        inside = manifest.startswith("gs://") and _gs_inside(target, folder)
+        return (lambda max_bytes: gcs.read(target, max_bytes)), target, inside
+    path = Path(ref) if Path(ref).is_absolute() else Path(folder) / ref
+    resolved, inside = resolve_inside(path, Path(folder))
+    inside = inside and not manifest.startswith("gs://")  # a gs:// manifest's folder holds no local file
+    return (lambda max_bytes: read_local(resolved, max_bytes)), str(resolved), inside
+
+
+def manifest_source(uri: str, use_source_split: bool, gcs: GcsReader, allow_outside_root: bool = False) -> Listing:
+    """The rows of a manifest; a row whose uri resolves outside the manifest's folder goes to `escapes`
+    unless allow_outside_root (for a manifest kept apart from its images)."""
+    text = _read_manifest_text(uri, gcs)
+    folder = uri.rsplit("/", 1)[0] if uri.startswith("gs://") else str(Path(uri).parent.resolve())
     source = Listing("manifest", [])
     for where, row, problem in _manifest_rows(text, uri.rsplit("/", 1)[-1]):
         if row is None:
-            source.entries.append(Entry(where, where, None, lambda: b"", problem=problem))
+            source.entries.append(Entry(where, where, None, no_bytes, problem=problem, where=where))
             continue
         ref, label, split = row.get("uri"), row.get("label"), row.get("split")
         ref = ref.strip() if isinstance(ref, str) else ""
-        entry = Entry(ref or where, ref or where, label if isinstance(label, str) else None, lambda: b"")
+        entry = Entry(ref or where, ref or where, label if isinstance(label, str) else None, no_bytes, where=where)
         if not ref:
             entry.problem = f"empty uri ({where})"
         else:
-            entry.read = reader(ref)
+            try:
+                entry.read, target, inside = _locate(ref, uri, gcs)
+            except BadEntry as exc:  # a symlink loop
+                entry.problem, target, inside = str(exc), ref, True
+            if not inside and not allow_outside_root:
+                source.escapes.append(f"{where}: {ref!r} resolves to {target}, outside the manifest's folder {folder}")
+                continue
         if entry.problem is None and (not isinstance(label, str) or not label.strip()):
             entry.problem = f"empty or missing label ({where})"
         if entry.problem is None and use_source_split and split not in (None, ""):

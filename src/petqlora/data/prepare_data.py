@@ -11,10 +11,12 @@ Sources, detected from what `source` is (or named with `source_kind`), read in `
   manifest      a CSV or JSON-lines file of `uri,label` rows (optional `split`); uris are local paths
                 (relative to the manifest) or gs:// objects
 
-The steps, in order: list the entries (labels only, no pixels); read, verify, hash and copy each image
-one at a time (`ingest`); split; check for leakage across splits; cap per class (`splits`); write the JSONL
-files (`prepare_output`), the manifest and a report (`prepare_report`). The layout written is read back by
-`petqlora.data.dataset`.
+The steps, in order: list the entries (labels only, no pixels), refusing paths that leave the source's
+folder (`sources`); check the class names (`class_names`); read, verify, hash and copy each image one at a
+time, regular files under a byte cap only (`ingest`, `local_files`); refuse one picture under two labels and
+collapse copies within a class (`duplicates`); split; check for leakage across splits; cap per class
+(`splits`); check each class has enough images in each split; write the JSONL files (`prepare_output`), the
+manifest and a report (`prepare_report`). The layout written is read back by `petqlora.data.dataset`.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ import numpy as np
 from petqlora import __version__, schema
 from petqlora.entrypoint import run_step
 from petqlora.data.dataset import DATASET_FORMAT, SPLITS, dataset_hash
-from petqlora.data.entries import Item, Listing, PrepareDataError
-from petqlora.data.ingest import assign_ids, canonical_names, ingest_all
+from petqlora.data.class_names import class_names, require_two_classes
+from petqlora.data.duplicates import find_duplicates, refuse_conflicts
+from petqlora.data.entries import Item, Listing, PrepareDataError, listed
+from petqlora.data.ingest import assign_ids, ingest_all, refuse_escapes
 from petqlora.data.manifest_source import GcsReader
 from petqlora.data.prepare_output import prepare_out_dir, write_splits
 from petqlora.data.prepare_report import new_report, write_json, write_report
 from petqlora.data.sources import SOURCE_KINDS, detect_kind, list_source
-from petqlora.data.splits import assign_splits, cap, drop_leaked, find_leaks, pair_line
+from petqlora.data.splits import assign_splits, bound_splits, cap, drop_leaked, find_leaks, pair_line
 from petqlora.gemma import prompts
 from petqlora.params import PipelineParams
 from petqlora.problems import Problems
@@ -49,7 +53,6 @@ __all__ = ["PrepareDataConfig", "PrepareDataError", "PreparedDataset", "main", "
 log = logging.getLogger(__name__)
 
 LEAKAGE_POLICIES = ("fail", "drop")
-_MAX_LISTED = 50  # lines of a list shown in an error message; report.json has them all
 
 
 def _shared(name: str):
@@ -73,10 +76,21 @@ class PrepareDataConfig:
                                         low=0, high=1)
     on_leakage: str = field("fail", "An image in two splits: fail, or drop the later split's copy.",
                             allowed=LEAKAGE_POLICIES)
-    near_duplicate_distance: int = field(4, "Perceptual-hash Hamming distance of near duplicates; -1 disables "
-                                         "the check.", low=-1, high=32,
+    near_duplicate_distance: int = field(4, "Hamming distance within which two images are near duplicates (their "
+                                         "phash and dhash both); -1 checks identical bytes only.", low=-1, high=32,
                                          fix="keep it small: above about 10 unrelated images start to match")
     max_image_pixels: int = field(40_000_000, "Decompression-bomb guard, checked before decoding.", low=1)
+    max_image_bytes: int = field(50_000_000, "Largest image file read, in bytes, checked before reading (a photo "
+                                 "is a few MB; Oxford's are under 1 MB).", low=1)
+    allow_outside_root: bool = field(False, "Read image paths that resolve outside the source's folder: a "
+                                     "manifest's absolute, ../ or other-bucket rows, symlinks, HF image paths. "
+                                     "Off, any such path refuses the run (a wrong source, not a bad image).")
+    min_per_class_train: int = field(2, "Fewest training images a class may have; 0 turns the check off.", low=0)
+    min_per_class_eval: int = field(1, "Fewest validation images, and test images, a class may have; 0 turns "
+                                    "the check off.", low=0)
+    min_class_name_distance: int = field(2, "Class names fewer edits apart than this (canonical, spaces ignored) "
+                                         "are refused as likely typos, e.g. Abysinian beside Abyssinian; 0 allows "
+                                         "them.", low=0, high=10)
     instruction_template: str = field(prompts.DEFAULT_INSTRUCTION, "The instruction; '{classes}' becomes the "
                                       "class list.")
 
@@ -89,6 +103,12 @@ class PrepareDataConfig:
                     "lower one of them")
         if "instruction_template" not in wrong:
             _check_instruction(p, self.instruction_template)
+        for cap_name, min_name in (("max_per_class_train", "min_per_class_train"),
+                                   ("max_per_class_eval", "min_per_class_eval")):
+            cap_value, min_value = getattr(self, cap_name), getattr(self, min_name)
+            if not {cap_name, min_name} & wrong and cap_value is not None:
+                p.check(cap_value >= min_value, cap_name, cap_value, f"is below {min_name}={min_value}: every "
+                        "class would be refused", f"raise {cap_name} or lower {min_name}")
         p.raise_if_any()
 
 
@@ -132,9 +152,11 @@ def prepare_data(config: PrepareDataConfig, out_dir: str | Path) -> PreparedData
 
 def _run(config: PrepareDataConfig, out: Path, report: dict, stack: contextlib.ExitStack) -> PreparedDataset:
     source = _list_entries(config, report, stack)
-    canonical, source_of = canonical_names(source)
+    canonical, source_of = class_names(source, config.min_class_name_distance)
+    require_two_classes(sorted({canonical[e.label] for e in source.entries
+                                if e.problem is None and e.label in canonical}), "As listed,")
     assign_ids(source.entries, canonical)
-    items = _check_images(source, canonical, config, out / "images", report)
+    items = _collapse_duplicates(_check_images(source, canonical, config, out / "images", report), config, report)
     split_rng, cap_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(2))
     fractions = {"validation": config.val_fraction, "test": config.test_fraction}
     splits = assign_splits(items, config.use_source_split, fractions, split_rng, report["notes"])
@@ -144,7 +166,7 @@ def _run(config: PrepareDataConfig, out: Path, report: dict, stack: contextlib.E
     caps = {"train": config.max_per_class_train, "validation": config.max_per_class_eval,
             "test": config.max_per_class_eval}
     report["totals"]["capped"] = cap(splits, caps, cap_rng)
-    classes = _count_per_class(splits, len(items), report)
+    classes = _count_per_class(splits, len(items), config, report)
     instruction = prompts.render_instruction(classes, config.instruction_template)
     write_splits(out, splits, instruction)
     return _finish(out, config, report, splits, classes, {c: source_of[c] for c in classes}, instruction)
@@ -153,9 +175,11 @@ def _run(config: PrepareDataConfig, out: Path, report: dict, stack: contextlib.E
 def _list_entries(config: PrepareDataConfig, report: dict, stack: contextlib.ExitStack) -> Listing:
     kind = detect_kind(config.source) if config.source_kind == "auto" else config.source_kind
     report["source"]["kind"] = kind
-    source = list_source(kind, config.source, config.use_source_split, GcsReader(), stack)
-    report["ignored"], report["notes"] = source.ignored, source.notes
+    source = list_source(kind, config.source, config.use_source_split, GcsReader(), stack, config.allow_outside_root)
+    report["ignored"], report["notes"], report["unlisted"] = source.ignored, source.notes, source.unlisted
     report["totals"]["entries"] = len(source.entries)
+    report["escapes"] = source.escapes
+    refuse_escapes(source.escapes)  # before any image is read
     if not source.entries:
         raise PrepareDataError(f"source {config.source!r} ({kind}) lists no images; check the path and its layout")
     return source
@@ -170,15 +194,17 @@ def _check_images(
     skipped = report["skipped"]
     items = ingest_all(
         source.entries, canonical, images_dir, skipped, on_bad_input=config.on_bad_input,
-        max_image_pixels=config.max_image_pixels, with_phash=config.near_duplicate_distance >= 0,
+        max_image_pixels=config.max_image_pixels, max_image_bytes=config.max_image_bytes,
+        with_phash=config.near_duplicate_distance >= 0,
     )
     report["totals"]["skipped"] = len(skipped)
     report["totals"]["usable"] = len(items)
+    report["multi_frame"] = [{"source": it.source, "frames": it.frames} for it in items if it.frames > 1]
     if len(skipped) / total > config.max_skipped_fraction:
         raise PrepareDataError(
             f"{len(skipped)} of {total} files ({len(skipped) / total:.1%}) are unusable, more than "
             f"max_skipped_fraction={config.max_skipped_fraction}; fix or remove them, or raise the threshold:\n"
-            + _listed([f"{s['source']}: {s['reason']}" for s in skipped])
+            + listed([f"{s['source']}: {s['reason']}" for s in skipped])
         )
     # A class the source names but that has no usable image cannot be learned or measured.
     empty = sorted(set(canonical.values()) - {item.label for item in items})
@@ -191,19 +217,30 @@ def _check_images(
     return items
 
 
+def _collapse_duplicates(items: list[Item], config: PrepareDataConfig, report: dict) -> list[Item]:
+    """Over the whole dataset, before any split: one picture under two labels is refused; copies within a
+    class are collapsed to one and listed."""
+    found = find_duplicates(items, config.near_duplicate_distance, bound_splits(items, config.use_source_split))
+    report["duplicates"] = {"conflicts": found.conflicts, "collapsed": found.collapsed}
+    report["totals"]["duplicates_collapsed"] = len(found.collapsed)
+    refuse_conflicts(found.conflicts)
+    return found.kept
+
+
 def _remove_leakage(splits: dict[str, list[Item]], config: PrepareDataConfig, report: dict) -> None:
     pairs = find_leaks(splits, config.near_duplicate_distance)
     report["leakage"]["pairs"] = pairs
     if pairs and config.on_leakage == "fail":
         raise PrepareDataError(
             f"{len(pairs)} image pair(s) appear in two splits (leakage); remove one copy of each, or pass "
-            "on_leakage='drop' to drop the later split's copies:\n" + _listed([pair_line(p) for p in pairs])
+            "on_leakage='drop' to drop the later split's copies:\n" + listed([pair_line(p) for p in pairs])
         )
     report["leakage"]["dropped"] = report["totals"]["leakage_dropped"] = drop_leaked(splits, pairs)
 
 
-def _count_per_class(splits: dict[str, list[Item]], usable: int, report: dict) -> list[str]:
-    """The classes kept; fails when a split is empty or a class has nothing to train on."""
+def _count_per_class(splits: dict[str, list[Item]], usable: int, config: PrepareDataConfig, report: dict) -> list[str]:
+    """The classes kept; fails when a split is empty, fewer than two classes are left, or a class has fewer
+    images in a split than the minimums."""
     classes = sorted({item.label for split in SPLITS for item in splits[split]})
     per_class = {label: {s: 0 for s in SPLITS} for label in classes}
     for split in SPLITS:
@@ -217,17 +254,34 @@ def _count_per_class(splits: dict[str, list[Item]], usable: int, report: dict) -
             f"split(s) {', '.join(empty_splits)} would be empty ({usable} usable images over "
             f"{len(classes)} classes); add images, or raise the fractions or caps"
         )
+    require_two_classes(classes, "After skipping bad files, collapsing duplicates and capping,")
     untrained = [c for c in classes if per_class[c]["train"] == 0]
     if untrained:
         raise PrepareDataError(
             f"class(es) {', '.join(map(repr, untrained))} have no training images; add some to the source's "
             "train split, or pass use_source_split=False"
         )
+    _require_minimums(per_class, config)
     for split in ("validation", "test"):
         missing = [c for c in classes if per_class[c][split] == 0]
         if missing:
             report["notes"].append(f"{split} has no images of {', '.join(missing)}")
     return classes
+
+
+def _require_minimums(per_class: dict[str, dict[str, int]], config: PrepareDataConfig) -> None:
+    least = {"train": config.min_per_class_train, "validation": config.min_per_class_eval,
+             "test": config.min_per_class_eval}
+    short = [f"{c!r}: " + ", ".join(f"{s} {counts[s]}" for s in SPLITS)
+             for c, counts in sorted(per_class.items()) if any(counts[s] < least[s] for s in SPLITS)]
+    if short:
+        raise PrepareDataError(
+            f"{len(short)} class(es) have fewer images in a split than min_per_class_train="
+            f"{config.min_per_class_train} / min_per_class_eval={config.min_per_class_eval} (after skipping, "
+            "collapsing duplicates and capping): such a class trains on too little, or cannot be measured. Add "
+            "images of these classes, remove them from the source, or lower the minimums (0 turns a check "
+            "off):\n" + listed(short)
+        )
 
 
 def _finish(
@@ -250,18 +304,13 @@ def _finish(
         "splits": report["splits"],
         "skipped": totals["skipped"],
         "leakage_dropped": totals["leakage_dropped"],
+        "duplicates_collapsed": totals["duplicates_collapsed"],
         "created_by": f"petqlora {__version__}",
     }
     write_json(out / "manifest.json", manifest)
     log.info("prepare_data: wrote %s (%s), splits %s, %d skipped", out, digest[:12], report["splits"],
              totals["skipped"])
     return PreparedDataset(out, digest, classes, dict(report["splits"]), totals["skipped"])
-
-
-def _listed(lines: list[str]) -> str:
-    shown = "\n".join(f"  - {line}" for line in lines[:_MAX_LISTED])
-    more = len(lines) - _MAX_LISTED
-    return shown + (f"\n  ... and {more} more (all in report.json)" if more > 0 else "")
 
 
 # --------------------------------------------------------------------------------------------- entrypoint

@@ -1,5 +1,6 @@
-"""The prepare_data report: what was read, skipped, leaked, capped and kept, as report.json and report.md
-(written on failure too, so a refused run explains itself)."""
+"""The prepare_data report: what was read, skipped, collapsed as duplicate, leaked, capped and kept, and what
+was noticed on the way (files the source's index does not name, animated images), as report.json and
+report.md (written on failure too, so a refused run explains itself)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ def new_report(config: PrepareDataConfig) -> dict:
     return {
         "status": "running", "error": None, "source": {"kind": config.source_kind, "uri": config.source},
         "seed": config.seed, "config": dataclasses.asdict(config),
-        "totals": {"entries": 0, "usable": 0, "skipped": 0, "leakage_dropped": 0, "capped": 0},
-        "splits": {}, "per_class": {}, "skipped": [], "empty_classes": [],
-        "leakage": {"pairs": [], "dropped": 0}, "ignored": [], "notes": [],
+        "totals": {"entries": 0, "usable": 0, "skipped": 0, "duplicates_collapsed": 0, "leakage_dropped": 0,
+                   "capped": 0},
+        "splits": {}, "per_class": {}, "skipped": [], "empty_classes": [], "escapes": [],
+        "duplicates": {"conflicts": [], "collapsed": []}, "leakage": {"pairs": [], "dropped": 0},
+        "multi_frame": [], "unlisted": [], "ignored": [], "notes": [],
     }
 
 
@@ -45,10 +48,12 @@ def write_report(out: Path, report: dict) -> None:
         lines.append(f"- dataset hash: `{report['dataset_hash']}`")
     totals = report["totals"]
     lines.append(
-        f"- entries: {totals['entries']}; usable {totals['usable']}; skipped {totals['skipped']}; "
-        f"leakage dropped {totals['leakage_dropped']}; over the per-class caps {totals['capped']}"
+        f"- entries: {totals['entries']}; usable {totals['usable']}; skipped {totals['skipped']}; duplicates "
+        f"collapsed {totals['duplicates_collapsed']}; leakage dropped {totals['leakage_dropped']}; over the "
+        f"per-class caps {totals['capped']}"
     )
-    lines += _per_class_table(report) + _skipped_table(report) + _leakage_table(report) + _notes(report)
+    lines += _per_class_table(report) + _skipped_table(report) + _duplicates_tables(report)
+    lines += _leakage_table(report) + _notes(report)
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -72,6 +77,22 @@ def _skipped_table(report: dict) -> list[str]:
     return lines + [f"| {_md(s['source'])} | {_md(s['reason'])} |" for s in report["skipped"]]
 
 
+def _duplicates_tables(report: dict) -> list[str]:
+    conflicts, collapsed = report["duplicates"]["conflicts"], report["duplicates"]["collapsed"]
+    lines = []
+    if conflicts:
+        lines += ["", f"## Same picture under two labels ({len(conflicts)}, refused)", "",
+                  "| file | label | file | label | match |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {_md(p['a']['source'])} | {_md(p['a']['label'])} | {_md(p['b']['source'])} | "
+                  f"{_md(p['b']['label'])} | {_md(p['kind'])} |" for p in conflicts]
+    lines += ["", f"## Duplicates within a class ({len(collapsed)} collapsed to one copy)", ""]
+    if not collapsed:
+        return lines + ["None."]
+    lines += ["| class | kept | dropped | match |", "| --- | --- | --- | --- |"]
+    return lines + [f"| {_md(d['kept']['label'])} | {_md(d['kept']['source'])} | {_md(d['dropped']['source'])} | "
+                     f"{_md(d['kind'])} |" for d in collapsed]
+
+
 def _leakage_table(report: dict) -> list[str]:
     pairs = report["leakage"]["pairs"]
     lines = ["", f"## Leakage across splits ({len(pairs)} pairs, {report['leakage']['dropped']} dropped)", ""]
@@ -88,6 +109,11 @@ def _leakage_table(report: dict) -> list[str]:
 def _notes(report: dict) -> list[str]:
     extra = [f"empty class {c!r} (no usable images): left out" for c in report["empty_classes"]]
     extra += report["notes"]
+    extra += [f"{m['source']}: {m['frames']} frames (animated or multi-picture): the first frame is used"
+              for m in report["multi_frame"]]
+    if report["unlisted"]:
+        extra.append(f"{len(report['unlisted'])} image file(s) on disk that the annotations do not name (not "
+                     "used): " + ", ".join(report["unlisted"][:20]) + (" ..." if len(report["unlisted"]) > 20 else ""))
     if report["ignored"]:
         extra.append(f"{len(report['ignored'])} file(s) ignored (not images by extension): "
                      + ", ".join(report["ignored"][:20]) + (" ..." if len(report["ignored"]) > 20 else ""))

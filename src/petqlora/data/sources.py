@@ -9,24 +9,27 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from petqlora.data.dataset import IMAGE_EXTENSIONS
-from petqlora.data.entries import Entry, Listing, PrepareDataError, read_local
+from petqlora.data.entries import BadEntry, Entry, Listing, PrepareDataError, no_bytes
 from petqlora.data.hf_source import hf_source
+from petqlora.data.local_files import read_index, read_local, resolve_inside
 from petqlora.data.manifest_source import GcsReader, manifest_source
 
 SOURCE_KINDS = ("auto", "oxford", "hf", "image_folder", "manifest")
 
 
 def list_source(
-    kind: str, source: str, use_source_split: bool, gcs: GcsReader, stack: contextlib.ExitStack
+    kind: str, source: str, use_source_split: bool, gcs: GcsReader, stack: contextlib.ExitStack,
+    allow_outside_root: bool = False,
 ) -> Listing:
-    """The entries of `source`, read as `kind` (not 'auto': see detect_kind); no image is read yet."""
+    """The entries of `source`, read as `kind` (not 'auto': see detect_kind); no image is read yet. Paths
+    that resolve outside the source's folder are listed in `escapes` (unless allow_outside_root)."""
     if kind == "oxford":
-        return oxford_source(Path(source), use_source_split)
+        return oxford_source(Path(source), use_source_split, allow_outside_root)
     if kind == "image_folder":
-        return image_folder_source(Path(source))
+        return image_folder_source(Path(source), allow_outside_root)
     if kind == "manifest":
-        return manifest_source(source, use_source_split, gcs)
-    return hf_source(source, use_source_split, stack)
+        return manifest_source(source, use_source_split, gcs, allow_outside_root)
+    return hf_source(source, use_source_split, stack, allow_outside_root)
 
 
 def detect_kind(source: str) -> str:
@@ -76,7 +79,7 @@ def _file_kind(source: str, path: Path) -> str:
 
 def _oxford_rows(path: Path) -> Iterable[tuple[int, str | None, str | None]]:
     """(line number, image name, problem) of each non-comment row of an Oxford annotation file."""
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(read_index(path).splitlines(), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -87,8 +90,27 @@ def _oxford_rows(path: Path) -> Iterable[tuple[int, str | None, str | None]]:
         yield line_no, fields[0], None
 
 
-def oxford_source(root: Path, use_source_split: bool) -> Listing:
-    """ROOT/images/*.jpg + ROOT/annotations/{list,trainval,test}.txt; the label is the name before '_<n>'."""
+def _escape(where: str, shown: str, resolved: Path, root: Path) -> str:
+    return f"{where}: {shown} resolves to {resolved}, outside the source folder {root.resolve()}"
+
+
+def _local_entry(listing: Listing, file: Path, root: Path, allow_outside_root: bool, **entry) -> None:
+    """Appends the entry of `file`, read from its resolved path; an escape from `root` goes to listing.escapes."""
+    try:
+        resolved, inside = resolve_inside(file, root)
+    except BadEntry as exc:
+        listing.entries.append(Entry(**{**entry, "problem": entry.get("problem") or str(exc)}, read=no_bytes))
+        return
+    if not inside and not allow_outside_root:
+        shown = file.relative_to(root).as_posix()
+        listing.escapes.append(_escape(entry.get("where") or entry["source"], shown, resolved, root))
+        return
+    listing.entries.append(Entry(**entry, read=lambda max_bytes, f=resolved: read_local(f, max_bytes)))
+
+
+def oxford_source(root: Path, use_source_split: bool, allow_outside_root: bool = False) -> Listing:
+    """ROOT/images/*.jpg + ROOT/annotations/{list,trainval,test}.txt; the label is the name before '_<n>'.
+    Image files the annotations do not name are listed in `unlisted` (they are not used)."""
     annotations, images = root / "annotations", root / "images"
     if not images.is_dir() or not annotations.is_dir():
         raise PrepareDataError(
@@ -106,24 +128,35 @@ def oxford_source(root: Path, use_source_split: bool) -> Listing:
         listing = [(None, list_file)] if list_file.is_file() else [
             (None, p) for p in split_files.values() if p.is_file()
         ]
+    named: set[str] = set()
     for split, path in listing:
         for line_no, name, problem in _oxford_rows(path):
             where = f"annotations/{path.name}:{line_no}"
             if problem is not None:
-                source.entries.append(Entry(where, where, None, lambda: b"", split, problem))
+                source.entries.append(Entry(where, where, None, no_bytes, split, problem, where=where))
                 continue
+            if name in (".", "..") or "/" in name or "\\" in name:
+                # The format names a file in images/; a path is a wrong annotation, whatever it points at.
+                source.escapes.append(f"{where}: image name {name!r} is a path, not a file name in images/")
+                continue
+            named.add(f"{name}.jpg")
             match = re.fullmatch(r"(.+)_\d+", name)
-            rel = f"images/{name}.jpg"
-            file = images / f"{name}.jpg"
-            entry = Entry(rel, f"{name}.jpg", match.group(1) if match else None, lambda f=file: read_local(f), split)
+            entry = dict(source=f"images/{name}.jpg", rel=f"{name}.jpg", label=match.group(1) if match else None,
+                         source_split=split, where=where)
             if match is None:
-                entry.problem = f"unknown label: image name {name!r} ({where}) is not '<Breed>_<number>'"
-            source.entries.append(entry)
+                entry["problem"] = f"unknown label: image name {name!r} ({where}) is not '<Breed>_<number>'"
+            _local_entry(source, images / f"{name}.jpg", root, allow_outside_root, **entry)
+    for file in sorted(images.iterdir()):
+        if file.name.startswith(".") or file.name in named:
+            continue
+        rel = f"images/{file.name}"
+        (source.unlisted if file.suffix.lower() in IMAGE_EXTENSIONS else source.ignored).append(rel)
     return source
 
 
-def image_folder_source(root: Path) -> Listing:
-    """ROOT/<class name>/*.{jpg,png,...}; every sub-folder declares a class, even an empty one."""
+def image_folder_source(root: Path, allow_outside_root: bool = False) -> Listing:
+    """ROOT/<class name>/*.{jpg,png,...}; every sub-folder declares a class, even an empty one. Symlinks
+    are followed and must stay inside ROOT (unless allow_outside_root)."""
     if not root.is_dir():
         raise PrepareDataError(
             f"source {str(root)!r} is not a folder; an image folder is ROOT/<class name>/*.jpg"
@@ -135,6 +168,10 @@ def image_folder_source(root: Path) -> Listing:
         if not class_dir.is_dir():
             source.ignored.append(class_dir.name)
             continue
+        resolved, inside = resolve_inside(class_dir, root)
+        if not inside and not allow_outside_root:
+            source.escapes.append(_escape(f"{class_dir.name}/", class_dir.name, resolved, root))
+            continue
         source.declared.append(class_dir.name)
         for file in sorted(class_dir.iterdir()):
             rel = f"{class_dir.name}/{file.name}"
@@ -143,5 +180,5 @@ def image_folder_source(root: Path) -> Listing:
             if file.is_dir() or file.suffix.lower() not in IMAGE_EXTENSIONS:
                 source.ignored.append(rel)
                 continue
-            source.entries.append(Entry(rel, rel, class_dir.name, lambda f=file: read_local(f)))
+            _local_entry(source, file, root, allow_outside_root, source=rel, rel=rel, label=class_dir.name)
     return source

@@ -10,6 +10,7 @@ import numpy as np
 
 from petqlora.data.dataset import SPLITS
 from petqlora.data.entries import Item
+from petqlora.data.hamming import near_duplicates
 
 
 def carve_counts(n: int, fractions: list[float]) -> list[int] | None:
@@ -22,6 +23,18 @@ def carve_counts(n: int, fractions: list[float]) -> list[int] | None:
     return counts
 
 
+def source_split_kept(items: list[Item], use_source_split: bool) -> bool:
+    """Whether the source's own split is kept: asked for, and the source has one with a train part."""
+    present = {item.source_split for item in items} - {None}
+    return use_source_split and "train" in present
+
+
+def bound_splits(items: list[Item], use_source_split: bool) -> dict[str, str | None]:
+    """id -> the split an item is bound to before any is drawn: the source's, when kept; else None."""
+    kept = source_split_kept(items, use_source_split)
+    return {item.id: item.source_split if kept else None for item in items}
+
+
 def assign_splits(
     items: list[Item], use_source_split: bool, fractions: dict[str, float], rng: np.random.Generator,
     notes: list[str],
@@ -29,10 +42,9 @@ def assign_splits(
     """Items by split. The source's split is kept where it has one (with a train part); the splits it lacks
     are carved from train per class by `fractions` ({'validation': f, 'test': f}). Notes say what was done."""
     present = {item.source_split for item in items} - {None}
-    fixed = use_source_split and bool(present)
-    if fixed and "train" not in present:
+    fixed = source_split_kept(items, use_source_split)
+    if use_source_split and present and not fixed:
         notes.append(f"the source's own split has no train part ({sorted(present)}): splits drawn at random")
-        fixed = False
     splits: dict[str, list[Item]] = {s: [] for s in SPLITS}
     pool: dict[str, list[Item]] = defaultdict(list)
     for item in items:
@@ -61,45 +73,23 @@ def assign_splits(
 
 def find_leaks(splits: dict[str, list[Item]], distance: int) -> list[dict]:
     """Pairs of the same image (bytes, or phash within `distance`; -1: bytes only) in two splits; later
-    split second."""
-    pairs: list[dict] = []
-    earlier: list[tuple[str, Item]] = []
-    for split in SPLITS:
-        later = splits[split]
-        if earlier and later:
-            pairs += _identical(earlier, split, later)
-            if distance >= 0:
-                pairs += _near(earlier, split, later, distance)
-        earlier.extend((split, item) for item in later)
+    split second. Duplicates are collapsed or refused before splitting: this is the final guard."""
     order = {s: i for i, s in enumerate(SPLITS)}
-    pairs.sort(key=lambda p: (order[p["b"]["split"]], p["b"]["id"], order[p["a"]["split"]], p["a"]["id"]))
-    return pairs
-
-
-def _identical(earlier: list[tuple[str, Item]], split: str, later: list[Item]) -> list[dict]:
-    by_sha: dict[str, list[tuple[str, Item]]] = defaultdict(list)
-    for pair in earlier:
-        by_sha[pair[1].sha256].append(pair)
-    return [
-        _pair(first_split, first, split, item, "identical bytes", 0)
-        for item in later
-        for first_split, first in by_sha.get(item.sha256, ())
-    ]
-
-
-def _near(earlier: list[tuple[str, Item]], split: str, later: list[Item], distance: int) -> list[dict]:
+    placed = sorted(((split, item) for split in SPLITS for item in splits[split]),
+                    key=lambda p: (order[p[0]], p[1].id))
     pairs: list[dict] = []
-    first_hashes = np.array([it.phash for _, it in earlier], dtype=np.uint64)
-    later_hashes = np.array([it.phash for it in later], dtype=np.uint64)
-    chunk = max(1, 4_000_000 // len(first_hashes))  # bounds the distance matrix to ~4M cells
-    for start in range(0, len(later_hashes), chunk):
-        block = later_hashes[start : start + chunk, None] ^ first_hashes[None, :]
-        dist = np.bitwise_count(block)
-        for li, fi in zip(*np.nonzero(dist <= distance)):
-            item, (first_split, first) = later[start + li], earlier[fi]
-            if item.sha256 != first.sha256:  # identical bytes are paired once, by _identical
-                kind = f"near-duplicate (phash distance {int(dist[li, fi])})"
-                pairs.append(_pair(first_split, first, split, item, kind, int(dist[li, fi])))
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for k, (_, item) in enumerate(placed):
+        by_sha[item.sha256].append(k)
+    found = near_duplicates([item.phash for _, item in placed], [item.dhash for _, item in placed], distance)
+    # Identical bytes are paired once, as identical.
+    found.update({(i, j): "identical bytes" for group in by_sha.values() for i in group for j in group if i < j})
+    for (i, j), kind in sorted(found.items()):
+        (split_a, a), (split_b, b) = placed[i], placed[j]
+        if split_a != split_b:
+            pairs.append(_pair(split_a, a, split_b, b, kind, 0 if kind == "identical bytes" else
+                               (a.phash ^ b.phash).bit_count()))
+    pairs.sort(key=lambda p: (order[p["b"]["split"]], p["b"]["id"], order[p["a"]["split"]], p["a"]["id"]))
     return pairs
 
 

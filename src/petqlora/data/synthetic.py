@@ -22,6 +22,29 @@ BREEDS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], str, str]] =
     "yorkshire_terrier": ((200, 190, 60), (70, 50, 140), "ellipse", "stripes"),
     "shiba_inu": ((170, 40, 60), (250, 250, 120), "cross", "dots"),
 }
+# The 37 breeds of Oxford-IIIT Pet as its file names spell them: a real-sized class list (its instruction is
+# as long as the real one's) for tests of the whole recipe on Oxford's layout.
+OXFORD_BREEDS: tuple[str, ...] = (
+    "Abyssinian", "Bengal", "Birman", "Bombay", "British_Shorthair", "Egyptian_Mau", "Maine_Coon", "Persian",
+    "Ragdoll", "Russian_Blue", "Siamese", "Sphynx", "american_bulldog", "american_pit_bull_terrier",
+    "basset_hound", "beagle", "boxer", "chihuahua", "english_cocker_spaniel", "english_setter",
+    "german_shorthaired", "great_pyrenees", "havanese", "japanese_chin", "keeshond", "leonberger",
+    "miniature_pinscher", "newfoundland", "pomeranian", "pug", "saint_bernard", "samoyed", "scottish_terrier",
+    "shiba_inu", "staffordshire_bull_terrier", "wheaten_terrier", "yorkshire_terrier",
+)
+_SHAPES = ("circle", "square", "triangle", "diamond", "ellipse", "cross")
+_TEXTURES = ("plain", "dots", "stripes")
+
+
+def breed_style(breed: str) -> tuple[tuple[int, int, int], tuple[int, int, int], str, str]:
+    """(background RGB, foreground RGB, shape, texture) of a breed: hand-picked for the six of the default
+    set, drawn from a fixed seed for the other Oxford breeds."""
+    if breed in BREEDS:
+        return BREEDS[breed]
+    k = OXFORD_BREEDS.index(breed)
+    rng = np.random.default_rng([1234, k])
+    bg, fg = (tuple(int(v) for v in rng.integers(20, 236, 3)) for _ in range(2))
+    return bg, fg, _SHAPES[k % len(_SHAPES)], _TEXTURES[(k // len(_SHAPES)) % len(_TEXTURES)]
 
 
 def _shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], fill) -> None:
@@ -62,7 +85,7 @@ def _texture(arr: np.ndarray, kind: str, rng: np.random.Generator) -> None:
 
 def render_pet(breed: str, rng: np.random.Generator) -> Image.Image:
     """One image of `breed`: jittered colours, a shape at a random place and size, texture and noise."""
-    bg, fg, shape, texture = BREEDS[breed]
+    bg, fg, shape, texture = breed_style(breed)
     width, height = int(rng.integers(96, 320)), int(rng.integers(96, 320))
     jitter = lambda c: tuple(int(np.clip(v + rng.integers(-25, 26), 0, 255)) for v in c)  # noqa: E731
     img = Image.new("RGB", (width, height), jitter(bg))
@@ -91,7 +114,8 @@ def render_pet(breed: str, rng: np.random.Generator) -> Image.Image:
 
 def generate_synthetic_pets(out_dir: str | Path, per_class: int = 60, seed: int = 0,
                             breeds: list[str] | None = None, layout: str = "image_folder") -> Path:
-    """Write `out_dir/<breed>/<breed>_<i>.jpg` for each breed; returns `out_dir`.
+    """Write `out_dir/<breed>/<breed>_<i>.jpg` for each breed (of BREEDS, or any of OXFORD_BREEDS); returns
+    `out_dir`.
 
     `layout="oxford"` writes the Oxford-IIIT Pet native layout instead: `images/<Breed>_<i>.jpg` and
     `annotations/list.txt`, `trainval.txt`, `test.txt` (rows `Image CLASS-ID SPECIES BREED-ID`; the
@@ -99,11 +123,11 @@ def generate_synthetic_pets(out_dir: str | Path, per_class: int = 60, seed: int 
     """
     if layout not in ("image_folder", "oxford"):
         raise ValueError(f"layout={layout!r} must be 'image_folder' or 'oxford'")
-    names = list(BREEDS) if breeds is None else breeds
-    unknown = [b for b in names if b not in BREEDS]
+    names = list(BREEDS) if breeds is None else list(breeds)
+    unknown = [b for b in names if b not in BREEDS and b not in OXFORD_BREEDS]
     if unknown or per_class < 1:
-        raise ValueError(f"synthetic dataset: unknown breeds {unknown} (known: {list(BREEDS)}) "
-                         f"or per_class={per_class} < 1")
+        raise ValueError(f"synthetic dataset: unknown breeds {unknown} (known: {list(BREEDS)} and "
+                         f"OXFORD_BREEDS) or per_class={per_class} < 1")
     out = Path(out_dir)
     rows: list[tuple[str, str]] = []  # (row, split)
     for b_idx, breed in enumerate(names):
