@@ -99,7 +99,8 @@ def check_example(encoder: PromptEncoder, image, record: dict, max_length: int) 
     elif text != record["label"] + encoder.end_of_turn_text:
         problems.append(f"supervised tokens decode to {text!r}, expected {record['label'] + encoder.end_of_turn_text!r}")
     if len(ids) > max_length:
-        problems.append(f"{len(ids)} tokens exceed max_length={max_length}: training would cut the answer")
+        problems.append(f"{len(ids)} tokens exceed max_length={max_length}: training would cut the answer; "
+                        f"set max_length >= {len(ids)}")
     prompt_ids = encoder.encode([image], None)["input_ids"][0].tolist()
     if supervised and ids[:supervised[0]] != prompt_ids:
         problems.append("the evaluation prompt is not the prefix of the training sequence")
@@ -128,6 +129,15 @@ def _report(records: list[dict], instruction_problems: list[str], cfg: ValidateC
         lines += [f"| {r['example_id']} | {r['image_tokens']} / {r['expected_image_tokens']} | "
                   f"`{r['supervised_text']!r}` | {r['problem']} |" for r in bad[: cfg.report_examples]]
     return "\n".join(lines) + "\n"
+
+
+def _max_length_fix(checked: list[dict], max_length: int) -> str:
+    """The one value that fits every example, when some do not (a long class list makes a long instruction)."""
+    longest = max((r["sequence_length"] for r in checked), default=0)
+    if longest <= max_length:
+        return ""
+    return (f"\nFix: set max_length >= {longest} (the longest sequence checked), or shorten the instruction or "
+            "lower image_token_budget")
 
 
 def validate_token_boundaries(dataset_dir: str | Path, output_dir: str | Path, cfg: ValidateConfig) -> dict:
@@ -168,7 +178,8 @@ def validate_token_boundaries(dataset_dir: str | Path, output_dir: str | Path, c
         raise TokenBoundaryError(
             f"token-boundary validation failed for {len(bad)} of {len(checked)} example(s)"
             + (f" and the instruction ({'; '.join(instruction_problems)})" if instruction_problems else "")
-            + (":\n" + shown + more if bad else "") + f"\nReport: {output / 'report.md'}")
+            + (":\n" + shown + more if bad else "") + _max_length_fix(checked, cfg.max_length)
+            + f"\nReport: {output / 'report.md'}")
     return metrics
 
 
