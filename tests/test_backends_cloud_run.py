@@ -31,8 +31,11 @@ from petqlora.cloud.cloud_run import CloudRunExecutionError, ExecutionState, exe
 IMAGE = "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0"
 SA = "gpu-runner@my-proj.iam.gserviceaccount.com"  # not derivable from the project: must be passed through
 BUCKET = "my-proj-petqlora"
-# The job name is the backend's: job_prefix + the module's last part with '_' -> '-'.
-JOB = "projects/my-proj/locations/us-central1/jobs/petqlora-train-adapter"
+# The job is named job_prefix + the module's last part ('_' -> '-') + 8 hex digits of the hash of its spec
+# (image, module, resources, env, volumes, service account...): one job per spec. Pinned here: the name shows
+# in the Console and in docs/cloud_setup.md.
+JOB_ID = "petqlora-train-adapter-30744c59"
+JOB = f"projects/my-proj/locations/us-central1/jobs/{JOB_ID}"
 EXECUTIONS = r"/executions/[^/:]+$"  # GET of one execution (a poll), not the list, not :cancel
 
 
@@ -90,8 +93,9 @@ def test_run_creates_the_job_with_the_expected_spec_and_waits_for_success(api, c
 
     (create,) = api.calls("POST", r"/jobs$")
     assert create.path == "/v2/projects/my-proj/locations/us-central1/jobs"
-    assert create.query["jobId"] == ["petqlora-train-adapter"]
+    assert create.query["jobId"] == [JOB_ID]
     assert create.body == {
+        "labels": {"petqlora-job-prefix": "petqlora-train-adapter"},  # what pruning may delete
         "template": {
             "taskCount": 1,
             "template": {
@@ -123,18 +127,19 @@ def test_run_creates_the_job_with_the_expected_spec_and_waits_for_success(api, c
 
     # Awaited: run returned only after a GET saw the execution succeed; nothing was cancelled.
     (name,) = api.executions
-    assert name == f"{JOB}/executions/petqlora-train-adapter-00001"
+    assert name == f"{JOB}/executions/{JOB_ID}-00001"
     assert [r.path for r in api.calls("GET", EXECUTIONS)] == [f"/v2/{name}"]
     assert execution_state(api.execution(name)) == ExecutionState.SUCCEEDED
     assert api.cancelled == []
-    assert "petqlora-train-adapter-00001: SUCCEEDED" in capsys.readouterr().out
+    assert f"{JOB_ID}-00001: SUCCEEDED" in capsys.readouterr().out
 
 
 def test_each_module_gets_its_own_job(api):
     backend = make_backend(job_prefix="pets", hf_token_secret="")
     backend.run("petqlora.evaluation.evaluate", ["--name", "finetuned"], "run-1-evaluate-finetuned")
-    assert list(api.jobs) == ["projects/my-proj/locations/us-central1/jobs/pets-evaluate"]
-    container = api.jobs["projects/my-proj/locations/us-central1/jobs/pets-evaluate"].template.template.containers[0]
+    evaluate_job = "projects/my-proj/locations/us-central1/jobs/pets-evaluate-be488700"
+    assert list(api.jobs) == [evaluate_job]
+    container = api.jobs[evaluate_job].template.template.containers[0]
     assert list(container.command) == ["python", "-m", "petqlora.evaluation.evaluate"]
     assert list(container.env) == []  # no secret configured: no HF_TOKEN reference at all
 
@@ -144,11 +149,11 @@ def test_a_failed_execution_raises_naming_it(api):
     api.plan_next_execution("fail", polls=1)
     with pytest.raises(CloudRunExecutionError) as info:
         backend.run("petqlora.train.train_adapter", train_args(backend), "run-2-train")
-    name = f"{JOB}/executions/petqlora-train-adapter-00001"
+    name = f"{JOB}/executions/{JOB_ID}-00001"
     assert list(api.executions) == [name]
     log_uri = api.execution(name).log_uri  # the fake's console link, as the real API gives one
     assert str(info.value) == (
-        f"Cloud Run execution {name} failed: Completed: NON_ZERO_EXIT_CODE Task petqlora-train-adapter-00001-task0 "
+        f"Cloud Run execution {name} failed: Completed: NON_ZERO_EXIT_CODE Task {JOB_ID}-00001-task0 "
         "failed with message: The container exited with an exit code of 1.; tasks: 0 succeeded, 1 failed, "
         f"0 cancelled, 1 retried. Logs: {log_uri}")
     assert log_uri.startswith("https://console.cloud.google.com/logs/viewer?project=my-proj&")
@@ -233,4 +238,4 @@ def test_rerun_reattaches_to_the_running_execution_then_reuses_the_succeeded_one
 
     # Another task_id is another execution.
     make_backend().run("petqlora.train.train_adapter", train_args(backend), "run-5-train")
-    assert list(api.executions) == [name, f"{JOB}/executions/petqlora-train-adapter-00002"]
+    assert list(api.executions) == [name, f"{JOB}/executions/{JOB_ID}-00002"]

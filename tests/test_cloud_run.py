@@ -30,20 +30,23 @@ from petqlora.cloud.cloud_run_spec import (
     build_run_request,
     gcs_to_mount,
     parse_secret_ref,
+    spec_hash,
 )
 
 IMAGE = "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0"
-JOB = "projects/my-proj/locations/us-central1/jobs/petqlora-train"
 
 
 def make_cfg(**overrides) -> CloudRunJobConfig:
     values = dict(
-        project="my-proj", region="us-central1", job_name="petqlora-train", image=IMAGE,
+        project="my-proj", region="us-central1", job_prefix="petqlora-train", image=IMAGE,
         module="petqlora.train.train_adapter", service_account="petqlora-job@my-proj.iam.gserviceaccount.com",
         bucket="my-proj-petqlora", hf_token_secret="hf-token", labels={"app": "petqlora"},
     )
     values.update(overrides)
     return CloudRunJobConfig(**values)
+
+
+JOB = make_cfg().job_path  # test_job_name_is_the_prefix_and_the_spec_hash pins it
 
 
 def compact(message) -> dict:
@@ -54,7 +57,7 @@ def compact(message) -> dict:
 
 def test_build_job_matches_literal():
     assert compact(build_job(make_cfg())) == {
-        "labels": {"app": "petqlora"},
+        "labels": {"app": "petqlora", "petqlora-job-prefix": "petqlora-train"},
         "template": {
             "labels": {"app": "petqlora"},
             "task_count": 1,
@@ -148,11 +151,11 @@ def test_gcs_to_mount():
 
 def test_config_reports_all_problems_at_once():
     with pytest.raises(ValueError) as info:
-        make_cfg(project="P", region="us", job_name="Bad_", image="trainer:latest", module="1x",
+        make_cfg(project="P", region="us", job_prefix="Bad_", image="trainer:latest", module="1x",
                  service_account="me", bucket="gs://b", cpu="8", memory="32Gi", max_retries=11,
                  task_timeout_s=0, hf_token_secret="a b", labels={"A": "b"}, mount_path="gcs/")
     message = str(info.value)
-    for name in ["project=", "region=", "job_name=", "image=", "module=", "service_account=", "bucket=",
+    for name in ["project=", "region=", "job_prefix=", "image=", "module=", "service_account=", "bucket=",
                  "cpu=", "memory=", "max_retries=", "task_timeout_s=", "hf_token_secret=", "label key",
                  "mount_path="]:
         assert name in message, name
@@ -250,24 +253,52 @@ def make_launcher(api: FakeCloudRunApi, cfg: CloudRunJobConfig | None = None, re
                             executions_client=api.executions_client(), **kwargs)
 
 
-def test_ensure_job_creates_once_then_finds_it_and_updates_a_changed_spec(api):
+def test_ensure_job_creates_once_per_spec_and_never_updates_another_specs_job(api):
     job = make_launcher(api).ensure_job()
     assert job.name == JOB
-    assert len(api.calls("POST", r"/jobs$")) == 1
-    created = api.calls("POST", r"/jobs$")[0]
-    assert created.query["jobId"] == ["petqlora-train"]
+    (created,) = api.calls("POST", r"/jobs$")
+    assert created.query["jobId"] == [JOB.rsplit("/", 1)[1]]
     assert created.body["template"]["template"]["nodeSelector"] == {"accelerator": "nvidia-rtx-pro-6000"}
 
     make_launcher(api).ensure_job()  # same spec: found, left alone
     assert len(api.calls("POST", r"/jobs$")) == 1
     assert api.calls("PATCH") == []
 
+    # Another spec is another job, created beside the first; the first is not touched.
     newer = make_cfg(image=IMAGE.replace(":0.1.0", ":0.2.0"), max_retries=1)
-    updated = make_launcher(api, newer).ensure_job()
-    assert len(api.calls("PATCH", r"/jobs/petqlora-train$")) == 1
-    assert updated.template.template.containers[0].image.endswith(":0.2.0")
-    assert api.jobs[JOB].generation == 2 and api.jobs[JOB].template.template.max_retries == 1
-    assert len(api.calls("POST", r"/jobs$")) == 1
+    other = make_launcher(api, newer).ensure_job()
+    assert other.name == newer.job_path != JOB
+    assert other.template.template.containers[0].image.endswith(":0.2.0")
+    assert len(api.calls("POST", r"/jobs$")) == 2 and api.calls("PATCH") == []
+    assert api.jobs[JOB].generation == 1 and api.jobs[JOB].template.template.containers[0].image == IMAGE
+    assert api.jobs[JOB].template.template.max_retries == 3
+
+
+def test_job_name_is_the_prefix_and_the_spec_hash():
+    cfg = make_cfg()
+    # Pinned: a change here renames every job (old ones are then pruned as the new ones are used).
+    assert cfg.job_name == "petqlora-train-0277ecb1" and cfg.job_path.endswith("/jobs/petqlora-train-0277ecb1")
+    assert spec_hash(cfg) == "0277ecb1"
+    assert make_cfg(labels={"app": "petqlora"}).job_name == cfg.job_name  # a pure function of the spec
+    # Everything build_job puts in the Job changes the name...
+    changed = [
+        {"image": IMAGE.replace(":0.1.0", ":0.2.0")}, {"module": "petqlora.evaluation.evaluate"},
+        {"cpu": "24"}, {"memory": "96Gi"}, {"gpu_type": "nvidia-l4", "cpu": "4", "memory": "16Gi"},
+        {"hf_token_secret": "hf-token:2"}, {"hf_token_secret": None}, {"bucket": "other-bucket"},
+        {"mount_path": "/mnt/gcs"}, {"service_account": "other@my-proj.iam.gserviceaccount.com"},
+        {"max_retries": 0}, {"task_timeout_s": 3600}, {"labels": {}}, {"launch_stage": "BETA"},
+        {"job_prefix": "pets-train"},
+    ]
+    names = {make_cfg(**c).job_name for c in changed}
+    assert len(names) == len(changed) and cfg.job_name not in names
+    # ...and what is not in the Job does not: the retention setting; per-execution args are not in the config.
+    assert make_cfg(keep_jobs=None).job_name == make_cfg(keep_jobs=2).job_name == cfg.job_name
+    # The longest prefix still gives a valid Cloud Run job name (63 characters).
+    assert len(make_cfg(job_prefix="p" * 54).job_name) == 63
+    with pytest.raises(ValueError, match="job_prefix=.*at most 54 characters"):
+        make_cfg(job_prefix="p" * 55)
+    with pytest.raises(ValueError, match="label key='petqlora-job-prefix'.*set by the launcher"):
+        make_cfg(labels={"petqlora-job-prefix": "x"})
 
 
 def test_run_succeeds_and_the_execution_records_the_overrides(api):
@@ -298,7 +329,7 @@ def test_failed_execution_raises_with_name_reason_and_log_link(api):
 
 
 def test_transient_503_and_429_are_retried(api):
-    api.inject_errors(503, method="GET", path=r"/jobs/petqlora-train$")
+    api.inject_errors(503, method="GET", path=rf"/jobs/{make_cfg().job_name}$")
     api.inject_errors(429, method="POST", path=r":run$")
     api.inject_errors(503, count=2, method="GET", path=r"/executions/[^/]+$")
     api.plan_next_execution("succeed", polls=1)
@@ -312,7 +343,7 @@ def test_transient_503_and_429_are_retried(api):
 
 
 def test_persistent_unavailability_gives_up(api):
-    api.inject_errors(503, count=10_000, method="GET", path=r"/jobs/petqlora-train$")
+    api.inject_errors(503, count=10_000, method="GET", path=rf"/jobs/{make_cfg().job_name}$")
     with pytest.raises(core_exceptions.RetryError):
         make_launcher(api, retry_timeout_s=0.05).ensure_job()
 

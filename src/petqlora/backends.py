@@ -131,7 +131,7 @@ class Backend:
 
         step = module.rsplit(".", 1)[-1].replace("_", "-")
         return CloudRunJobConfig(
-            project=self.project, region=self.region, job_name=f"{self.job_prefix}-{step}",
+            project=self.project, region=self.region, job_prefix=f"{self.job_prefix}-{step}",
             image=self.image, module=module, service_account=self.service_account, bucket=self.bucket,
             mount_path=self.mount_path, hf_token_secret=self.hf_token_secret or None)
 

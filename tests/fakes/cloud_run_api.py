@@ -3,7 +3,9 @@ requests the real ``google.cloud.run_v2`` clients send with ``transport="rest"``
 
 It is not Google's service and models only what the launcher relies on:
 
-- jobs: create (``POST .../jobs?jobId=``), get, patch (update, with etag check), list;
+- jobs: create (``POST .../jobs?jobId=``; 409 ALREADY_EXISTS when taken), get, patch (update; a stale
+  ``etag`` answers 409 ABORTED), list (paged), delete (``DELETE .../jobs/J?etag=``: 409 ABORTED on a stale
+  etag; the job's executions go with it, as the real API deletes them in the background);
 - ``POST .../jobs/J:run``: creates an Execution whose template is the job's task template with the run
   overrides applied (args replaced, env merged by name, task_count/timeout), as the real API records them,
   and returns a long-running Operation (metadata: the Execution; done with the Execution as response once
@@ -12,7 +14,11 @@ It is not Google's service and models only what the launcher relies on:
 - how each new execution behaves (:meth:`FakeCloudRunApi.plan_next_execution`): succeed or fail after K
   GETs of the execution, or stay running ("slow") until cancelled;
 - injected errors (:meth:`FakeCloudRunApi.inject_errors`): the next N matching requests answer e.g. 503
-  or 429 with a Google JSON error body, before doing anything.
+  or 429 with a Google JSON error body (502 with an HTML page, as a Google front end does), before doing
+  anything;
+- another actor (:meth:`FakeCloudRunApi.on_request`): a callable run just before a matching request is
+  handled, outside the fake's lock, so it can itself call the fake through real clients (a concurrent
+  update that makes the launcher's etag stale, a concurrent create, a job edited between two calls).
 
 Paths and methods are those of ``run_v2/services/{jobs,executions}/transports/rest_base.py``; bodies are
 parsed and produced with the run_v2 proto-plus types (proto JSON mapping, camelCase), and enums are written
@@ -36,12 +42,17 @@ import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, quote, urlsplit
+from typing import Callable
+from urllib.parse import parse_qs, urlsplit
 
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 from google.longrunning import operations_pb2
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format
+
+from fakes.cloud_run_executions import ExecutionPlan, FakeExecution, apply_overrides, new_execution, now
+
+__all__ = ["ExecutionPlan", "FakeCloudRunApi", "RecordedRequest"]
 
 _SEG = r"[^/:]+"
 _PARENT = rf"projects/(?P<project>{_SEG})/locations/(?P<location>{_SEG})"
@@ -51,24 +62,9 @@ _JOB_ID_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 _STATUS_NAMES = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 409: "ALREADY_EXISTS",
                  429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
-_Cond = run_v2.Condition
-
-
-@dataclass
-class ExecutionPlan:
-    """How the next execution behaves: ``outcome`` is "succeed", "fail" or "slow" (never ends on its own);
-    it ends on the ``polls``-th GET of the execution (0: it has ended when created)."""
-
-    outcome: str = "succeed"
-    polls: int = 1
-    reason: run_v2.Condition.ExecutionReason = _Cond.ExecutionReason.NON_ZERO_EXIT_CODE
-    message: str = "Task {task} failed with message: The container exited with an exit code of 1."
-
-    def __post_init__(self) -> None:
-        if self.outcome not in ("succeed", "fail", "slow"):
-            raise ValueError(f"outcome={self.outcome!r} must be 'succeed', 'fail' or 'slow'")
-        if self.polls < 0:
-            raise ValueError(f"polls={self.polls!r} must be >= 0")
+# What a Google front end answers when the backend is unreachable: an HTML page, not a JSON error.
+_BAD_GATEWAY_HTML = ("<!DOCTYPE html><html lang=en><title>Error 502 (Server Error)!!1</title>"
+                     "<p><b>502.</b> <ins>That's an error.</ins><p>The server encountered a temporary error.</html>")
 
 
 @dataclass
@@ -86,14 +82,15 @@ class _Fault:
     remaining: int
     method: str | None
     path_re: re.Pattern | None
+    status_name: str | None = None
 
 
 @dataclass
-class _FakeExecution:
-    execution: run_v2.Execution
-    plan: ExecutionPlan
-    polls: int = 0
-    ended: bool = False
+class _Hook:
+    action: Callable[[], object]
+    remaining: int
+    method: str | None
+    path_re: re.Pattern | None
 
 
 @dataclass
@@ -105,16 +102,11 @@ class _FakeOperation:
 
 
 class _ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, status_name: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
-    return ts
+        self.status_name = status_name
 
 
 @dataclass
@@ -126,12 +118,13 @@ class FakeCloudRunApi:
 
     def __post_init__(self) -> None:
         self.jobs: dict[str, run_v2.Job] = {}
-        self.executions: dict[str, _FakeExecution] = {}  # insertion order = creation order
+        self.executions: dict[str, FakeExecution] = {}  # insertion order = creation order
         self.operations: dict[str, _FakeOperation] = {}
         self.requests: list[RecordedRequest] = []
         self.cancelled: list[str] = []
         self._plans: collections.deque[ExecutionPlan] = collections.deque()
         self._faults: list[_Fault] = []
+        self._hooks: list[_Hook] = []
         self._counter = itertools.count(1)
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -198,11 +191,20 @@ class FakeCloudRunApi:
         return plan
 
     def inject_errors(self, status: int, count: int = 1, *, method: str | None = None,
-                      path: str | None = None) -> None:
-        """Answer the next ``count`` requests matching ``method`` and regex ``path`` with HTTP ``status``."""
+                      path: str | None = None, status_name: str | None = None) -> None:
+        """Answer the next ``count`` requests matching ``method`` and regex ``path`` with HTTP ``status``
+        (``status_name``: the body's canonical code, e.g. "ABORTED" for a 409; else the usual one)."""
         with self._lock:
             self._faults.append(_Fault(status, count, method.upper() if method else None,
-                                       re.compile(path) if path else None))
+                                       re.compile(path) if path else None, status_name))
+
+    def on_request(self, action: Callable[[], object], *, method: str | None = None, path: str | None = None,
+                   count: int = 1) -> None:
+        """Call ``action()`` just before each of the next ``count`` requests matching ``method`` and regex
+        ``path`` is handled. It runs outside the fake's lock, so it may call the fake through real clients."""
+        with self._lock:
+            self._hooks.append(_Hook(action, count, method.upper() if method else None,
+                                     re.compile(path) if path else None))
 
     def calls(self, method: str | None = None, path: str | None = None) -> list[RecordedRequest]:
         """Recorded requests, filtered by method and a regex searched in the path."""
@@ -221,6 +223,7 @@ class FakeCloudRunApi:
         ("GET", rf"^/v2/{_PARENT}/jobs$", "_list_jobs"),
         ("GET", rf"^/v2/{_JOB}$", "_get_job"),
         ("PATCH", rf"^/v2/{_JOB}$", "_update_job"),
+        ("DELETE", rf"^/v2/{_JOB}$", "_delete_job"),
         ("POST", rf"^/v2/{_JOB}:run$", "_run_job"),
         ("GET", rf"^/v2/{_JOB}/executions$", "_list_executions"),
         ("GET", rf"^/v2/{_EXEC}$", "_get_execution"),
@@ -235,13 +238,20 @@ class FakeCloudRunApi:
         record = RecordedRequest(method, path, query, body)
         ints = any("enum-encoding=int" in v for v in query.get("$alt", []))
         with self._lock:
+            hooks = [h for h in self._hooks if h.remaining > 0 and _matches(h, method, path)]
+            for hook in hooks:
+                hook.remaining -= 1
+        for hook in hooks:  # outside the lock: the action may send its own requests to this fake
+            hook.action()
+        with self._lock:
             self.requests.append(record)
             for fault in self._faults:
-                if fault.remaining > 0 and (fault.method in (None, method)) and (
-                        fault.path_re is None or fault.path_re.search(path)):
+                if fault.remaining > 0 and _matches(fault, method, path):
                     fault.remaining -= 1
                     record.status = fault.status
-                    return fault.status, _error_json(fault.status, "injected by the fake")
+                    if fault.status == 502:
+                        return 502, _BAD_GATEWAY_HTML
+                    return fault.status, _error_json(fault.status, "injected by the fake", fault.status_name)
             try:
                 for route_method, pattern, handler in self._ROUTES:
                     m = re.match(pattern, path)
@@ -251,7 +261,7 @@ class FakeCloudRunApi:
                 raise _ApiError(404, f"the fake has no route for {method} {path}")
             except _ApiError as exc:
                 record.status = exc.status
-                return exc.status, _error_json(exc.status, exc.message)
+                return exc.status, _error_json(exc.status, exc.message, exc.status_name)
             except Exception as exc:  # a bug in the fake: answer 500 so the test fails loudly, not hangs
                 record.status = 500
                 return 500, _error_json(500, f"fake error: {exc!r}")
@@ -276,7 +286,7 @@ class FakeCloudRunApi:
         if job.name:
             raise _ApiError(400, "job.name must be empty on create; it comes from jobId")
         job.name, job.uid, job.generation, job.etag = name, str(uuid.uuid4()), 1, '"gen-1"'
-        job.create_time = job.update_time = _now()
+        job.create_time = job.update_time = now()
         self.jobs[name] = job
         return self._done_operation(parent, job)
 
@@ -292,7 +302,19 @@ class FakeCloudRunApi:
 
     def _list_jobs(self, p, query, body):
         prefix = f"projects/{p['project']}/locations/{p['location']}/jobs/"
-        return run_v2.ListJobsResponse(jobs=[j for n, j in self.jobs.items() if n.startswith(prefix)])
+        page, token = _page([j for n, j in self.jobs.items() if n.startswith(prefix)], query)
+        return run_v2.ListJobsResponse(jobs=page, next_page_token=token)
+
+    def _delete_job(self, p, query, body):
+        job = self._job(p)
+        etag = (query.get("etag") or [""])[0]
+        if etag and etag != job.etag:
+            raise _ApiError(409, f"etag {etag} does not match the job's current etag {job.etag}", "ABORTED")
+        if (query.get("validateOnly") or ["false"])[0] != "true":
+            del self.jobs[job.name]
+            for name in [n for n in self.executions if n.startswith(job.name + "/")]:
+                del self.executions[name]
+        return self._done_operation(job.name.rsplit("/jobs/", 1)[0], job)
 
     def _update_job(self, p, query, body):
         name = f"projects/{p['project']}/locations/{p['location']}/jobs/{p['job']}"
@@ -307,89 +329,39 @@ class FakeCloudRunApi:
             generation = 0
         else:
             if new.etag and new.etag != old.etag:
-                raise _ApiError(409, f"etag {new.etag} does not match the job's current etag {old.etag}")
+                raise _ApiError(409, f"etag {new.etag} does not match the job's current etag {old.etag}", "ABORTED")
             generation = old.generation
             new.uid, new.create_time = old.uid, old.create_time
         new.generation = generation + 1
         new.etag = f'"gen-{new.generation}"'
-        new.update_time = _now()
+        new.update_time = now()
         self.jobs[name] = new
         return self._done_operation(name.rsplit("/jobs/", 1)[0], new)
 
     def _run_job(self, p, query, body):
         job = self._job(p)
         request = run_v2.RunJobRequest.from_json(json.dumps(body or {}), ignore_unknown_fields=True)
-        template = run_v2.TaskTemplate(job.template.template)
-        overrides = request.overrides
-        for override in overrides.container_overrides:
-            index = next((i for i, c in enumerate(template.containers)
-                          if not override.name or c.name == override.name), None)
-            if index is None:
-                raise _ApiError(400, f"container override {override.name!r} names no container of the job")
-            container = template.containers[index]
-            if override.args or override.clear_args:
-                container.args = list(override.args)
-            env = {e.name: e for e in container.env}
-            env.update({e.name: e for e in override.env})  # merged, override wins (as documented)
-            container.env = list(env.values())
-            template.containers[index] = container
-        if "timeout" in overrides:
-            template.timeout = overrides.timeout
-        task_count = overrides.task_count or job.template.task_count or 1
-        short = f"{p['job']}-{next(self._counter):05d}"
-        name = f"{job.name}/executions/{short}"
+        try:
+            template = apply_overrides(job, request.overrides)
+        except ValueError as exc:
+            raise _ApiError(400, str(exc)) from None
+        task_count = request.overrides.task_count or job.template.task_count or 1
+        execution = new_execution(job, f"{p['job']}-{next(self._counter):05d}", p["project"], template, task_count)
         plan = self._plans.popleft() if self._plans else self.default_plan
-        execution = run_v2.Execution(
-            name=name, uid=str(uuid.uuid4()), job=p["job"], generation=1, create_time=_now(),
-            labels=dict(job.template.labels), task_count=task_count,
-            parallelism=job.template.parallelism or task_count, template=template,
-            log_uri=(f"https://console.cloud.google.com/logs/viewer?project={p['project']}&advancedFilter="
-                     + quote(f'resource.type="cloud_run_job"\nlabels."run.googleapis.com/execution_name"="{short}"')),
-            conditions=[run_v2.Condition(type_="Completed", state=_Cond.State.CONDITION_PENDING)],
-        )
-        fake = _FakeExecution(execution, plan)
-        self.executions[name] = fake
+        fake = FakeExecution(execution, plan)
+        self.executions[execution.name] = fake
         job.execution_count += 1
-        job.latest_created_execution = run_v2.ExecutionReference(name=name, create_time=execution.create_time)
-        self._advance(fake, poll=False)
+        job.latest_created_execution = run_v2.ExecutionReference(name=execution.name,
+                                                                 create_time=execution.create_time)
+        fake.advance(poll=False)
         op = _FakeOperation(name=f"projects/{p['project']}/locations/{p['location']}/operations/{uuid.uuid4()}",
-                            execution=name)
+                            execution=execution.name)
         self.operations[op.name] = op
         return self._render_operation(op, force_done=self.operation_done_immediately)
 
     # ---- executions ----------------------------------------------------------------------------------
 
-    def _advance(self, fake: _FakeExecution, *, poll: bool) -> None:
-        """Move an execution along its plan; each GET of it counts as one poll."""
-        if fake.ended:
-            return
-        if poll:
-            fake.polls += 1
-        ex, plan = fake.execution, fake.plan
-        if plan.outcome != "slow" and fake.polls >= plan.polls:
-            fake.ended = True
-            ex.running_count = 0
-            ex.completion_time = _now()
-            if plan.outcome == "succeed":
-                ex.succeeded_count = ex.task_count
-                ex.conditions = [run_v2.Condition(
-                    type_="Completed", state=_Cond.State.CONDITION_SUCCEEDED,
-                    message="Execution completed successfully.", last_transition_time=_now())]
-            else:
-                ex.failed_count = ex.task_count
-                ex.retried_count = ex.task_count if ex.template.max_retries else 0
-                task = f"{ex.name.rsplit('/', 1)[-1]}-task0"
-                ex.conditions = [run_v2.Condition(
-                    type_="Completed", state=_Cond.State.CONDITION_FAILED, severity=_Cond.Severity.ERROR,
-                    execution_reason=plan.reason, message=plan.message.format(task=task),
-                    last_transition_time=_now())]
-        elif "start_time" not in ex:
-            ex.start_time = _now()
-            ex.running_count = ex.task_count
-            ex.conditions = [run_v2.Condition(type_="Completed", state=_Cond.State.CONDITION_RECONCILING,
-                                              last_transition_time=_now())]
-
-    def _fake_execution(self, p) -> _FakeExecution:
+    def _fake_execution(self, p) -> FakeExecution:
         self._job(p)
         name = (f"projects/{p['project']}/locations/{p['location']}/jobs/{p['job']}"
                 f"/executions/{p['execution']}")
@@ -399,31 +371,20 @@ class FakeCloudRunApi:
 
     def _get_execution(self, p, query, body):
         fake = self._fake_execution(p)
-        self._advance(fake, poll=True)
+        fake.advance(poll=True)
         return fake.execution
 
     def _list_executions(self, p, query, body):
         job = self._job(p)
         found = [f.execution for n, f in reversed(self.executions.items()) if n.startswith(job.name + "/")]
-        size = int((query.get("pageSize") or ["0"])[0]) or len(found) or 1
-        start = int((query.get("pageToken") or ["0"])[0] or 0)
-        page = found[start:start + size]
-        token = str(start + size) if start + size < len(found) else ""
+        page, token = _page(found, query)
         return run_v2.ListExecutionsResponse(executions=page, next_page_token=token)
 
     def _cancel_execution(self, p, query, body):
         fake = self._fake_execution(p)
-        ex = fake.execution
-        self.cancelled.append(ex.name)
-        if not fake.ended:
-            fake.ended = True
-            ex.cancelled_count, ex.running_count = ex.task_count, 0
-            ex.completion_time = _now()
-            ex.conditions = [run_v2.Condition(
-                type_="Completed", state=_Cond.State.CONDITION_FAILED,
-                execution_reason=_Cond.ExecutionReason.CANCELLED,
-                message="The execution was cancelled.", last_transition_time=_now())]
-        return self._done_operation(ex.name.split("/jobs/")[0], ex)
+        self.cancelled.append(fake.execution.name)
+        fake.cancel()
+        return self._done_operation(fake.execution.name.split("/jobs/")[0], fake.execution)
 
     # ---- operations ----------------------------------------------------------------------------------
 
@@ -449,6 +410,17 @@ class FakeCloudRunApi:
         return pb
 
 
+def _matches(rule: _Fault | _Hook, method: str, path: str) -> bool:
+    return rule.method in (None, method) and (rule.path_re is None or rule.path_re.search(path) is not None)
+
+
+def _page(items: list, query: dict) -> tuple[list, str]:
+    """One page of ``items`` per ``pageSize``/``pageToken`` (the token is the next offset), and the next token."""
+    size = int((query.get("pageSize") or ["0"])[0]) or len(items) or 1
+    start = int((query.get("pageToken") or ["0"])[0] or 0)
+    return items[start:start + size], (str(start + size) if start + size < len(items) else "")
+
+
 def _to_json(message, ints: bool) -> str:
     if isinstance(message, operations_pb2.Operation):
         return json_format.MessageToJson(message, use_integers_for_enums=ints)
@@ -456,9 +428,9 @@ def _to_json(message, ints: bool) -> str:
                                  always_print_fields_with_no_presence=False)
 
 
-def _error_json(status: int, message: str) -> str:
-    return json.dumps({"error": {"code": status, "message": message,
-                                 "status": _STATUS_NAMES.get(status, HTTPStatus(status).phrase.upper())}})
+def _error_json(status: int, message: str, status_name: str | None = None) -> str:
+    name = status_name or _STATUS_NAMES.get(status, HTTPStatus(status).phrase.upper())
+    return json.dumps({"error": {"code": status, "message": message, "status": name}})
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -477,7 +449,8 @@ class _Handler(BaseHTTPRequestHandler):
         status, payload = self.fake.handle(self.command, self.path, raw)
         data = payload.encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        kind = "text/html" if payload.startswith("<!DOCTYPE") else "application/json"
+        self.send_header("Content-Type", f"{kind}; charset=UTF-8")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

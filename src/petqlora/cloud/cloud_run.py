@@ -1,16 +1,18 @@
-"""Run a Cloud Run Job execution on a GPU and follow it to the end: the launcher, execution state and
-cancellation.
+"""Run a Cloud Run Job execution on a GPU and follow it to the end: the launcher and cancellation.
 
 The GPU steps (training, GPU evaluation) are one container entrypoint, ``python -m <module> *args``. In the
 cloud that entrypoint runs as a Cloud Run Job execution (``google-cloud-run`` ``run_v2``).
 :class:`CloudRunLauncher` is the thin, idempotent loop around the pure builders of
-:mod:`petqlora.cloud.cloud_run_spec`; :func:`execution_state` and :func:`failure_reason` read an execution;
-:func:`cancel_on_sigterm` turns a pipeline cancel into a cancelled execution. The choice between this and a
-local subprocess is :class:`petqlora.backends.Backend`.
+:mod:`petqlora.cloud.cloud_run_spec`: each spec has its own job (``<job_prefix>-<spec hash>``, kept by
+:mod:`petqlora.cloud.cloud_run_jobs`), each pipeline task one execution of it, checked to run the image it
+asked for. :func:`cancel_on_sigterm` turns a pipeline cancel into a cancelled execution. Reading an
+execution lives in :mod:`petqlora.cloud.cloud_run_state`, which errors are retried in
+:mod:`petqlora.cloud.cloud_run_retry`. The choice between this and a local subprocess is
+:class:`petqlora.backends.Backend`.
 
 Typical use from a pipeline step::
 
-    cfg = CloudRunJobConfig(project="my-proj", region="us-central1", job_name="petqlora-train",
+    cfg = CloudRunJobConfig(project="my-proj", region="us-central1", job_prefix="petqlora-train-adapter",
                             image="us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0",
                             module="petqlora.train.train_adapter",
                             service_account="petqlora-job@my-proj.iam.gserviceaccount.com",
@@ -22,27 +24,29 @@ Typical use from a pipeline step::
 from __future__ import annotations
 
 import contextlib
-import enum
 import signal
 import threading
 import time
 from typing import Callable, Iterator
 
 from google.api_core import exceptions as core_exceptions
-from google.api_core import retry as core_retry
 from google.cloud import run_v2
 
-from petqlora.cloud.cloud_run_spec import (
-    TASK_ID_ENV,
-    CloudRunJobConfig,
-    build_job,
-    build_run_request,
-    validate_run_inputs,
+from petqlora.cloud.cloud_run_jobs import ensure_job, prune_jobs
+from petqlora.cloud.cloud_run_retry import TRANSIENT_ERRORS, Backoff
+from petqlora.cloud.cloud_run_spec import TASK_ID_ENV, CloudRunJobConfig, build_run_request, validate_run_inputs
+from petqlora.cloud.cloud_run_state import (
+    ExecutionState,
+    execution_images,
+    execution_state,
+    failure_reason,
+    task_id_of,
 )
 from petqlora.problems import Problems
 
 __all__ = [
     "CloudRunExecutionError",
+    "CloudRunImageMismatchError",
     "CloudRunLauncher",
     "CloudRunTimeoutError",
     "ExecutionState",
@@ -51,66 +55,6 @@ __all__ = [
     "execution_state",
     "failure_reason",
 ]
-
-# Errors worth retrying: 429 (ResourceExhausted is a TooManyRequests), 503, 504 (DeadlineExceeded is a
-# GatewayTimeout).
-TRANSIENT_ERRORS = (
-    core_exceptions.TooManyRequests,
-    core_exceptions.ServiceUnavailable,
-    core_exceptions.GatewayTimeout,
-)
-
-
-class ExecutionState(str, enum.Enum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (ExecutionState.SUCCEEDED, ExecutionState.FAILED, ExecutionState.CANCELLED)
-
-
-_COND = run_v2.Condition
-
-
-def _completed_condition(execution: run_v2.Execution) -> run_v2.Condition | None:
-    return next((c for c in execution.conditions if c.type_ == "Completed"), None)
-
-
-def execution_state(execution: run_v2.Execution) -> ExecutionState:
-    """Where an execution stands. Executions have no state field: the ``Completed`` condition says it,
-    with the task counts as a fallback."""
-    cond = _completed_condition(execution)
-    cancelled = (execution.cancelled_count > 0
-                 or (cond is not None and cond.execution_reason in (
-                     _COND.ExecutionReason.CANCELLED, _COND.ExecutionReason.CANCELLING)))
-    if cond is not None and cond.state == _COND.State.CONDITION_SUCCEEDED:
-        return ExecutionState.SUCCEEDED
-    if cond is not None and cond.state == _COND.State.CONDITION_FAILED:
-        return ExecutionState.CANCELLED if cancelled else ExecutionState.FAILED
-    if "completion_time" in execution:
-        if execution.succeeded_count >= max(execution.task_count, 1):
-            return ExecutionState.SUCCEEDED
-        return ExecutionState.CANCELLED if cancelled else ExecutionState.FAILED
-    return ExecutionState.RUNNING if execution.running_count > 0 else ExecutionState.PENDING
-
-
-def failure_reason(execution: run_v2.Execution) -> str:
-    """A one-line reason read from the execution's conditions and counts."""
-    parts = []
-    failed = [c for c in execution.conditions if c.state == _COND.State.CONDITION_FAILED]
-    failed.sort(key=lambda c: c.type_ != "Completed")  # the terminal condition first
-    for c in failed:
-        codes = [r.name for r in (c.execution_reason, c.reason, c.revision_reason)
-                 if r and r.name and not r.name.endswith("UNDEFINED")]
-        text = f"{c.type_}: " + " ".join(filter(None, [", ".join(codes), c.message]))
-        parts.append(text.strip())
-    parts.append(f"tasks: {execution.succeeded_count} succeeded, {execution.failed_count} failed, "
-                 f"{execution.cancelled_count} cancelled, {execution.retried_count} retried")
-    return "; ".join(parts)
 
 
 class CloudRunExecutionError(RuntimeError):
@@ -128,6 +72,11 @@ class CloudRunTimeoutError(CloudRunExecutionError, TimeoutError):
     """The launcher's wait ran past ``timeout_s``; the execution was cancelled."""
 
 
+class CloudRunImageMismatchError(CloudRunExecutionError):
+    """The execution runs another image than the one this run asked for; :meth:`CloudRunLauncher.run`
+    cancels it."""
+
+
 def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
@@ -136,50 +85,15 @@ def _short(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
-def _task_id_of(execution: run_v2.Execution) -> str | None:
-    for container in execution.template.containers[:1]:
-        for env in container.env:
-            if env.name == TASK_ID_ENV:
-                return env.value
-    return None
-
-
-def _spec_view(job: run_v2.Job) -> dict:
-    """The parts of a Job that :func:`build_job` owns, in a comparable form. The server adds status and
-    may default other fields, so comparing whole resources would update the job on every run."""
-    task = job.template.template
-    containers = []
-    for c in task.containers:
-        containers.append({
-            "image": c.image,
-            "command": list(c.command),
-            "args": list(c.args),
-            "env": sorted(run_v2.EnvVar.to_json(e, sort_keys=True) for e in c.env),
-            "limits": dict(c.resources.limits),
-            "volume_mounts": sorted((m.name, m.mount_path, m.sub_path) for m in c.volume_mounts),
-        })
-    return {
-        "labels": dict(job.labels),
-        "execution_labels": dict(job.template.labels),
-        "task_count": job.template.task_count or 1,
-        "containers": containers,
-        "volumes": sorted(run_v2.Volume.to_json(v, sort_keys=True) for v in task.volumes),
-        "max_retries": task.max_retries if "max_retries" in task else 3,  # 3 is the API's default
-        "timeout": task.timeout,  # proto-plus gives a timedelta
-        "service_account": task.service_account,
-        "accelerator": task.node_selector.accelerator,
-        "gpu_zonal_redundancy_disabled": bool(task.gpu_zonal_redundancy_disabled),
-    }
-
-
 class CloudRunLauncher:
-    """Creates/updates the Cloud Run Job and runs one execution per pipeline task, idempotently.
+    """Makes sure this spec's Cloud Run Job exists and runs one execution per pipeline task, idempotently.
 
     ``jobs_client``/``executions_client`` default to ``run_v2.JobsClient()``/``ExecutionsClient()`` with
     application default credentials; tests pass REST clients pointed at a local fake. Polling of the
     execution is exponential from ``poll_initial_s`` to ``poll_max_s``; ``timeout_s`` bounds the whole
     wait (None: wait as long as the job's task timeout allows). The ``retry_*`` knobs bound the backoff on
-    transient API errors, and ``sleep`` is injectable so tests can observe the schedule.
+    transient API errors (see :mod:`petqlora.cloud.cloud_run_retry`), and ``sleep`` is injectable so tests
+    can observe the schedule.
     """
 
     def __init__(
@@ -219,9 +133,7 @@ class CloudRunLauncher:
         self.timeout_s = timeout_s
         self.log = log
         self._sleep = sleep
-        self._retry_initial_s = float(retry_initial_s)
-        self._retry_max_s = float(retry_max_s)
-        self._retry_timeout_s = float(retry_timeout_s)
+        self._backoff = Backoff(float(retry_initial_s), float(retry_max_s), float(retry_timeout_s), log, sleep)
         self._job_ready = False
 
     # Clients are created lazily so that building a launcher (e.g. in a dry run) needs no credentials.
@@ -237,54 +149,58 @@ class CloudRunLauncher:
             self._executions_client = run_v2.ExecutionsClient()
         return self._executions_client
 
-    def _retry(self) -> core_retry.Retry:
-        return core_retry.Retry(
-            predicate=core_retry.if_exception_type(*TRANSIENT_ERRORS),
-            initial=self._retry_initial_s, maximum=self._retry_max_s, multiplier=2.0,
-            timeout=self._retry_timeout_s,
-            on_error=lambda exc: self.log(f"[cloud-run] transient API error, retrying: {exc}"),
-        )
-
-    # ---- job -----------------------------------------------------------------------------------------
+    # ---- jobs ----------------------------------------------------------------------------------------
 
     def ensure_job(self) -> run_v2.Job:
-        """Create the job if it is missing, update it if its spec differs from ``cfg``, else leave it."""
-        desired = build_job(self.cfg)
-        name = self.cfg.job_path
-        try:
-            existing = self.jobs_client.get_job(name=name, retry=self._retry())
-        except core_exceptions.NotFound:
-            self.log(f"[cloud-run] creating job {name} (image {self.cfg.image})")
-            try:
-                op = self.jobs_client.create_job(parent=self.cfg.parent, job=desired,
-                                                 job_id=self.cfg.job_name, retry=self._retry())
-                job = op.result(timeout=self._retry_timeout_s)
-            except core_exceptions.AlreadyExists:  # a retried create whose first attempt went through
-                job = self.jobs_client.get_job(name=name, retry=self._retry())
-            self._job_ready = True
-            return job
-        if _spec_view(existing) == _spec_view(desired):
-            self._job_ready = True
-            return existing
-        self.log(f"[cloud-run] updating job {name}: its spec differs from the config (image {self.cfg.image})")
-        desired.name = name
-        desired.etag = existing.etag  # optimistic concurrency: fail rather than overwrite a concurrent edit
-        op = self.jobs_client.update_job(job=desired, retry=self._retry())
-        job = op.result(timeout=self._retry_timeout_s)
+        """Create this spec's job if it is missing; put it back if its content drifted; else leave it."""
+        job = ensure_job(self.jobs_client, self.cfg, self._backoff)
         self._job_ready = True
         return job
 
+    def prune_old_jobs(self) -> list[str]:
+        """Delete old jobs of this prefix (see :func:`petqlora.cloud.cloud_run_jobs.prune_jobs`). Best effort:
+        it follows a run that succeeded, so an API error is logged with the fix, never raised."""
+        try:
+            return prune_jobs(self.jobs_client, self.executions_client, self.cfg, self._backoff)
+        except core_exceptions.GoogleAPIError as exc:
+            self.log(f"[cloud-run] could not prune old '{self.cfg.job_prefix}' jobs: {exc}. The run itself "
+                     "succeeded; grant run.jobs.list, run.jobs.delete and run.executions.list (docs/cloud_setup.md) "
+                     "or set keep_jobs=None to keep every job")
+            return []
+
     # ---- executions ----------------------------------------------------------------------------------
 
+    def _image_problem(self, execution: run_v2.Execution) -> str | None:
+        """Why ``execution`` does not run this run's image, or None. Belt and braces: a job named after its
+        spec runs that spec, unless someone edits it between ensure_job and run_job (by hand, or a hash
+        collision); run_job runs whatever the job holds at that instant, and the execution's template is what
+        Cloud Run really runs. Hours of training on another trainer, reported SUCCEEDED, is the cost avoided."""
+        images = execution_images(execution)
+        if images == [self.cfg.image]:
+            return None
+        return (f"Cloud Run execution {execution.name} runs image {images[0] if len(images) == 1 else images!r}, "
+                f"not {self.cfg.image!r} that this run asked for: job {self.cfg.job_path} was changed between "
+                f"ensure_job and run_job")
+
     def find_execution(self, task_id: str) -> run_v2.Execution | None:
-        """The execution already started for ``task_id`` that is worth reusing: a succeeded one first,
-        else one still running. Failed or cancelled ones are ignored (a new attempt starts instead)."""
+        """The execution of this spec's job already started for ``task_id`` that is worth reusing: a succeeded
+        one first, else one still running. Failed or cancelled ones are ignored (a new attempt starts
+        instead), and so is one that runs another image (stopped if it still runs)."""
         succeeded = active = None
-        pager = self.executions_client.list_executions(parent=self.cfg.job_path, retry=self._retry())
-        for execution in pager:
-            if _task_id_of(execution) != task_id:
+        try:
+            executions = list(self.executions_client.list_executions(parent=self.cfg.job_path,
+                                                                     retry=self._backoff.reads()))
+        except core_exceptions.NotFound:
+            return None  # the job was deleted since ensure_job (pruned, or by hand): _start creates it again
+        for execution in executions:
+            if task_id_of(execution) != task_id:
                 continue
             state = execution_state(execution)
+            if (problem := self._image_problem(execution)) is not None:
+                self.log(f"[cloud-run] not reusing it for task {task_id}: {problem}")
+                if not state.terminal:
+                    self.cancel(execution.name)
+                continue
             if state == ExecutionState.SUCCEEDED and succeeded is None:
                 succeeded = execution
             elif not state.terminal and active is None:
@@ -295,21 +211,37 @@ class CloudRunLauncher:
         """Start an execution and return its name. run_job is not idempotent, so a transient error is
         retried only after checking that the failed call did not start an execution after all."""
         request = build_run_request(self.cfg, args, task_id)
-        delay = self._retry_initial_s
-        deadline = time.monotonic() + self._retry_timeout_s
+        delays = self._backoff.delays()
+        recreated = False
         while True:
             try:
-                op = self.jobs_client.run_job(request=request)
+                op = self.jobs_client.run_job(request=request, retry=None)
                 break
+            except core_exceptions.NotFound:
+                # The job was deleted since ensure_job (pruned by a concurrent run, or by hand). A 404 started
+                # nothing, so creating the job again and running once more is safe; once, not in a loop.
+                if recreated:
+                    raise
+                recreated = True
+                self.log(f"[cloud-run] job {self.cfg.job_path} is gone; creating it again")
+                self.ensure_job()
             except TRANSIENT_ERRORS as exc:
-                if time.monotonic() + delay > deadline:
+                delay = next(delays, None)
+                if delay is None:
                     raise
                 self.log(f"[cloud-run] transient error starting {self.cfg.job_name}, retrying in {delay:g}s: {exc}")
                 self._sleep(delay)
-                delay = min(delay * 2, self._retry_max_s)
                 existing = self.find_execution(task_id)
                 if existing is not None:
                     return existing.name
+        name = self._execution_name(op, task_id)
+        if not name.startswith(f"{self.cfg.job_path}/executions/"):
+            raise CloudRunExecutionError(
+                f"run_job on {self.cfg.job_path} answered with execution {name!r}, which is not one of that job's; "
+                "refusing to follow it. Check the job's executions in the Cloud Console")
+        return name
+
+    def _execution_name(self, op, task_id: str) -> str:
         metadata = op.metadata
         if metadata is not None and metadata.name:
             return metadata.name
@@ -325,18 +257,24 @@ class CloudRunLauncher:
     def cancel(self, name: str) -> None:
         """Ask Cloud Run to cancel an execution; errors are logged, not raised (used while unwinding)."""
         try:
-            self.executions_client.cancel_execution(name=name, retry=self._retry())
+            self.executions_client.cancel_execution(name=name, retry=self._backoff.reads())
             self.log(f"[cloud-run] cancelled execution {name}")
         except Exception as exc:  # noqa: BLE001 - never mask the interruption that led here
             self.log(f"[cloud-run] could not cancel execution {name}: {exc}; cancel it in the Cloud Console")
 
     def wait(self, name: str) -> run_v2.Execution:
-        """Poll an execution until it ends, with delays doubling from poll_initial_s to poll_max_s."""
+        """Poll an execution until it ends, with delays doubling from poll_initial_s to poll_max_s. Raises
+        :class:`CloudRunImageMismatchError` as soon as the execution shows another image than this run's."""
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         delay = self.poll_initial_s
         last: tuple | None = None
         while True:
-            execution = self.executions_client.get_execution(name=name, retry=self._retry())
+            execution = self.executions_client.get_execution(name=name, retry=self._backoff.reads())
+            if (problem := self._image_problem(execution)) is not None:
+                raise CloudRunImageMismatchError(
+                    f"{problem}; refusing it (it is cancelled). Re-run the step: the launcher puts the job back "
+                    f"to its spec; if this recurs, find who updates {self.cfg.job_name} (Cloud Audit Logs, "
+                    "run.jobs.update)", execution=execution, log_uri=execution.log_uri)
             state = execution_state(execution)
             seen = (state, execution.running_count, execution.succeeded_count, execution.failed_count,
                     execution.retried_count)
@@ -361,12 +299,13 @@ class CloudRunLauncher:
             delay = min(delay * 2, self.poll_max_s)
 
     def run(self, args: list[str], task_id: str) -> run_v2.Execution:
-        """Run the job once for ``task_id`` and return the succeeded execution.
+        """Run this spec's job once for ``task_id`` and return the succeeded execution.
 
         Idempotent per ``task_id``: a succeeded execution is returned as is, a running one is waited on.
-        On an interruption (KeyboardInterrupt, SystemExit e.g. from :func:`cancel_on_sigterm`) or a
-        timeout the execution is cancelled and the exception re-raised. API errors that outlast the retry
-        budget propagate without cancelling: a retried step then re-attaches to the running execution.
+        On an interruption (KeyboardInterrupt, SystemExit e.g. from :func:`cancel_on_sigterm`), a timeout or
+        an execution that runs another image, the execution is cancelled and the exception re-raised. API
+        errors that outlast the retry budget propagate without cancelling: a retried step then re-attaches
+        to the running execution. After a success, old jobs of the prefix are pruned (best effort).
         """
         validate_run_inputs(args, task_id)
         if not self._job_ready:
@@ -374,6 +313,7 @@ class CloudRunLauncher:
         existing = self.find_execution(task_id)
         if existing is not None and execution_state(existing) == ExecutionState.SUCCEEDED:
             self.log(f"[cloud-run] task {task_id} already succeeded as {existing.name}; not starting another")
+            self.prune_old_jobs()
             return existing
         if existing is not None:
             self.log(f"[cloud-run] task {task_id} is already running as {existing.name}; waiting on it")
@@ -383,6 +323,11 @@ class CloudRunLauncher:
             self.log(f"[cloud-run] started execution {name} for task {task_id}")
         try:
             execution = self.wait(name)
+        except CloudRunImageMismatchError as exc:
+            self._job_ready = False  # the job changed under us: check it again before the next start
+            if not execution_state(exc.execution).terminal:
+                self.cancel(name)
+            raise
         except (CloudRunTimeoutError, KeyboardInterrupt, SystemExit):
             self.cancel(name)
             raise
@@ -392,6 +337,7 @@ class CloudRunLauncher:
                 f"Cloud Run execution {execution.name} {execution_state(execution).value.lower()}: {reason}. "
                 f"Logs: {execution.log_uri or '(no log link)'}",
                 execution=execution, reason=reason, log_uri=execution.log_uri)
+        self.prune_old_jobs()
         return execution
 
 

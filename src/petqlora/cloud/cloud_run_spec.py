@@ -3,12 +3,15 @@
 :class:`CloudRunJobConfig` is the job's settings, validated on construction (every problem at once);
 :func:`build_job` and :func:`build_run_request` turn it into the ``run_v2`` Job resource and the
 RunJobRequest of one execution, with no network and no credentials, so they are unit-tested against
-literals. :func:`gcs_to_mount` says where a ``gs://`` URI lies inside the job's container. Running the job
-(the launcher, execution state, cancellation) lives in :mod:`petqlora.cloud.cloud_run`.
+literals. The job's name is ``<job_prefix>-<spec hash>`` (:func:`spec_hash`): one Cloud Run Job per spec,
+created once and never changed to run another spec. :func:`gcs_to_mount` says where a ``gs://`` URI lies
+inside the job's container. Running the job (the launcher, execution state, cancellation) lives in
+:mod:`petqlora.cloud.cloud_run`; creating, repairing and pruning jobs in :mod:`petqlora.cloud.cloud_run_jobs`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -23,19 +26,27 @@ from petqlora.problems import Problems
 
 __all__ = [
     "GPU_MINIMUMS",
+    "JOB_PREFIX_LABEL",
+    "MAX_KEEP_JOBS",
     "MAX_TASK_TIMEOUT_S",
+    "SPEC_HASH_LEN",
     "TASK_ID_ENV",
     "CloudRunJobConfig",
     "build_job",
     "build_run_request",
     "gcs_to_mount",
     "parse_secret_ref",
+    "spec_hash",
     "validate_run_inputs",
 ]
 
 # The env var that tags an execution with the pipeline task it belongs to; it is how a retried step
 # finds the execution it already started (Cloud Run keeps overrides in the execution's template).
 TASK_ID_ENV = "PETQLORA_TASK_ID"
+
+# A label on every job the launcher creates, naming its prefix: pruning old jobs deletes only jobs that
+# carry it, never a job someone else made that happens to be named like ours.
+JOB_PREFIX_LABEL = "petqlora-job-prefix"
 
 # Cloud Run's per-GPU minimums (vCPU, GiB). Only GPU types listed here are accepted, so a typo fails
 # here rather than after a slow deploy.
@@ -47,7 +58,11 @@ GPU_MINIMUMS: dict[str, tuple[float, int]] = {
 MAX_TASK_TIMEOUT_S = 168 * 3600  # Cloud Run's ceiling for a job task (over 24 h is preview).
 
 _REGION_RE = re.compile(r"^[a-z]+(?:-[a-z]+)+[0-9]+$")
-_JOB_NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# Job names are at most 63 characters; the prefix leaves room for "-" and the 8 hex digits of the spec hash.
+SPEC_HASH_LEN = 8
+_MAX_JOB_PREFIX = 63 - 1 - SPEC_HASH_LEN
+_JOB_PREFIX_RE = re.compile(rf"^[a-z](?:[a-z0-9-]{{0,{_MAX_JOB_PREFIX - 2}}}[a-z0-9])?$")
+MAX_KEEP_JOBS = 100
 _SA_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*@[a-z0-9.-]+\.gserviceaccount\.com$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -129,7 +144,7 @@ class CloudRunJobConfig:
 
     project: str
     region: str
-    job_name: str  # e.g. "petqlora-train"
+    job_prefix: str  # e.g. "petqlora-train-adapter"; the job is named "<job_prefix>-<spec hash>"
     image: str  # trainer image URI pinned by a version tag or digest, never ':latest'
     module: str  # entrypoint module the container runs, e.g. "petqlora.train.train_adapter"
     service_account: str  # the job's runtime SA email (bucket + secret access)
@@ -144,6 +159,9 @@ class CloudRunJobConfig:
     labels: dict[str, str] = field(default_factory=dict)
     # "BETA" opts in to preview features (e.g. task timeouts over 24 h in some regions); None = GA only.
     launch_stage: str | None = None
+    # After a succeeded run, jobs of this prefix beyond the `keep_jobs` most recently used are deleted
+    # (never one with an unfinished execution); None keeps them all (and needs no run.jobs.delete).
+    keep_jobs: int | None = 5
 
     def __post_init__(self) -> None:
         p = Problems("CloudRunJobConfig")
@@ -168,10 +186,11 @@ class CloudRunJobConfig:
         if (v := self._text(p, "region", "us-central1")) is not None:
             p.check(_REGION_RE.match(v), "region", v, "is not a Cloud Run region such as 'us-central1'",
                     "pick a region that offers the GPU")
-        if (v := self._text(p, "job_name", "petqlora-train")) is not None:
-            p.check(_JOB_NAME_RE.match(v), "job_name", v,
+        if (v := self._text(p, "job_prefix", "petqlora-train-adapter")) is not None:
+            p.check(_JOB_PREFIX_RE.match(v), "job_prefix", v,
                     "must be lowercase letters, digits and '-', start with a letter, not end with '-', "
-                    "at most 63 characters", "e.g. 'petqlora-train'")
+                    f"at most {_MAX_JOB_PREFIX} characters (the job name adds '-' and {SPEC_HASH_LEN} hex digits "
+                    "of the spec hash, within Cloud Run's 63)", "e.g. 'petqlora-train-adapter'")
         if (v := self._text(p, "image", "REGION-docker.pkg.dev/PROJECT/petqlora/trainer:0.1.0")) is not None:
             if (problem := _image_problem(v)) is not None:
                 p.add("image", v, *problem)
@@ -220,17 +239,28 @@ class CloudRunJobConfig:
                     _SECRET_RULE, _SECRET_FIX)
         p.check(self.launch_stage in (None, "GA", "BETA", "ALPHA"), "launch_stage", self.launch_stage,
                 "must be None, 'GA', 'BETA' or 'ALPHA'")
+        if self.keep_jobs is not None:
+            _check_int(p, "keep_jobs", self.keep_jobs, 1, MAX_KEEP_JOBS,
+                       f"must be None (keep every job) or an integer in 1..{MAX_KEEP_JOBS} (the job just run is "
+                       "always kept)")
 
     def _check_labels(self, p: Problems) -> None:
         if not p.check(isinstance(self.labels, dict), "labels", self.labels, "must be a dict of str to str"):
             return
         p.check(len(self.labels) <= 64, "len(labels)", len(self.labels), "Cloud Run allows at most 64 labels")
         for k, val in self.labels.items():
+            p.check(k != JOB_PREFIX_LABEL, "label key", k, "is set by the launcher (it marks the jobs it may prune)",
+                    "use another key")
             p.check(isinstance(k, str) and LABEL_KEY_RE.match(k), "label key", k,
                     "must start with a lowercase letter and use only lowercase letters, digits, '_' and '-' "
                     "(at most 63)")
             p.check(isinstance(val, str) and LABEL_VALUE_RE.match(val), f"label {k!r}", val,
                     "values use only lowercase letters, digits, '_' and '-' (at most 63)")
+
+    @property
+    def job_name(self) -> str:
+        """``<job_prefix>-<spec_hash(self)>``: the job that runs exactly this spec (see :func:`spec_hash`)."""
+        return f"{self.job_prefix}-{spec_hash(self)}"
 
     @property
     def job_path(self) -> str:
@@ -272,12 +302,30 @@ def build_job(cfg: CloudRunJobConfig) -> run_v2.Job:
         gpu_zonal_redundancy_disabled=True,
     )
     job = run_v2.Job(
-        labels=dict(cfg.labels),
+        labels={**cfg.labels, JOB_PREFIX_LABEL: cfg.job_prefix},
         template=run_v2.ExecutionTemplate(labels=dict(cfg.labels), task_count=1, template=task),
     )
     if cfg.launch_stage is not None:
         job.launch_stage = launch_stage_pb2.LaunchStage.Value(cfg.launch_stage)
     return job
+
+
+def spec_hash(cfg: CloudRunJobConfig) -> str:
+    """The first 8 hex digits of the SHA-256 of the Job that :func:`build_job` makes from ``cfg`` (pure).
+
+    Why a hash in the name: ``RunJobRequest.Overrides`` can change args, env, task count and timeout but
+    not the image, and ``run_job`` runs whatever the job's template is at that moment. One job shared by
+    every run and updated in place let a run with image 0.2.0 start an execution of 0.3.0 when another run
+    updated the job in between. A job named after its spec is created once and never needs an update to
+    run another spec. Everything in the Job counts (image, module, resources, env, volumes, service
+    account, retries, timeout, labels, launch stage); the per-execution overrides (args, the task id) and
+    settings that are not in the Job (``keep_jobs``) do not. 32 bits: a collision among the few specs of
+    one prefix is negligible, and the launcher still checks each execution's image.
+    """
+    job = build_job(cfg)
+    canonical = run_v2.Job.to_json(job, use_integers_for_enums=False, sort_keys=True, indent=None,
+                                   always_print_fields_with_no_presence=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:SPEC_HASH_LEN]
 
 
 def validate_run_inputs(args: object, task_id: object) -> None:
