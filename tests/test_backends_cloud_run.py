@@ -144,6 +144,28 @@ def test_each_module_gets_its_own_job(api):
     assert list(container.env) == []  # no secret configured: no HF_TOKEN reference at all
 
 
+def test_a_new_trainer_image_gets_its_own_job_and_the_old_one_is_left_as_it_was(api):
+    old, new = make_backend(), make_backend(image=IMAGE.replace(":0.1.0", ":0.2.0"))
+    old.run("petqlora.train.train_adapter", train_args(old), "run-1-train")
+    new.run("petqlora.train.train_adapter", train_args(new), "run-2-train")
+    (new_job,) = set(api.jobs) - {JOB}
+    assert new_job.startswith("projects/my-proj/locations/us-central1/jobs/petqlora-train-adapter-")
+    assert api.calls("PATCH") == [] and api.jobs[JOB].generation == 1  # the old job was never changed
+    ran = {name.rsplit("/executions/", 1)[0]: api.execution(name).template.containers[0].image
+           for name in api.executions}
+    assert ran == {JOB: IMAGE, new_job: IMAGE.replace(":0.1.0", ":0.2.0")}
+
+
+def test_keep_jobs_of_the_backend_parameter_bounds_the_old_jobs(api):
+    make_backend(keep_jobs=1).run("petqlora.train.train_adapter", train_args(make_backend()), "run-1-train")
+    newer = make_backend(image=IMAGE.replace(":0.1.0", ":0.2.0"), keep_jobs=1)
+    newer.run("petqlora.train.train_adapter", train_args(newer), "run-2-train")
+    assert [r.path for r in api.calls("DELETE")] == [f"/v2/{JOB}"]
+    assert list(api.jobs) == [newer.job_config("petqlora.train.train_adapter").job_path]
+    with pytest.raises(ValueError, match=r"keep_jobs=0: must be None \(keep every job\) or an integer in 1\.\.100"):
+        make_backend(keep_jobs=0).job_config("petqlora.train.train_adapter")
+
+
 def test_a_failed_execution_raises_naming_it(api):
     backend = make_backend()
     api.plan_next_execution("fail", polls=1)

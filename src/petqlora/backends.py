@@ -85,12 +85,13 @@ class Backend:
     kind: str = "local"
     project: str = ""
     region: str = ""
-    job_prefix: str = "petqlora"
+    job_prefix: str = "petqlora"  # jobs are named <job_prefix>-<step>-<8 hex of the job spec's hash>
     image: str = ""
     service_account: str = ""
     bucket: str = ""
     hf_token_secret: str = ""
     progress_every_s: float = 30.0  # how often the step reads and logs a running entrypoint's progress.json
+    keep_jobs: int | None = 5  # Cloud Run jobs kept per step after a success (None: keep all, no run.jobs.delete)
 
     def __post_init__(self) -> None:
         if self.kind not in ("local", "cloud_run"):
@@ -103,10 +104,15 @@ class Backend:
             missing = [n for n in ("project", "region", "image", "service_account", "bucket") if not getattr(self, n)]
             if missing:
                 raise ValueError(
-                    f"backend kind cloud_run needs {missing}: pass them in the `backend` pipeline parameter, e.g. "
+                    f"backend kind cloud_run needs {missing}; fix: pass them in the `backend` pipeline parameter, e.g. "
                     "--param backend='{\"kind\": \"cloud_run\", \"image\": \"REGION-docker.pkg.dev/P/petqlora/"
                     "trainer:VERSION\", \"service_account\": \"petqlora-job@P.iam.gserviceaccount.com\", "
                     "\"bucket\": \"BUCKET\", \"hf_token_secret\": \"hf-token\"}' (and --project/--region)")
+            try:
+                self.mount_path  # the job mounts gs://<bucket> where Vertex mounts it: it must name a bucket
+            except ValueError:
+                raise ValueError(f"backend bucket={self.bucket!r}: is not a bucket name; fix: give the bare name, "
+                                 "e.g. 'my-bucket' (no gs://, no path)") from None
 
     @property
     def mount_path(self) -> str:
@@ -133,7 +139,7 @@ class Backend:
         return CloudRunJobConfig(
             project=self.project, region=self.region, job_prefix=f"{self.job_prefix}-{step}",
             image=self.image, module=module, service_account=self.service_account, bucket=self.bucket,
-            mount_path=self.mount_path, hf_token_secret=self.hf_token_secret or None)
+            mount_path=self.mount_path, hf_token_secret=self.hf_token_secret or None, keep_jobs=self.keep_jobs)
 
     def run(self, module: str, args: list[str], task_id: str) -> None:
         """``python -m module *args`` where ``kind`` says, until it ends. Meanwhile the progress the entrypoint
