@@ -1,5 +1,5 @@
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
 from components.images import PIPELINE_IMAGE
 
@@ -18,12 +18,17 @@ def register_model(
     code_revision: str,
     run_id: str,
     registered: Output[Model],
+    summary: Output[Markdown],
 ) -> str:
     """Register model: a new version of the adapter in the model registry (Vertex AI Model Registry, or the
     local registry), with aliases, metric labels, the dataset hash and the full lineage."""
     import json
+    import os
 
-    from petqlora.steps import run_register_model
+    from petqlora.logs import setup_logging
+    from petqlora.steps import registration_summary, run_register_model
+
+    setup_logging(os.environ)
 
     def link(artifact, **inputs):
         return {"uri": artifact.uri, "sha256": artifact.metadata.get("sha256", ""), "inputs": inputs}
@@ -42,4 +47,6 @@ def register_model(
     with open(registered.path, "w") as f:
         json.dump({"model_version": ref, "adapter_uri": adapter.uri, "lineage": lineage}, f, indent=1)
     registered.metadata.update({"model_version": ref, **{k: v["sha256"] for k, v in lineage.items()}})
+    with open(summary.path, "w") as f:  # evaluate's summary, now naming the version created
+        f.write(registration_summary(evaluation.path, ref))
     return ref

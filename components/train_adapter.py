@@ -29,8 +29,13 @@ def train_adapter(
     """Train adapter: QLoRA (4-bit NF4, LoRA) on an NVIDIA RTX PRO 6000 as a Cloud Run Job execution, or a
     local subprocess of the same entrypoint. Resumes from its checkpoints when retried. train_options
     holds any other TrainConfig field (e.g. checkpoint_every, adapt_vision)."""
+    import os
+
     from petqlora.backends import Backend
+    from petqlora.logs import setup_logging
     from petqlora.steps import run_train_adapter
+
+    setup_logging(os.environ)
 
     config = dict(train_options, base_model=base_model, lora_r=lora_r, lora_alpha=lora_alpha,
                   lora_dropout=lora_dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 
 from petqlora.evaluation.metrics import classification_result
+from petqlora.evaluation.report_confusion import COLUMN_LABEL_CHARS, column_labels
 from petqlora.evaluation.report_html import html_report
-from petqlora.evaluation.report_table import ModelRow, format_seconds, markdown_summary, results_table
+from petqlora.evaluation.report_table import (ModelRow, decision_sentence, format_seconds, markdown_summary,
+                                              results_table, run_details)
 from petqlora.train.loss_curve import loss_curve_png
 
 # A class name with every HTML special character, to prove escaping.
@@ -162,22 +165,38 @@ def test_markdown_summary_registered() -> None:
     assert lines[2] == "| Approach | Accuracy | Macro-F1 | Top-3 | Peak memory | Time | Images/s |"
     assert lines[3] == "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     assert lines[6] == "| Gemma 4 + QLoRA | 87.5% | 0.861 | 95.0% | 22.7 GiB GPU | 2h 03m | 5.50 |"
-    assert "**Decision: registered** as model version `3`. Reason: beats \\*both\\* baselines" in md
+    assert "**Decision:** Registered as model version `3`: beats \\*both\\* baselines." in md
     assert "Dataset hash: `abc1`" in md
+
+
+def test_markdown_summary_of_a_winner_before_registration_names_no_version() -> None:
+    reason = "registered: fine-tuned accuracy 0.800 beats gemma4_baseline 0.600 by 0.200"
+    md = markdown_summary(ROWS, registered=True, model_version=None, reason=reason,
+                          details={"run id": "run_7", "LoRA": "rank 16, alpha 16, 410 target modules"})
+    assert ("**Decision:** Registration pending (the register\\_model step creates the version): fine-tuned "
+            "accuracy 0.800 beats gemma4\\_baseline 0.600 by 0.200.") in md
+    assert "assigned by" not in md and "`" not in md.split("**Decision:**")[1].split("\n")[0]
+    assert md.rstrip("\n").splitlines()[-3:] == ["", "- run id: run\\_7", "- LoRA: rank 16, alpha 16, 410 target modules"]
+
+
+def test_markdown_summary_shows_the_version_verbatim() -> None:
+    md = markdown_summary(ROWS, registered=True, model_version="pets_model@12", reason="registered: wins")
+    assert "**Decision:** Registered as model version `pets_model@12`: wins." in md
 
 
 def test_markdown_summary_not_registered_escapes_pipes() -> None:
     rows = [ModelRow("a|b", 0.1, 0.1, 1.0, 1.0)]
     md = markdown_summary(rows, registered=False, model_version=None, reason="lost by 2 points")
     assert "| a\\|b | 10.0% |" in md
-    assert "**Decision: not registered.** Reason: lost by 2 points" in md
+    assert "**Decision:** Not registered: lost by 2 points." in md
     assert "Dataset hash" not in md
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(registered=True, model_version=None), "model_version is None but registered=True"),
+        (dict(registered=True, model_version="a`b"), "model_version is 'a`b'; pass the registry version"),
+        (dict(registered=True, model_version=" "), "model_version is ' '"),
         (dict(registered=False, model_version="2"), "registered=False; pass None"),
         (dict(registered="yes", model_version=None), "registered must be True or False"),
         (dict(registered=False, model_version=None, reason=""), "reason must be a non-empty"),
@@ -237,50 +256,130 @@ def test_html_numbers_appear() -> None:
     for value in ("0.667", "0.800", "1.000", "0.500"):
         assert f"<td>{value}</td>" in page, value
     assert "(not a class)" in page  # the unparseable answer shows as its own column
-    assert "Registered." in page
+    assert "Registration pending (the register_model step creates the version):</strong>" in page
     assert "google/gemma-4-31b-it" in page and "{&quot;r&quot;: 16}" in page
     assert "loss 2.5 at step 10" in page and "0.625 at step 30" in page
+    assert "no validation loss was recorded" in page and 'class="validation"' not in page
 
 
 def test_html_confusion_cells_carry_counts_and_row_normalised_shades() -> None:
     page = _report()
     rows = re.findall(r"<tr><th class=\"row\">(.*?)</tr>", page, flags=re.S)
     assert len(rows) == 3
-    counts = [re.findall(r"<td[^>]*>(\d+)</td>", r) for r in rows]
-    # 3 class columns, "(not a class)", support.
-    assert counts == [["2", "0", "1", "0", "3"], ["0", "3", "0", "0", "3"], ["0", "0", "1", "1", "2"]]
-    # Full-row diagonal (beagle 3/3) is the darkest blue; an off-diagonal 1/3 is tinted red.
+    counts = [re.findall(r"<td[^>]*>(\d*)</td>", r) for r in rows]
+    # 3 class columns, "(not a class)", support; a zero is a blank cell.
+    assert counts == [["2", "", "1", "", "3"], ["", "3", "", "", "3"], ["", "", "1", "1", "2"]]
+    # Full-row diagonal (beagle 3/3) is the darkest blue; an off-diagonal 1/3 is tinted red, its count bold.
     assert 'style="background:#1a5fb4;color:#fff"' in rows[1]
-    assert re.search(r'background:#(..)(..)(..)', rows[0].split("</td>")[2])
+    off = rows[0].split("</td>")[2]
+    assert 'class="off"' in off and re.search(r"background:#(..)(..)(..)", off)
+    r, g, b = (int(x, 16) for x in re.search(r"background:#(..)(..)(..)", off).groups())
+    assert r > g + 40 and r > b + 40  # clearly red, not a faint pink
 
 
 def test_html_not_registered_and_no_loss_curve() -> None:
-    page = _report(registered=False, reason="did not beat Gemma 4", loss_curve=None, extra=None)
-    assert "Not registered." in page and "did not beat Gemma 4" in page
+    page = _report(registered=False, reason="not registered: did not beat Gemma 4", loss_curve=None, extra=None)
+    assert '<div class="decision no"><strong>Not registered:</strong> did not beat Gemma 4.</div>' in page
     assert "No training loss was recorded" in page and "<svg" not in page
     assert "Run details" not in page
     assert "No training loss was recorded" in _report(loss_curve=[])
 
 
-def test_html_single_point_and_flat_loss_curve_draw() -> None:
-    for curve in ([(5, 1.0)], [(0, 2.0), (10, 2.0)]):
-        page = _report(loss_curve=curve)
-        points = re.search(r'<polyline points="([^"]*)"', page).group(1)
-        coords = [float(v) for pair in points.split() for v in pair.split(",")]
-        assert len(coords) == 2 * len(curve) and all(np.isfinite(coords))
+# Oxford-IIIT Pet's 37 breeds, as its file names spell them: the report's real case.
+BREEDS = ["Abyssinian", "american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle", "Bengal",
+          "Birman", "Bombay", "boxer", "British_Shorthair", "chihuahua", "Egyptian_Mau", "english_cocker_spaniel",
+          "english_setter", "german_shorthaired", "great_pyrenees", "havanese", "japanese_chin", "keeshond",
+          "leonberger", "Maine_Coon", "miniature_pinscher", "newfoundland", "Persian", "pomeranian", "pug",
+          "Ragdoll", "Russian_Blue", "saint_bernard", "samoyed", "scottish_terrier", "shiba_inu", "Siamese",
+          "Sphynx", "staffordshire_bull_terrier", "wheaten_terrier", "yorkshire_terrier"]
 
 
-def test_html_thirty_seven_classes() -> None:
-    classes = [f"breed_{i:02d}_with_a_long_name" for i in range(37)]
+def test_html_thirty_seven_classes_stay_legible() -> None:
     rng = np.random.default_rng(0)
-    y_true = [c for c in classes for _ in range(5)]
-    y_pred = [c if rng.random() < 0.8 else classes[int(rng.integers(37))] for c in y_true]
-    page = _report(classes=classes, finetuned=classification_result(y_true, y_pred, classes))
+    y_true = [c for c in BREEDS for _ in range(5)]
+    y_pred = [c if rng.random() < 0.8 else BREEDS[int(rng.integers(37))] for c in y_true]
+    result = classification_result(y_true, y_pred, BREEDS)
+    page = _report(classes=BREEDS, finetuned=result)
     parser = _parse(page)
     parser.close()
     assert parser.stack == []
-    assert all(c in page for c in classes)
-    assert page.count('<th class="row">') == 37
+    # Every class is a row label, a column (whole name as the header's tooltip) and a per-class row.
+    rows = re.findall(r'<tr><th class="row">(.*?)</th>(.*?)</tr>', page, flags=re.S)
+    assert [name for name, _ in rows] == BREEDS
+    titles = re.findall(r'<th class="col" title="([^"]*)"><div>([^<]*)</div>', page)
+    assert [t for t, _ in titles] == BREEDS
+    for full, shown in titles:  # headers past 18 characters are cut, with an ellipsis; the rest whole
+        assert shown == full if len(full) <= COLUMN_LABEL_CHARS else (
+            len(shown) <= COLUMN_LABEL_CHARS and shown.endswith("\u2026") and full.startswith(shown[:-1]))
+    assert sum(shown != full for full, shown in titles) == 3  # the 22-26 character breeds
+    for name in BREEDS:
+        assert f'<tr><td class="text">{name}</td>' in page
+    # 37 cells per row, then the support; zeros blank; counts add up to the confusion matrix.
+    for (_, cells), counts in zip(rows, result.confusion_matrix):
+        values = re.findall(r"<td[^>]*>(\d*)</td>", cells)
+        assert len(values) == 37 + 1 and values[-1] == "5"
+        assert [int(v) if v else 0 for v in values[:-1]] == counts
+    # Sizes chosen for 1280 px: 24 px cells, the row labels sticky in a sideways-scrolling box.
+    assert "table.cm td{width:24px;min-width:24px;height:22px" in page
+    assert re.search(r"table\.cm th\.row\{[^}]*position:sticky;left:0", page)
+    assert '<div class="scroll"><table class="cm">' in page and ".scroll{overflow-x:auto" in page
+    # The top confusions: a table of at most 8, most frequent first.
+    confusions = re.search(r'<table class="data confusions">.*?</table>', page, flags=re.S).group(0)
+    counts = [int(c) for c in re.findall(r"</td><td>(\d+)</td><td>\d+%</td></tr>", confusions)]
+    assert 0 < len(counts) <= 8 and counts == sorted(counts, reverse=True)
+
+
+def test_column_labels_are_shortened_unless_that_makes_two_alike() -> None:
+    assert column_labels(["pug", "staffordshire_bull_terrier"]) == ["pug", "staffordshire_bul\u2026"]
+    alike = ["american_pit_bull_terrier_a", "american_pit_bull_terrier_b"]
+    assert column_labels(alike) == alike
+
+
+def test_lowest_f1_names_only_classes_below_one() -> None:
+    y = ["beagle", "beagle", "pug", "pug", NASTY]
+    page = _report(finetuned=classification_result(y, ["beagle", "beagle", "pug", "beagle", NASTY], CLASSES))
+    lowest = re.search(r"<strong>Lowest F1:</strong>(.*?)</p>", page).group(1)
+    assert "beagle (0.800)" in lowest and "pug (0.667)" in lowest and "1.000" not in lowest
+    perfect = _report(finetuned=classification_result(y, y, CLASSES))
+    assert "<strong>Lowest F1:</strong> none below 1.000" in perfect
+
+
+@pytest.mark.parametrize(("registered", "version", "sentence"), [
+    (True, "7", "Registered as model version 7: fine-tuned accuracy 0.800 beats gemma4_baseline 0.600 by 0.200."),
+    (True, None, "Registration pending (the register_model step creates the version): fine-tuned accuracy 0.800 "
+                 "beats gemma4_baseline 0.600 by 0.200."),
+    (False, None, "Not registered: fine-tuned accuracy 0.800 beats gemma4_baseline 0.600 by 0.200."),
+])
+def test_the_decision_is_one_sentence_that_says_it_once(registered, version, sentence) -> None:
+    reason = ("registered: " if registered else "not registered: ") + \
+        "fine-tuned accuracy 0.800 beats gemma4_baseline 0.600 by 0.200"
+    assert decision_sentence(registered, reason, version) == sentence
+    page = _report(registered=registered, reason=reason, model_version=version)
+    banner = re.search(r'<div class="decision (\w+)">(.*?)</div>', page)
+    assert banner.group(1) == {True: "yes" if version else "pending", False: "no"}[registered]
+    assert re.sub(r"<[^>]+>", "", banner.group(2)) == sentence
+    assert banner.group(2).lower().count("registered") <= 1
+
+
+def test_run_details_from_the_manifest_the_training_metrics_and_the_parameters() -> None:
+    manifest = {"dataset_hash": "3f1c9a", "source": {"kind": "oxford", "uri": "gs://b/oxford-iiit-pet"}}
+    training = {"steps": 144, "examples": 2310, "train_time_s": 7384.0, "lora_target_modules": ["a", "b", "c"],
+                "config": {"lora_r": 64, "lora_alpha": 32}}
+    details = run_details(run_id="pets-20261103", base_model="/gcs/b/gemma-4-31b-it", image_token_budget=280,
+                          scoring="score", n_eval=740, manifest=manifest, training=training,
+                          source_fingerprint="ab12cd")
+    assert details == {
+        "run id": "pets-20261103", "base model": "/gcs/b/gemma-4-31b-it", "dataset hash": "3f1c9a",
+        "dataset source": "gs://b/oxford-iiit-pet (oxford)", "source fingerprint": "ab12cd",
+        "LoRA": "rank 64, alpha 32, 3 target modules", "image token budget": "280 soft tokens per image",
+        "training": "144 optimizer steps on 2310 examples, 2h 03m in training steps",
+        "evaluation": "740 test examples, scoring: score"}
+    # What the inputs do not have is left out, not shown empty.
+    bare = run_details(run_id="", base_model="m", image_token_budget=70, scoring="generate", n_eval=2, manifest={},
+                       training={})
+    assert list(bare) == ["base model", "image token budget", "evaluation"]
+    page = _report(extra=details)
+    assert "<tr><th>LoRA</th><td>rank 64, alpha 32, 3 target modules</td></tr>" in page
 
 
 @pytest.mark.parametrize(
@@ -314,3 +413,20 @@ def test_loss_curve_png_writes_a_png(tmp_path: Path) -> None:
 def test_loss_curve_png_rejects_empty(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="loss_curve is empty"):
         loss_curve_png([], tmp_path / "x.png")
+
+
+def test_register_model_s_summary_names_the_version_it_created(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from petqlora.steps import registration_summary
+
+    reason = "registered: fine-tuned accuracy 0.875 beats gemma4_baseline 0.701 by 0.174"
+    details = {"run id": "run-7", "dataset hash": "3f1c9a"}
+    (tmp_path / "evaluation.json").write_text(json.dumps(
+        {"register": True, "reason": reason, "rows": [asdict(r) for r in ROWS], "details": details}))
+    md = registration_summary(str(tmp_path), "petqlora-gemma4-pets@2")
+    # The same table and details as evaluate's summary, which said "pending"; now the real version.
+    assert md == markdown_summary(ROWS, registered=True, model_version="petqlora-gemma4-pets@2", reason=reason,
+                                  details=details)
+    assert ("**Decision:** Registered as model version `petqlora-gemma4-pets@2`: fine-tuned accuracy 0.875 beats "
+            "gemma4\\_baseline 0.701 by 0.174.") in md

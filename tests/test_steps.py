@@ -351,5 +351,9 @@ def test_run_evaluate_scores_every_model_and_the_champion_on_the_same_split(eval
     saved = json.loads((out / "evaluation.json").read_text())
     assert saved["register"] is False and saved["reason"] == summary["reason"]
     assert summary["evaluation_sha256"] == sha256_file(out / "evaluation.json")
-    assert "not registered" in (tmp_path / "summary.md").read_text()
-    assert "Current registered version" in (tmp_path / "report.html").read_text()
+    summary_md = (tmp_path / "summary.md").read_text()
+    assert "**Decision:** Not registered: fine-tuned accuracy" in summary_md
+    assert "- base model: " in summary_md and "- dataset hash: " in summary_md  # the run details
+    page = (tmp_path / "report.html").read_text()
+    assert "Current registered version" in page and "<h2>Run details</h2>" in page
+    assert (out / "report.html").read_text() == page  # the copy a browser opens by its name

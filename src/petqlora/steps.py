@@ -138,13 +138,12 @@ def champion_adapter(registry: str, model_name: str, project: str = "", region: 
 
 def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model: str, gemma4_baseline: str,
                  gemma3_baseline: str, image_token_budget: int, mode: str, win_margin: float, registry: str,
-                 model_name: str, backend: Backend, task_id: str, report_html: str, summary_md: str) -> dict:
+                 model_name: str, backend: Backend, task_id: str, report_html: str, summary_md: str,
+                 run_id: str = "") -> dict:
     """Evaluate the three models (and the champion) on the test split; write the report; decide."""
     check_win_margin(win_margin)  # before any GPU time is spent
     from petqlora.evaluation.evaluate import EvalConfig
-    from petqlora.evaluation.metrics import ClassificationResult
-    from petqlora.evaluation.report_html import html_report
-    from petqlora.evaluation.report_table import ModelRow, markdown_summary, results_table
+    from petqlora.evaluation.report_table import ModelRow, results_table, run_details
 
     out = Path(out_dir)
     models = {
@@ -174,24 +173,59 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
     ft = results["finetuned"]
     training = json.loads(Path(adapter_dir, "metrics.json").read_text())
     classes = ft["classes"]
-    Path(report_html).write_text(html_report(
-        rows=rows, classes=classes, finetuned=ClassificationResult(**ft["result"]),
-        loss_curve=[tuple(x) for x in training.get("loss", [])], title="Pet breeds: Gemma 4 QLoRA vs baselines",
-        registered=register, reason=reason,
-        extra={"examples evaluated": ft["n_eval"], "scoring": mode, "training steps": training.get("steps"),
-               "training wall time (s)": round(training.get("wall_time_s") or 0, 1)}))
-    version = "(assigned by register_model)" if register else None
-    Path(summary_md).write_text(markdown_summary(rows, registered=register, model_version=version, reason=reason))
+    details = run_details(run_id=run_id, base_model=base_model, image_token_budget=image_token_budget, scoring=mode,
+                          n_eval=ft["n_eval"], manifest=json.loads(Path(dataset_dir, "manifest.json").read_text()),
+                          training=training, source_fingerprint=_source_fingerprint(dataset_dir))
+    _write_evaluation_reports(out, report_html, summary_md, rows=rows, finetuned=ft, training=training,
+                              register=register, reason=reason, details=details)
     table = results_table(rows)
     print(table, flush=True)
     summary = {"models": {k: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "n_eval": r["n_eval"],
                               "top3_accuracy": r["top3_accuracy"], "peak_memory_gib": r["peak_memory_gib"],
                               "memory_kind": r["memory_kind"], "seconds": r["seconds"]} for k, r in results.items()},
                "register": register, "reason": reason, "classes": classes,
-               "confusion_matrix": ft["result"]["confusion_matrix"], "table": table}
+               "confusion_matrix": ft["result"]["confusion_matrix"], "table": table,
+               # what register_model's summary repeats, with the version it creates
+               "rows": [asdict(r) for r in rows], "details": details}
     (out / "evaluation.json").write_text(json.dumps(summary, indent=1))
     summary["evaluation_sha256"] = sha256_file(out / "evaluation.json")
     return summary
+
+
+def _source_fingerprint(dataset_dir: str) -> str | None:
+    """The source fingerprint prepare_data recorded in its report.json, if it did."""
+    report = Path(dataset_dir, "report.json")
+    return json.loads(report.read_text()).get("source", {}).get("fingerprint") if report.is_file() else None
+
+
+def _write_evaluation_reports(out: Path, report_html: str, summary_md: str, *, rows: list, finetuned: dict,
+                              training: dict, register: bool, reason: str, details: dict) -> None:
+    """The HTML report at `report_html` (the HTML artifact, which the Vertex UI renders from its content) and a
+    copy at OUT/report.html, a name a browser opens; the Markdown summary at `summary_md`. A winner's version
+    does not exist yet: both say its registration is pending, and register_model's summary names it."""
+    from petqlora.evaluation.metrics import ClassificationResult
+    from petqlora.evaluation.report_html import html_report
+    from petqlora.evaluation.report_table import markdown_summary
+
+    page = html_report(
+        rows=rows, classes=finetuned["classes"], finetuned=ClassificationResult(**finetuned["result"]),
+        loss_curve=[tuple(x) for x in training.get("loss", [])],
+        val_loss_curve=[tuple(x) for x in training.get("val_loss", [])],
+        title="Pet breeds: Gemma 4 QLoRA vs baselines", registered=register, reason=reason, model_version=None,
+        extra=details)
+    Path(report_html).write_text(page)
+    (out / "report.html").write_text(page)
+    Path(summary_md).write_text(markdown_summary(rows, registered=register, model_version=None, reason=reason,
+                                                 details=details))
+
+
+def registration_summary(evaluation_dir: str, model_version: str) -> str:
+    """register_model's Markdown summary: the evaluation's table and details, and the version it created."""
+    from petqlora.evaluation.report_table import ModelRow, markdown_summary
+
+    evaluation = json.loads(Path(evaluation_dir, "evaluation.json").read_text())
+    return markdown_summary([ModelRow(**row) for row in evaluation["rows"]], registered=evaluation["register"],
+                            model_version=model_version, reason=evaluation["reason"], details=evaluation["details"])
 
 
 # ---- register_model

@@ -143,7 +143,10 @@ _MD_SPECIAL = "\\`*_[]<>|#"
 
 def _md(text: str) -> str:
     """Escape Markdown syntax so a model name or reason renders as the literal text."""
-    text = " ".join(str(text).split())  # a newline would end a table row
+    return _md_escape(" ".join(str(text).split()))  # a newline would end a table row
+
+
+def _md_escape(text: str) -> str:
     return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in text)
 
 
@@ -154,6 +157,71 @@ def validate_decision(registered: object, reason: object) -> None:
         raise ValueError("reason must be a non-empty sentence; say why the model was or was not registered")
 
 
+def validate_model_version(registered: bool, model_version: object) -> None:
+    """A version only for a registered model; None for a winner means its registration is still to come."""
+    if not registered and model_version is not None:
+        raise ValueError(
+            f"model_version is {model_version!r} but registered=False; pass None (no version was created)"
+        )
+    if model_version is not None and (
+        not isinstance(model_version, str) or not model_version.strip() or any(c in model_version for c in "`\n")
+    ):
+        raise ValueError(
+            f"model_version is {model_version!r}; pass the registry version that was created (one line, no "
+            "backticks), or None while register_model has not run yet"
+        )
+
+
+def decision_sentence(registered: bool, reason: str, model_version: str | None, *,
+                      version_format=str) -> str:
+    """The decision and its reason as one sentence, e.g. "Registered as model version 3: fine-tuned accuracy
+    0.800 beats gemma4_baseline 0.600 by 0.200." ``version_format`` renders the version (Markdown: code).
+
+    The reasons of steps.registration_decision open with the decision ("registered: ..."); that opening is
+    dropped here so the sentence says it once.
+    """
+    validate_decision(registered, reason)
+    validate_model_version(registered, model_version)
+    why = " ".join(reason.split())
+    for opening in ("not registered:", "registered:"):
+        if why.lower().startswith(opening):
+            why = why[len(opening):].strip()
+            break
+    why = why.rstrip(".") or "no reason given"
+    if not registered:
+        return f"Not registered: {why}."
+    if model_version is None:
+        return f"Registration pending (the register_model step creates the version): {why}."
+    return f"Registered as model version {version_format(model_version)}: {why}."
+
+
+def run_details(*, run_id: str, base_model: str, image_token_budget: int, scoring: str, n_eval: int,
+                manifest: dict, training: dict, source_fingerprint: str | None = None) -> dict[str, str]:
+    """The report's "Run details", from what the evaluate step reads: the prepared dataset's manifest, the
+    training step's metrics.json, and the run's parameters. Items the inputs do not have are left out."""
+    cfg = training.get("config") or {}
+    source = manifest.get("source") or {}
+    details = {
+        "run id": run_id,
+        "base model": base_model,
+        "dataset hash": manifest.get("dataset_hash"),
+        "dataset source": f"{source['uri']} ({source.get('kind', 'unknown kind')})" if source.get("uri") else None,
+        "source fingerprint": source_fingerprint,
+        "image token budget": f"{image_token_budget} soft tokens per image",
+        "evaluation": f"{n_eval} test examples, scoring: {scoring}",
+    }
+    if "lora_r" in cfg and "lora_alpha" in cfg:
+        targets = training.get("lora_target_modules") or []
+        details["LoRA"] = f"rank {cfg['lora_r']}, alpha {cfg['lora_alpha']}, {len(targets)} target modules"
+    if training.get("steps") is not None:
+        seconds = training.get("train_time_s")
+        details["training"] = (f"{training['steps']} optimizer steps on {training.get('examples', '?')} examples"
+                               + (f", {format_seconds(seconds)} in training steps" if seconds is not None else ""))
+    order = ("run id", "base model", "dataset hash", "dataset source", "source fingerprint", "LoRA",
+             "image token budget", "training", "evaluation")
+    return {k: str(details[k]) for k in order if details.get(k) not in (None, "")}
+
+
 def markdown_summary(
     rows: list[ModelRow],
     *,
@@ -161,22 +229,17 @@ def markdown_summary(
     model_version: str | None,
     reason: str,
     dataset_hash: str | None = None,
+    details: dict[str, str] | None = None,
 ) -> str:
-    """A Markdown comparison table and the registration decision.
+    """A Markdown comparison table, the registration decision in one sentence and the run details.
 
-    ``model_version`` is the registry version that was created: required when ``registered`` is True and
-    must be None when it is False, so the summary never names a version that does not exist.
+    ``model_version`` is the registry version that was created, or None: for a model that was not
+    registered, and for a winner whose registration (the register_model step) is still to come, which the
+    sentence then says. The summary never names a version that does not exist.
     """
     rows = validate_rows(rows)
     validate_decision(registered, reason)
-    if registered and (not isinstance(model_version, str) or not model_version.strip()):
-        raise ValueError(
-            f"model_version is {model_version!r} but registered=True; pass the registry version that was created"
-        )
-    if not registered and model_version is not None:
-        raise ValueError(
-            f"model_version is {model_version!r} but registered=False; pass None (no version was created)"
-        )
+    validate_model_version(registered, model_version)
     if dataset_hash is not None and (
         not isinstance(dataset_hash, str) or not dataset_hash.strip() or any(c in dataset_hash for c in "`\n")
     ):
@@ -188,11 +251,13 @@ def markdown_summary(
     head = "| " + " | ".join(h for h, _ in cols) + " |"
     align = "| --- | " + " | ".join("---:" for _ in cols[1:]) + " |"
     body = ["| " + " | ".join(_md(cells[i]) for _, cells in cols) + " |" for i in range(len(rows))]
-    if registered:
-        decision = f"**Decision: registered** as model version `{model_version}`. Reason: {_md(reason)}"
-    else:
-        decision = f"**Decision: not registered.** Reason: {_md(reason)}"
+    # The sentence is escaped, the version is not: it is shown verbatim, as code.
+    before, marked, after = decision_sentence(registered, reason, model_version,
+                                              version_format=lambda v: "\x00").partition("\x00")
+    decision = "**Decision:** " + _md_escape(before) + (f"`{model_version}`" + _md_escape(after) if marked else "")
     out = ["## Evaluation results", "", head, align, *body, "", decision]
     if dataset_hash is not None:
         out += ["", f"Dataset hash: `{dataset_hash}`"]
+    if details:
+        out += ["", "### Run details", ""] + [f"- {_md(k)}: {_md(v)}" for k, v in details.items()]
     return "\n".join(out) + "\n"
