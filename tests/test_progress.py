@@ -148,11 +148,18 @@ def test_a_cloud_run_step_logs_the_job_s_progress_from_the_shared_mount(tmp_path
                       service_account="job@my-proj.iam.gserviceaccount.com", progress_every_s=0.05)
     out = tmp_path / "pets" / "root" / "run-1" / "train-adapter" / "adapter"
     out.mkdir(parents=True)
-    # The job "trains" while the launcher waits: step 1 when it starts, step 2 as it succeeds.
+    # The job "trains" while the launcher waits: step 1 when it starts, step 2 just before the poll that sees
+    # it succeed (the second: the launcher sleeps 5 s after the first, which finds it running).
     cloud_run_api.plan_next_execution("succeed", polls=2)
     cloud_run_api.on_request(lambda: write_progress(out, _progress(1, total=2)), method="POST", path=r":run$")
-    cloud_run_api.on_request(lambda: write_progress(out, _progress(2, total=2)), method="GET",
-                             path=r"/executions/[^/:]+$", count=1)
+    polls = []
+
+    def on_poll():
+        polls.append(1)
+        if len(polls) == 2:
+            write_progress(out, _progress(2, total=2))
+
+    cloud_run_api.on_request(on_poll, method="GET", path=r"/executions/[^/:]+$", count=2)
     caplog.set_level(logging.INFO)
 
     backend.run("petqlora.train.train_adapter", ["--dataset", backend.path_arg(str(tmp_path / "pets" / "d")),
