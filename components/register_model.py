@@ -35,9 +35,11 @@ def register_model(
 
     lineage = {
         "dataset": {"uri": dataset.uri, "sha256": dataset.metadata.get("dataset_hash", ""),
-                    "inputs": {"source": dataset.metadata.get("source", "")}},
+                    "inputs": {"source": dataset.metadata.get("source", ""),
+                               "source_fingerprint": dataset.metadata.get("source_fingerprint", "")}},
         "token_boundary_report": link(token_report, dataset=dataset.uri),
-        "adapter": link(adapter, dataset=dataset.uri, base_model=adapter.metadata.get("base_model", "")),
+        "adapter": link(adapter, dataset=dataset.uri, base_model=adapter.metadata.get("base_model", ""),
+                        config_fingerprint=adapter.metadata.get("config_fingerprint", "")),
         "evaluation": link(evaluation, adapter=adapter.uri, dataset=dataset.uri),
     }
     ref = run_register_model(adapter_dir=adapter.path, adapter_uri=adapter.uri, evaluation_dir=evaluation.path,

@@ -43,6 +43,7 @@ def train_adapter(
     values = run_train_adapter(dataset.path, adapter.path, config, Backend(project=project, region=region, **backend),
                                task_id=f"{run_id}-train")
     adapter.metadata.update({"sha256": values["adapter_sha256"], "base_model": base_model, "lora_r": lora_r,
+                             "config_fingerprint": values["config_fingerprint"],
                              "lora_target_modules": len(values["lora_target_modules"])})
     for key in ("final_loss", "steps", "tokens_per_s", "wall_time_s", "peak_memory_gib"):
         if values.get(key) is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import re
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,24 @@ BAD_INPUT_POLICIES = ("fail", "skip")
 SCORING_MODES = ("score", "generate")
 BACKEND_KINDS = ("local", "cloud_run")
 PIPELINE_NAME = "petqlora-gemma4-pets"
+# HOST[:PORT]/PATH[:TAG][@sha256:DIGEST], as docker reads an image reference (lowercase path).
+_IMAGE_RE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+"
+                       r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
+
+
+def image_pin_problem(image: str) -> str | None:
+    """Why `image` is not pinned (a version tag other than latest, or a digest), or None when it is: a
+    moving tag would let a rerun pull other code than the run it repeats."""
+    match = _IMAGE_RE.match(image)
+    if match is None:
+        return "is not an image reference (HOST/PATH/NAME:TAG or HOST/PATH/NAME@sha256:DIGEST)"
+    if match["digest"]:
+        return None
+    if match["tag"] is None:
+        return "has no tag: pin it by a version tag or a digest"
+    if match["tag"] == "latest":
+        return "uses :latest, which moves: pin it by a version tag or a digest"
+    return None
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,8 @@ class PipelineParams:
                             "truncated.", low=1)
     train_options: dict = field({"checkpoint_every": 50}, "Any other training-config field as a JSON object, "
                                 "e.g. {\"checkpoint_every\": 50, \"adapt_vision\": false}.")
+    force_training: bool = field(False, "Train even when the registered default version was trained on the "
+                                 "same dataset with the same training config (otherwise the run skips the GPU).")
     scoring: str = field("score", "How evaluation reads an answer: score (class likelihoods, deterministic) or "
                          "generate (greedy decoding, normalized match).", allowed=SCORING_MODES)
     win_margin: float = field(0.02, "Accuracy the fine-tuned model must gain over the best baseline to be "
@@ -72,15 +93,31 @@ class PipelineParams:
                            "hf_token_secret": ""},
                           "Where the GPU steps run: {\"kind\": \"cloud_run\", image, service_account, bucket, "
                           "hf_token_secret} or {\"kind\": \"local\"}.")
-    serving_image: str = field("us-docker.pkg.dev/vertex-ai/vertex-vision-model-garden-dockers/"
-                               "pytorch-vllm-serve:latest", "Serving container image recorded with the "
-                               "registered version.")
+    serving_image: str = field("", "Serving container image of a version registered to Vertex (required "
+                               "there), pinned by version tag or digest; the local registry does not use it.",
+                               fix="pass an image with a version tag or @sha256 digest, e.g. "
+                               "REGION-docker.pkg.dev/PROJECT/REPO/serving:1.0.0")
     code_revision: str = field("", "Commit of the code that ran, recorded as a label of the registered version.")
 
     def __post_init__(self) -> None:
         problems = Problems("pipeline parameters")
-        schema.check(self, problems)
+        wrong = schema.check(self, problems)
+        if "serving_image" not in wrong and self.serving_image:
+            problem = image_pin_problem(self.serving_image)
+            if problem:
+                problems.add("serving_image", self.serving_image, problem,
+                             schema.rule_of(PipelineParams, "serving_image").fix)
         problems.raise_if_any()
+
+
+def check_vertex_registration(values: PipelineParams, problems: Problems) -> None:
+    """A run that registers to Vertex needs a serving image (Vertex refuses a model with artifacts and no
+    serving container): checked before a cloud run is submitted, not after its training."""
+    if values.registry == "vertex" and not values.serving_image:
+        problems.add("serving_image", values.serving_image, "is required when registry=vertex (Vertex Model "
+                     "Registry needs a serving container for the adapter)",
+                     "--param serving_image=REGION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG (pinned), or a local "
+                     "registry path")
 
 
 NAMES = tuple(f.name for f in dataclasses.fields(PipelineParams))

@@ -37,12 +37,28 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+# ---- fingerprint_source
+
+def run_fingerprint_source(source: str, summary_md: str) -> str:
+    """The source's fingerprint (no pixel read), its Markdown report at `summary_md`; see data.fingerprint."""
+    from petqlora.data.fingerprint import fingerprint_source
+
+    fp = fingerprint_source(source)
+    Path(summary_md).write_text(fp.markdown())
+    log.info("fingerprint_source: %s (%s, %d files, exact=%s)", fp.fingerprint, fp.kind, fp.files, fp.exact)
+    return fp.fingerprint
+
+
 # ---- prepare_data
 
-def run_prepare_data(source: str, out_dir: str, report_path: str, **options) -> dict:
+def run_prepare_data(source: str, out_dir: str, report_path: str, *, source_fingerprint: str = "",
+                     **options) -> dict:
+    from petqlora.data.fingerprint import record_fingerprint
     from petqlora.data.prepare_data import PrepareDataConfig, prepare_data
 
     result = prepare_data(PrepareDataConfig(source=source, **options), out_dir)
+    if source_fingerprint:
+        record_fingerprint(out_dir, source_fingerprint)
     Path(report_path).write_text((Path(out_dir) / "report.md").read_text())
     return {"dataset_hash": result.dataset_hash, "classes": len(result.classes), "skipped": result.skipped,
             **{f"{k}_examples": v for k, v in result.splits.items()}}
@@ -82,7 +98,32 @@ def run_train_adapter(dataset_dir: str, out_dir: str, train_config: dict, backen
     backend.run("petqlora.train.train_adapter", args, task_id)
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["adapter_sha256"] = sha256_file(out / "adapter" / "adapter_model.safetensors")
+    from petqlora.registry.champion import config_fingerprint
+
+    metrics["config_fingerprint"] = config_fingerprint(train_config)  # registered with the version
     return metrics
+
+
+# ---- decide_training
+
+def run_decide_training(dataset_dir: str, train_config: dict, *, force_training: bool, registry: str,
+                        model_name: str, project: str, region: str, decision_json: str, summary_md: str) -> dict:
+    """Train, or skip because the registry's default version was trained on this dataset with this
+    config (registry.champion); the decision and its reason go to `decision_json` and `summary_md`."""
+    from petqlora.data.dataset import read_manifest
+    from petqlora.registry.champion import config_fingerprint, find_champion, training_decision
+
+    dataset_hash = read_manifest(dataset_dir)["dataset_hash"]
+    fingerprint = config_fingerprint(train_config)
+    champion = None if force_training else find_champion(registry, model_name, project=project, region=region)
+    train, reason = training_decision(dataset_hash=dataset_hash, fingerprint=fingerprint, champion=champion,
+                                      force_training=force_training, model_name=model_name)
+    decision = {"train": train, "reason": reason, "dataset": dataset_dir, "dataset_hash": dataset_hash,
+                "config_fingerprint": fingerprint, "champion": champion.ref if champion else None}
+    Path(decision_json).write_text(json.dumps(decision, indent=1))
+    Path(summary_md).write_text(f"# Train or skip\n\n**{'train' if train else 'skip'}**: {reason}\n")
+    log.info("decide_training: %s", reason)
+    return decision
 
 
 # ---- evaluate
@@ -242,7 +283,9 @@ def run_register_model(*, adapter_dir: str, adapter_uri: str, evaluation_dir: st
     from petqlora.cloud.vertex_common import to_vertex_labels
 
     # Vertex's label rules in the local registry too: "v0.1.0" -> "v0_1_0"; a sha256 is cut to 63 characters
-    labels = to_vertex_labels({"dataset_hash": lineage["dataset"]["sha256"], "code_revision": code_revision or "unknown"})
+    labels = to_vertex_labels({"dataset_hash": lineage["dataset"]["sha256"], "code_revision": code_revision or "unknown",
+                               # with dataset_hash, what decide_training compares to skip retraining the same
+                               "config_fingerprint": lineage["adapter"]["inputs"].get("config_fingerprint") or "unknown"})
     if registry.startswith("vertex"):
         from petqlora.cloud.vertex_models import register_vertex_model
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, TypeVar
 
@@ -19,9 +20,12 @@ if TYPE_CHECKING:  # the import is deferred: only the copy functions need the li
 __all__ = [
     "GCS_MOUNT_ROOT",
     "StorageAccessError",
+    "StoredObject",
     "download_dir",
     "download_file",
+    "gcs_uri",
     "is_gcs",
+    "list_objects",
     "local_path",
     "split_gcs",
     "upload_dir",
@@ -80,6 +84,16 @@ def local_path(uri: str | os.PathLike, *, mount: str = GCS_MOUNT_ROOT, bucket: s
             f"uri={uri!r} is in bucket {uri_bucket!r}, but the job mounts only gs://{bucket} at {mount}; copy "
             f"the data into gs://{bucket}/ or mount its bucket instead (CloudRunJobConfig.bucket)")
     return f"{root}/{blob}".rstrip("/")
+
+
+def gcs_uri(path: str | os.PathLike, *, mount: str = GCS_MOUNT_ROOT) -> str | None:
+    """The gs:// URI of a path under the Vertex mount (``/gcs/b/x`` -> ``gs://b/x``), the inverse of
+    ``local_path``; None for any other path."""
+    text = os.fspath(path)
+    if not text.startswith(mount.rstrip("/") + "/"):
+        return None
+    rest = text[len(mount.rstrip("/")) + 1:]
+    return f"gs://{rest}" if rest else None
 
 
 _default_client: "gcs.Client | None" = None
@@ -217,3 +231,27 @@ def read_bytes(uri: str, *, client: "gcs.Client | None" = None) -> bytes:
         raise ValueError(f"uri={uri!r} must name an object, not a bucket or folder, e.g. 'gs://{bucket}/a.jpg'")
     c = connect(uri, client)
     return _guarded(uri, "read", c, lambda: c.bucket(bucket).blob(blob).download_as_bytes())
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object of a listing: what identifies its content without reading it."""
+
+    uri: str
+    size: int
+    generation: int  # changes on every write of the object, even with the same bytes
+
+
+def list_objects(uri: str, *, recursive: bool = True, client: "gcs.Client | None" = None) -> list[StoredObject]:
+    """The objects under the ``uri`` prefix (a folder: ``gs://b/data`` lists ``gs://b/data/...``), with their
+    sizes and generations, sorted by URI; one request per 1,000 objects, no object is read. ``recursive=False``
+    lists one folder level. "Folder" placeholder objects (names ending in /) are left out."""
+    bucket, prefix = split_gcs(uri)
+    prefix = prefix.strip("/")
+    listing_prefix = f"{prefix}/" if prefix else ""  # "data" must not match "data2/..."
+    c = connect(uri, client)
+    blobs = _guarded(uri, "read", c, lambda: list(
+        c.list_blobs(bucket, prefix=listing_prefix, delimiter=None if recursive else "/")))
+    return sorted((StoredObject(f"gs://{bucket}/{b.name}", int(b.size or 0), int(b.generation or 0))
+                   for b in blobs if not b.name.endswith("/")), key=lambda o: o.uri)
+
