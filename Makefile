@@ -71,12 +71,12 @@ lock:
 pin-base-images:
 	python3 tools/pin_base_images.py
 
-# The Artifact Registry repository; the default is the placeholder of components/images.py, which is refused.
+# The Artifact Registry repository; the default is the placeholder registry of components/images.py, refused.
 IMAGE_REGISTRY ?= us-central1-docker.pkg.dev/my-project/petqlora
 IMAGE_VERSION = $(shell python3 -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")
 
 images:
-	@case "$(IMAGE_REGISTRY)" in *my-project*|"") echo "make images: set IMAGE_REGISTRY to your Artifact Registry repository, e.g. make images IMAGE_REGISTRY=us-central1-docker.pkg.dev/PROJECT/petqlora (and REGISTRY in components/images.py to the same)"; exit 1;; esac
+	@case "$(IMAGE_REGISTRY)" in *my-project*|"") echo "make images: set IMAGE_REGISTRY to your Artifact Registry repository, e.g. make images IMAGE_REGISTRY=us-central1-docker.pkg.dev/PROJECT/petqlora, the registry the pipeline names its images with"; exit 1;; esac
 	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine here (docker not found or its daemon not reachable). Build the images where Docker runs (docs/cloud_setup.md section 6)."; exit 1; }
 	python3 tools/pin_base_images.py --check
 	docker build --platform linux/amd64 -f containers/trainer/Dockerfile \
