@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from petqlora import schema
 from petqlora.params import parse as parse_params
 
 log = logging.getLogger("petqlora.local_run")
+
+REPORT_HTML = "report.html"
 
 TASK_DIRS = {"dataset": ("prepare-data", "dataset"), "token_boundary_report": ("validate-token-boundaries", "records"),
              "adapter": ("train-adapter", "adapter"), "evaluation_report": ("evaluate", "report"),
@@ -90,6 +93,7 @@ def run_local_pipeline(pipeline_func, output_dir: Path, config_path: Path, datas
     config = load_local_config(config_path)
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / REPORT_HTML).unlink(missing_ok=True)  # an earlier run's report must never read as this run's
     models = {k: resolve_model(v, output_dir / "models") for k, v in config.get("models", {}).items()}
     source = resolve_dataset(config.get("dataset", {}), dataset, output_dir / "data")
     registry = output_dir / "registry.sqlite"
@@ -108,9 +112,19 @@ def run_local_pipeline(pipeline_func, output_dir: Path, config_path: Path, datas
         status, error = "failed", re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     wall = time.perf_counter() - started
     summary = summarize(_latest_run(pipeline_root, error), registry, params, status, error, wall)
+    _copy_report(summary, output_dir)
     (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=1))
     print_summary(summary, output_dir)
     return summary
+
+
+def _copy_report(summary: dict, output_dir: Path) -> None:
+    """OUTPUT/report.html: the evaluate step's HTML report under a name a browser opens (kfp names the HTML
+    artifact's file `report`, without an extension); the summary points at the copy."""
+    report = summary["artifacts"].get("evaluation_report")
+    if report and Path(report).is_file():
+        shutil.copyfile(report, output_dir / REPORT_HTML)
+        summary["artifacts"]["evaluation_report"] = str(output_dir / REPORT_HTML)
 
 
 def summarize(run_dir: Path, registry: Path, params: dict, status: str, error: str | None, wall: float) -> dict:
