@@ -1,6 +1,7 @@
 """The whole pipeline on this machine (kfp.local), as `make run` runs it, plus its failure and no-win paths."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,14 @@ def test_default_run_trains_a_winner_and_registers_it(default_run):
                                                  models["gemma3_baseline"]["accuracy"])
     assert summary["registered"] is True
     assert summary["model_version"] == "petqlora-gemma4-pets@1"
-    assert "Gemma 4 + QLoRA (fine-tuned)" in result.stdout and "Registered petqlora-gemma4-pets@1" in result.stdout
+    assert "Gemma 4 + QLoRA (fine-tuned)" in result.stdout
+    # The train step logged the trainer's progress.json while it ran; the trainer's own lines, relayed by the
+    # step, carry one timestamp each and their own level.
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if "train_adapter progress: step" in line][-1].endswith(", done")
+    relayed = [line for line in lines if " INFO petqlora.train.train_adapter: step " in line]
+    assert relayed and all(len(re.findall(r"\d\d:\d\d:\d\d", line)) == 1 for line in relayed), relayed[:3]
+    assert "Registered as model version petqlora-gemma4-pets@1: fine-tuned accuracy" in result.stdout
 
 
 def test_default_run_artifacts(default_run):
@@ -54,8 +62,9 @@ def test_default_run_artifacts(default_run):
     art = summary["artifacts"]
     assert (Path(art["dataset"]) / "manifest.json").exists()
     assert (Path(art["adapter"]) / "adapter_model.safetensors").exists()
+    assert Path(art["evaluation_report"]) == (out / "report.html").resolve()  # a name a browser opens
     html = Path(art["evaluation_report"]).read_text()
-    assert "<table" in html and "Gemma 3 baseline" in html
+    assert "<table" in html and "Gemma 3 baseline" in html and "<h2>Run details</h2>" in html
     records = [json.loads(line) for line in Path(art["token_boundary_report"]).read_text().splitlines()]
     assert records and all(r["ok"] for r in records)
     assert {"example_id", "image_tokens", "expected_image_tokens", "supervised_text", "label", "ok",
@@ -88,7 +97,7 @@ def test_a_run_that_does_not_win_registers_nothing_and_says_why(default_run, tmp
     assert summary["registered"] is False and summary["model_version"] is None
     assert "champion" in summary["models"]  # the registered version was evaluated on the same split
     assert summary["decision_reason"].startswith("not registered")
-    assert "Nothing registered" in result.stdout
+    assert "\nNot registered: fine-tuned accuracy" in result.stdout
 
 
 def test_a_broken_example_fails_validation_before_training(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from petqlora import schema
+from petqlora.evaluation.report_table import decision_sentence
 from petqlora.params import parse as parse_params
 
 log = logging.getLogger("petqlora.local_run")
@@ -166,10 +167,11 @@ def print_summary(summary: dict, output_dir: Path) -> None:
     if summary["status"] != "succeeded":
         print(f"\nThe pipeline FAILED: {summary['error']}")
     elif summary["registered"]:
-        print(f"\nRegistered {summary['model_version']}: {summary['decision_reason']}")
+        print("\n" + decision_sentence(True, summary["decision_reason"] or "(no reason recorded)",
+                                       summary["model_version"]))
         print(f"Lineage: python pipeline.py lineage {summary['model_version']} --registry {summary['registry']}")
     else:
-        print(f"\nNothing registered. {summary['decision_reason']}")
+        print("\n" + decision_sentence(False, summary["decision_reason"] or "(no reason recorded)", None))
     if summary["artifacts"].get("evaluation_report"):
         print(f"Report: {summary['artifacts']['evaluation_report']}")
     print(f"Summary: {output_dir / 'run_summary.json'} ({summary['wall_time_s']}s)")
