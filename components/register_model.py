@@ -2,6 +2,7 @@ from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
 from components.images import PIPELINE_IMAGE
+from petqlora.cloud.vertex_artifacts import VertexModel
 
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
@@ -17,14 +18,16 @@ def register_model(
     serving_image: str,
     code_revision: str,
     run_id: str,
-    registered: Output[Model],
+    registered: Output[VertexModel],
     summary: Output[Markdown],
 ) -> str:
     """Register model: a new version of the adapter in the model registry (Vertex AI Model Registry, or the
-    local registry), with aliases, metric labels, the dataset hash and the full lineage."""
-    import json
+    local registry), with aliases, the dataset hash and the full lineage. On Vertex the version serves with
+    `serving_image` (python -m petqlora.serve), its evaluation is imported as a classification evaluation,
+    and the output links to the version in the Model Registry (google.VertexModel)."""
     import os
 
+    from petqlora.cloud.vertex_artifacts import record_registration
     from petqlora.logs import setup_logging
     from petqlora.steps import registration_summary, run_register_model
 
@@ -46,9 +49,8 @@ def register_model(
                              lineage=lineage, run_id=run_id, model_name=model_name, registry=registry,
                              project=project, region=region, serving_image=serving_image,
                              code_revision=code_revision, dry_run=False)
-    with open(registered.path, "w") as f:
-        json.dump({"model_version": ref, "adapter_uri": adapter.uri, "lineage": lineage}, f, indent=1)
-    registered.metadata.update({"model_version": ref, **{k: v["sha256"] for k, v in lineage.items()}})
+    record_registration(registered, ref, metadata={"model_version": ref, **{k: v["sha256"] for k, v in lineage.items()}},
+                        record={"model_version": ref, "adapter_uri": adapter.uri, "lineage": lineage})
     with open(summary.path, "w") as f:  # evaluate's summary, now naming the version created
         f.write(registration_summary(evaluation.path, ref))
     return ref

@@ -157,7 +157,8 @@ def test_lineage_from_vertex_dry_run_prints_the_requests():
                                   out=lines.append)
     methods = [r["method"] for r in payload["requests"]]
     assert methods == ["ListArtifacts", "QueryArtifactLineageSubgraph"]
-    assert payload["requests"][0]["filter"] == 'uri="gs://b/adapter"'
+    assert payload["requests"][0]["query"]["filter"] == 'uri="gs://b/adapter"'  # the REST call (test_vertex_dry_runs)
+    assert "needs_lookup" in payload["requests"][1]  # its artifact is what ListArtifacts finds
     assert "QueryArtifactLineageSubgraph" in lines[0]
     with pytest.raises(ValueError, match="max_hops"):
         lineage_from_vertex("gs://b/a", project="p", region="r", max_hops=0, dry_run=True)

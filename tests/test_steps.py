@@ -104,10 +104,12 @@ def _write_run(root: Path, *, register: bool = True, reason: str = "registered: 
     (adapter_dir / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
     evaluation_dir = root / "evaluate"
     evaluation_dir.mkdir()
-    models = {"finetuned": {"accuracy": 0.8, "macro_f1": 0.75}, "gemma4_baseline": {"accuracy": 0.5, "macro_f1": 0.4},
-              "gemma3_baseline": {"accuracy": 0.3, "macro_f1": 0.2}}
-    (evaluation_dir / "evaluation.json").write_text(json.dumps({"register": register, "reason": reason,
-                                                                "models": models}))
+    models = {"finetuned": {"accuracy": 0.8, "macro_f1": 0.75, "n_eval": 10, "top3_accuracy": 1.0},
+              "gemma4_baseline": {"accuracy": 0.5, "macro_f1": 0.4, "n_eval": 10, "top3_accuracy": 0.9},
+              "gemma3_baseline": {"accuracy": 0.3, "macro_f1": 0.2, "n_eval": 10, "top3_accuracy": 0.8}}
+    (evaluation_dir / "evaluation.json").write_text(json.dumps({
+        "register": register, "reason": reason, "models": models, "classes": ["beagle", "pug"],
+        "confusion_matrix": [[5, 0], [2, 3]]}))  # the fine-tuned model's: 8 of 10 right
     lineage = {  # what components/register_model.py builds from its input artifacts
         "dataset": {"uri": str(root / "dataset"), "sha256": DATASET_HASH, "inputs": {"source": "synthetic"}},
         "token_boundary_report": {"uri": str(root / "records"), "sha256": "b" * 64,
@@ -213,10 +215,12 @@ def test_register_on_vertex_through_the_sdk_is_idempotent(tmp_path, fake, monkey
     assert sent["displayName"] == NAME
     assert sent["artifactUri"] == args["adapter_uri"] + "/adapter"  # the folder with the adapter's files
     assert sent["containerSpec"]["imageUri"] == args["serving_image"]
-    assert sent["labels"] == {
+    assert sent["labels"] == {  # one short metric label; the metrics are the version's evaluation
         "dataset_hash": DATASET_HASH[:63], "code_revision": "3f2a9c1", "run_id": "petqlora-gemma4-pets-20261128",
-        "finetuned_accuracy": "0_8", "gemma4_baseline_accuracy": "0_5", "gemma3_baseline_accuracy": "0_3",
-        "finetuned_macro_f1": "0_75"}
+        "finetuned_accuracy": "0_8", "config_fingerprint": "unknown"}
+    (evaluation,) = fake.evaluations[(model_id, "1")]
+    assert evaluation["metrics"]["confusionMatrix"]["rows"] == [[5, 0], [2, 3]]
+    assert evaluation["metadata"]["compared_with"]["gemma4_baseline"]["accuracy"] == 0.5
     assert set(sent["versionAliases"]) == {"candidate", "default", "run-petqlora-gemma4-pets-20261128"}
     assert sent["description"].startswith("registered: fine-tuned accuracy 0.800")
 

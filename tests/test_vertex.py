@@ -11,55 +11,23 @@ import re
 
 import google.auth
 import pytest
-from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import DefaultCredentialsError
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kfp import compiler, dsl
 
-from petqlora.cloud import vertex_common, vertex_models, vertex_pipelines, vertex_schedules
+from petqlora.cloud import vertex_common, vertex_pipelines, vertex_schedules
 
-from fakes.vertex_api import FakeVertexAPI
+from vertex_support import (  # noqa: F401 (fixtures)
+    ALT, LOCATION, PROJECT, REGION, ROOT, SA, compile_to, cloud, fake, no_credentials, tiny_pipeline,
+)
 
-PROJECT, REGION, ROOT = "my-proj", "us-central1", "gs://my-bucket/pipeline-root"
-SA = "trainer@my-proj.iam.gserviceaccount.com"
 NETWORK = "projects/123456/global/networks/vpc"
-
-
-@dsl.component(base_image="python:3.11-slim")
-def _echo(n: int, s: str) -> str:
-    return f"{s}{n}"
-
-
-@dsl.pipeline(name="tiny-pipeline")
-def _tiny_pipeline(n: int = 1, s: str = "x"):
-    _echo(n=n, s=s)
+SCHEDULES = f"{LOCATION}/schedules"
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("ir") / "tiny.yaml"
-    compiler.Compiler().compile(_tiny_pipeline, str(path))
-    return str(path)
-
-
-@pytest.fixture
-def no_credentials(monkeypatch, tmp_path):
-    """An environment where google.auth.default really finds nothing, without probing the network."""
-    for var in ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "CLOUD_ML_PROJECT_ID"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # no application_default_credentials.json
-    monkeypatch.setenv("NO_GCE_CHECK", "True")  # skip the metadata-server probe
-
-
-@pytest.fixture
-def fake():
-    with FakeVertexAPI() as api:
-        yield api
-
-
-def _cloud(fake) -> dict:
-    return {"credentials": AnonymousCredentials(), "api_endpoint": fake.endpoint}
+    return compile_to(tmp_path_factory.mktemp("ir") / "tiny.yaml", tiny_pipeline)
 
 
 # ------------------------------------------------------------------------------------------ dry runs
@@ -74,10 +42,11 @@ def test_dry_run_submit_prints_the_create_pipeline_job_request(template, no_cred
     request = vertex_pipelines.submit_pipeline(
         template_path=template, project=PROJECT, region=REGION, pipeline_root=ROOT,
         parameter_values={"n": 3, "s": "y"}, service_account=SA, network=NETWORK,
-        labels={"team": "pets"}, dry_run=True, out=lines.append,
+        labels={"team": "pets"}, display_name="my run", dry_run=True, out=lines.append,
     )
     assert json.loads(lines[0]) == request
-    assert request["method"] == "CreatePipelineJob"
+    assert (request["method"], request["http"]) == ("CreatePipelineJob", f"POST /v1/{LOCATION}/pipelineJobs")
+    assert request["query"] == {"pipelineJobId": request["pipeline_job_id"], **ALT}  # the ID goes in the URL
     assert request["parent"] == f"projects/{PROJECT}/locations/{REGION}"
     assert request["pipeline_job_id"].startswith("tiny-pipeline-")
     job = request["pipeline_job"]
@@ -85,7 +54,8 @@ def test_dry_run_submit_prints_the_create_pipeline_job_request(template, no_cred
     assert job["runtime_config"]["gcs_output_directory"] == ROOT
     assert job["runtime_config"]["parameter_values"] == {"n": 3, "s": "y"}
     assert job["service_account"] == SA and job["network"] == NETWORK
-    assert job["labels"] == {"team": "pets"} and job["display_name"] == "tiny-pipeline"
+    assert job["labels"] == {"team": "pets"} and job["display_name"] == "my run"
+    assert "experiment" not in request
 
 
 def test_dry_run_schedule_prints_the_create_schedule_request(template, no_credentials):
@@ -96,7 +66,7 @@ def test_dry_run_schedule_prints_the_create_schedule_request(template, no_creden
         max_run_count=10, service_account=SA, dry_run=True, out=lines.append,
     )
     assert json.loads(lines[0]) == request
-    assert request["method"] == "CreateSchedule"
+    assert (request["method"], request["http"]) == ("CreateSchedule", f"POST /v1/{LOCATION}/schedules")
     assert request["parent"] == f"projects/{PROJECT}/locations/{REGION}"
     schedule = request["schedule"]
     assert schedule["cron"] == "TZ=Europe/Paris 0 3 * * 1"
@@ -107,52 +77,6 @@ def test_dry_run_schedule_prints_the_create_schedule_request(template, no_creden
     assert job["runtime_config"]["gcs_output_directory"] == ROOT
     assert job["runtime_config"]["parameter_values"] == {"n": 2}
     assert "pipeline_spec" in job
-
-
-SCHEDULES = f"projects/{PROJECT}/locations/{REGION}/schedules"
-
-
-@pytest.mark.parametrize(
-    "action, name, expected",
-    [
-        # A bare ID is expanded to the full resource name; a full name is passed through unchanged.
-        ("pause", "42", {"method": "PauseSchedule", "name": f"{SCHEDULES}/42"}),
-        ("resume", "42", {"method": "ResumeSchedule", "name": f"{SCHEDULES}/42"}),
-        ("delete", f"{SCHEDULES}/42", {"method": "DeleteSchedule", "name": f"{SCHEDULES}/42"}),
-        ("resume", "projects/other/locations/europe-west4/schedules/7",
-         {"method": "ResumeSchedule", "name": "projects/other/locations/europe-west4/schedules/7"}),
-    ],
-    ids=["pause-id", "resume-id", "delete-full-name", "resume-full-name"],
-)
-def test_dry_run_schedule_commands_name_the_request(action, name, expected, no_credentials):
-    lines = []
-    request = vertex_schedules.change_schedule(action, name, project=PROJECT, region=REGION, dry_run=True, out=lines.append)
-    # Exactly this request, returned and printed (one JSON document), for exactly this action.
-    assert request == expected
-    assert [json.loads(line) for line in lines] == [expected]
-
-
-def test_dry_run_list_schedules_names_the_request(no_credentials):
-    lines = []
-    request = vertex_schedules.list_schedules(project=PROJECT, region=REGION, dry_run=True, out=lines.append)
-    expected = {"method": "ListSchedules", "parent": f"projects/{PROJECT}/locations/{REGION}"}
-    assert request == expected
-    assert [json.loads(line) for line in lines] == [expected]
-
-
-def test_dry_run_register_prints_the_upload_request(no_credentials):
-    request = vertex_models.register_vertex_model(
-        project=PROJECT, region=REGION, display_name="petqlora-gemma4", artifact_uri="gs://b/adapter",
-        serving_container_image_uri="us-docker.pkg.dev/p/r/serve:0.1.0", parent_model=None,
-        version_aliases=["candidate"], labels={"accuracy": 0.8734}, run_id="tiny-pipeline-2026",
-        dry_run=True, out=lambda _: None,
-    )
-    assert request["method"] == "UploadModel"
-    model = request["model"]
-    assert model["labels"] == {"accuracy": "0_8734", "run_id": "tiny-pipeline-2026"}
-    assert model["version_aliases"] == ["candidate", "run-tiny-pipeline-2026", "default"]
-    assert model["container_spec"]["image_uri"].endswith(":0.1.0")
-    assert request["parent_model_lookup"]["filter"] == 'display_name="petqlora-gemma4"'
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -249,58 +173,6 @@ def test_run_alias_satisfies_vertex_alias_rules(run_id):
 # ------------------------------------------------------------------------------------------ the fake
 
 
-def _register(fake, run_id: str, **overrides) -> dict:
-    args = dict(
-        project=PROJECT, region=REGION, display_name="petqlora-gemma4", artifact_uri=f"gs://b/{run_id}/adapter",
-        serving_container_image_uri="us-docker.pkg.dev/p/r/serve:0.1.0", parent_model=None,
-        version_aliases=["candidate"], labels={"accuracy": 0.8734, "base": "gemma-4"}, run_id=run_id,
-        out=lambda _: None, **_cloud(fake),
-    )
-    return vertex_models.register_vertex_model(**{**args, **overrides})
-
-
-def test_register_creates_parent_then_adds_versions_and_is_idempotent(fake):
-    from google.cloud.aiplatform import initializer
-
-    config_before = initializer.global_config
-    first = _register(fake, "run-1")
-    assert first["version_id"] == "1" and not first["reused"]
-    assert first["labels"] == {"accuracy": "0_8734", "base": "gemma-4", "run_id": "run-1"}
-    assert set(first["aliases"]) == {"candidate", "run-run-1", "default"}
-
-    second = _register(fake, "run-2")
-    assert second["resource_name"] == first["resource_name"]  # same parent model
-    assert second["version_id"] == "2"
-    assert set(second["aliases"]) == {"candidate", "run-run-2", "default"}
-
-    again = _register(fake, "run-2", artifact_uri="gs://b/elsewhere")
-    assert again["reused"] and again["version_id"] == "2"
-    assert fake.count("POST", "models:upload") == 2  # the retry did not upload
-
-    model_id = first["resource_name"].rsplit("/", 1)[1]
-    v1 = fake.models[model_id][1]
-    assert v1["versionAliases"] == ["run-run-1"]  # "candidate" and "default" moved to version 2
-    assert fake.models[model_id][2]["containerSpec"]["imageUri"].endswith(":0.1.0")
-    assert initializer.global_config is config_before  # the SDK's global config is left as it was
-
-
-def test_register_under_an_explicit_parent_and_without_default(fake):
-    first = _register(fake, "run-1")
-    other = _register(fake, "run-9", parent_model=first["resource_name"].rsplit("/", 1)[1],
-                      display_name="renamed", version_aliases=[], make_default=False)
-    assert other["resource_name"] == first["resource_name"] and other["version_id"] == "2"
-    assert other["aliases"] == ["run-run-9"]
-    assert "default" in fake.models[first["resource_name"].rsplit("/", 1)[1]][1]["versionAliases"]
-
-
-def test_register_refuses_an_ambiguous_display_name(fake):
-    _register(fake, "run-1")
-    _register(fake, "run-2", parent_model=None, display_name="petqlora-gemma4-b")
-    fake.models[max(fake.models)][1]["displayName"] = "petqlora-gemma4"  # two models, one name
-    with pytest.raises(ValueError, match="parent_model"):
-        _register(fake, "run-3")
-
-
 def test_submit_and_watch_through_the_sdk(template, fake, monkeypatch):
     from google.cloud.aiplatform.utils import gcs_utils
 
@@ -310,9 +182,11 @@ def test_submit_and_watch_through_the_sdk(template, fake, monkeypatch):
     monkeypatch.setattr(gcs_utils, "create_gcs_bucket_for_pipeline_artifacts_if_it_does_not_exist",
                         lambda **kw: checked.append(kw["output_artifacts_gcs_dir"]))
     lines = []
+    fake.running_polls = 0  # a run done by the first poll: spares the SDK's 5 s sleep between polls
     result = vertex_pipelines.submit_pipeline(
         template_path=template, project=PROJECT, region=REGION, pipeline_root=ROOT,
-        parameter_values={"n": 5}, service_account=SA, watch=True, out=lines.append, **_cloud(fake),
+        parameter_values={"n": 5}, service_account=SA, watch=True, out=lines.append, display_name="my run",
+        labels={"team": "pets", "trigger": "manual"}, **cloud(fake),
     )
     assert checked == [ROOT]
     assert result["state"] == "PIPELINE_STATE_SUCCEEDED"
@@ -325,22 +199,27 @@ def test_submit_and_watch_through_the_sdk(template, fake, monkeypatch):
     assert sent["serviceAccount"] == SA
     assert sent["runtimeConfig"]["gcsOutputDirectory"] == ROOT
     assert sent["runtimeConfig"]["parameterValues"] == {"n": 5}
+    assert sent["displayName"] == "my run" and sent["labels"] == {"team": "pets", "trigger": "manual"}
+    assert result["experiment"] is None  # none asked: no experiment context is read or made
+    assert [c["schemaTitle"] for c in fake.contexts.values()] == ["system.PipelineRun"]
 
 
 def test_schedule_lifecycle_through_the_sdk(template, fake):
     created = vertex_schedules.create_schedule(
         template_path=template, project=PROJECT, region=REGION, pipeline_root=ROOT, parameter_values={},
-        cron="TZ=UTC 0 3 * * 1", display_name="weekly", service_account=SA, out=lambda _: None, **_cloud(fake),
+        cron="TZ=UTC 0 3 * * 1", display_name="weekly", service_account=SA, labels={"trigger": "schedule"},
+        out=lambda _: None, **cloud(fake),
     )
     assert created["state"] == "ACTIVE" and created["cron"] == "TZ=UTC 0 3 * * 1"
     sent = fake.schedules[created["name"]]
-    assert sent["createPipelineJobRequest"]["pipelineJob"]["serviceAccount"] == SA
+    run = sent["createPipelineJobRequest"]["pipelineJob"]
+    assert (sent["displayName"], run["serviceAccount"], run["labels"]) == ("weekly", SA, {"trigger": "schedule"})
     assert sent["maxConcurrentRunCount"] == "1"
 
     name = created["name"]
     assert re.fullmatch(rf"{SCHEDULES}/[0-9]+", name)
     path = f"/v1/{name}"
-    common = dict(project=PROJECT, region=REGION, out=lambda _: None, **_cloud(fake))
+    common = dict(project=PROJECT, region=REGION, out=lambda _: None, **cloud(fake))
 
     def calls_of(action) -> tuple:
         """What one call returned, and the (HTTP method, path) pairs it sent, in order."""
@@ -381,5 +260,6 @@ def test_change_schedule_names_an_unknown_action(fake):
             f"  - action={action!r}: must be one of pause, resume, delete; fix: pass pause, resume or delete"]
     # Refused before any request: nothing printed, and a real call never reaches the API.
     with pytest.raises(ValueError, match="action='stop'"):
-        vertex_schedules.change_schedule("stop", "42", project=PROJECT, region=REGION, out=lines.append, **_cloud(fake))
+        vertex_schedules.change_schedule("stop", "42", project=PROJECT, region=REGION, out=lines.append, **cloud(fake))
     assert lines == [] and fake.calls == []
+

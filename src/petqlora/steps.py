@@ -293,11 +293,12 @@ def run_register_model(*, adapter_dir: str, adapter_uri: str, evaluation_dir: st
             project=project, region=region, display_name=model_name,
             artifact_uri=f"{adapter_uri.rstrip('/')}/adapter",  # the folder with the adapter's safetensors
             serving_container_image_uri=serving_image, parent_model=None,
-            version_aliases=["candidate"], labels={**labels, **{k: round(v, 4) for k, v in metrics.items()}},
-            description=evaluation["reason"], run_id=run_id, dry_run=dry_run, credentials=credentials,
-            api_endpoint=api_endpoint)
+            # the metrics go in as the version's classification evaluation; one short label to sort by
+            version_aliases=["candidate"], labels={**labels, "finetuned_accuracy": round(metrics["finetuned_accuracy"], 4)},
+            description=evaluation["reason"], run_id=run_id, evaluation=evaluation, dry_run=dry_run,
+            credentials=credentials, api_endpoint=api_endpoint)
         if dry_run:
-            return "(dry run: nothing registered)"  # register_vertex_model printed the UploadModel request
+            return "(dry run: nothing registered)"  # register_vertex_model printed the requests
         return f"{result['resource_name']}@{result['version_id']}"
     from petqlora.registry.local import LocalRegistry
 

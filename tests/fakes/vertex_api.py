@@ -11,16 +11,22 @@ What it models (only what petqlora calls):
                   operation, done on its first GetOperation), GetModel (models/ID, ID@version, ID@alias),
                   ListModelVersions. Versions count 1, 2, ... per model; a new model's first version gets
                   the "default" alias; an alias given to a new version moves off the version that had it;
-                  labels and aliases are checked against Vertex's rules (400 INVALID_ARGUMENT).
-  Pipelines       CreatePipelineJob (PENDING), GetPipelineJob (SUCCEEDED: the fake run finishes at once).
+                  labels and aliases are checked against Vertex's rules (400 INVALID_ARGUMENT); a
+                  container spec's ports, routes and image are checked as Vertex does.
+  Evaluations     ImportModelEvaluation (POST models/ID@V/evaluations:import), ListModelEvaluations,
+                  GetModelEvaluation. Classification evaluations are checked against the fields of
+                  classification_metrics_1.0.0.yaml (unknown fields and ragged confusion matrices: 400).
+  Pipelines       CreatePipelineJob (PENDING), GetPipelineJob: each poll moves the run on, PENDING ->
+                  RUNNING (with jobDetail.pipelineRunContext, a system.PipelineRun context, as Vertex
+                  records once a run starts) -> SUCCEEDED; ``fake.running_polls`` sets how many polls
+                  see RUNNING (default 1).
   Schedules       CreateSchedule, GetSchedule, ListSchedules, PauseSchedule, ResumeSchedule, DeleteSchedule.
-  ML Metadata     ListArtifacts (filter uri= / display_name=, order_by "create_time desc"),
-                  QueryArtifactLineageSubgraph (breadth-first over the events, max_hops); tests seed
-                  ``fake.artifacts``, ``fake.executions`` and ``fake.events`` (REST JSON) directly.
+  ML Metadata     stores, contexts (experiments), artifacts and lineage: see fakes/vertex_metadata.py.
   Operations      GetOperation under /v1/ and /ui/ (the SDK's operations client uses /ui/).
 
 Not modelled: pagination (everything fits in one page), IAM, quotas, real pipeline execution.
-Every request is appended to ``fake.calls`` as (HTTP method, path) so tests can count uploads.
+Every request is appended to ``fake.calls`` as (HTTP method, path) so tests can count uploads, and to
+``fake.requests`` as {"verb", "path", "query", "body"} so tests can compare it with a dry run's.
 """
 
 from __future__ import annotations
@@ -29,65 +35,36 @@ import itertools
 import json
 import re
 import threading
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from fakes.vertex_api_common import LOCATION as _LOCATION
+from fakes.vertex_api_common import TYPE_PREFIX as _TYPE
+from fakes.vertex_api_common import ApiError, match_filter, now
+from fakes.vertex_evaluations import EvaluationsFake
+from fakes.vertex_metadata import MetadataFake
+
 _ALIAS_RE = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]$")
 _LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
-_LOCATION = r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
-
-_TYPE = "type.googleapis.com/google.cloud.aiplatform.v1."
 
 
-class ApiError(Exception):
-    """An error answered in Google's JSON error shape, which api_core maps to its exception classes."""
-
-    def __init__(self, code: int, status: str, message: str):
-        super().__init__(message)
-        self.code, self.status, self.message = code, status, message
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _match_filter(resource: dict, expression: str) -> bool:
-    """The subset of AIP-160 filters petqlora sends: `field="value"` clauses joined by AND."""
-    if not expression:
-        return True
-    for clause in re.split(r"\s+AND\s+", expression.strip()):
-        m = re.match(r'^\s*([A-Za-z_][\w.]*)\s*=\s*"?([^"]*)"?\s*$', clause)
-        if not m:
-            raise ApiError(400, "INVALID_ARGUMENT", f"fake: unsupported filter clause {clause!r}")
-        field, value = m.groups()
-        if field.startswith("labels."):
-            actual = resource.get("labels", {}).get(field.split(".", 1)[1])
-        elif field in ("display_name", "displayName", "uri", "schema_title", "schemaTitle"):
-            actual = resource.get(re.sub(r"_([a-z])", lambda c: c.group(1).upper(), field), "")
-        else:
-            raise ApiError(400, "INVALID_ARGUMENT", f"fake: unsupported filter field {field!r}")
-        if actual != value:
-            return False
-    return True
-
-
-class FakeVertexAPI:
+class FakeVertexAPI(MetadataFake, EvaluationsFake):
     """Serve the fake on an ephemeral port; use as a context manager."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.calls: list[tuple[str, str]] = []
+        self.requests: list[dict] = []  # {"verb", "path", "query", "body"}, in order
         self.models: dict[str, dict[int, dict]] = {}  # model id -> version number -> Model JSON
         self.operations: dict[str, dict] = {}
         self.pipeline_jobs: dict[str, dict] = {}
         self.schedules: dict[str, dict] = {}
-        self.artifacts: list[dict] = []  # ML Metadata artifacts, with "name", "uri", "createTime", ...
-        self.executions: list[dict] = []
-        self.events: list[dict] = []  # {"artifact": name, "execution": name, "type": "INPUT" | "OUTPUT"}
+        self.running_polls = 1  # GetPipelineJob polls that see a run RUNNING before it SUCCEEDS
         self._ids = itertools.count(1000)
+        self._init_metadata()
+        self._init_evaluations()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -131,6 +108,7 @@ class FakeVertexAPI:
                 body = json.loads(self.rfile.read(length) or b"{}") if length else {}
                 with fake.lock:
                     fake.calls.append((method, path))
+                    fake.requests.append({"verb": method, "path": path, "query": query, "body": body})
                     try:
                         status, payload = 200, fake.route(method, path, query, body)
                     except ApiError as err:
@@ -161,9 +139,8 @@ class FakeVertexAPI:
         rest = m.group("rest")
         routes = [
             ("GET", rf"^{_LOCATION}/operations/(?P<op>[^/]+)$", self.get_operation),
-            ("GET", rf"^{_LOCATION}/metadataStores/(?P<store>[^/]+)/artifacts$", self.list_artifacts),
-            ("GET", rf"^(?P<artifact>{_LOCATION}/metadataStores/[^/]+/artifacts/[^/:]+)"
-                    r":queryArtifactLineageSubgraph$", self.query_artifact_lineage_subgraph),
+            *self.metadata_routes(),
+            *self.evaluation_routes(),
             ("GET", rf"^{_LOCATION}/models$", self.list_models),
             ("POST", rf"^{_LOCATION}/models:upload$", self.upload_model),
             ("GET", rf"^{_LOCATION}/models/(?P<model>[^/:]+):listVersions$", self.list_model_versions),
@@ -226,7 +203,7 @@ class FakeVertexAPI:
         found = []
         for model_id in self.models:
             default = self._resolve(model_id)[1]
-            if _match_filter(default, query.get("filter", "")):
+            if match_filter(default, query.get("filter", "")):
                 found.append(default)
         return {"models": found}
 
@@ -236,7 +213,7 @@ class FakeVertexAPI:
     def list_model_versions(self, *, model: str, query: dict, **_: Any) -> dict:
         model_id, _ = self._resolve(model.partition("@")[0])
         versions = [v for _, v in sorted(self.models[model_id].items())]
-        return {"models": [v for v in versions if _match_filter(v, query.get("filter", ""))]}
+        return {"models": [v for v in versions if match_filter(v, query.get("filter", ""))]}
 
     def upload_model(self, *, project: str, location: str, body: dict, **_: Any) -> dict:
         spec = body.get("model") or {}
@@ -253,6 +230,7 @@ class FakeVertexAPI:
                 raise ApiError(400, "INVALID_ARGUMENT", f"invalid label {key!r}: {value!r}")
         if spec.get("artifactUri") and not spec.get("containerSpec", {}).get("imageUri"):
             raise ApiError(400, "INVALID_ARGUMENT", "a model with artifact_uri needs container_spec.image_uri")
+        _check_container_spec(spec.get("containerSpec", {}))
 
         parent = body.get("parentModel")
         if parent:
@@ -270,7 +248,7 @@ class FakeVertexAPI:
                 aliases.append("default")  # the first version of a model is always the default
         for other in versions.values():  # an alias names one version per model: move it
             other["versionAliases"] = [a for a in other["versionAliases"] if a not in aliases]
-        now = _now()
+        stamp = now()
         name = self._model_name(project, location, model_id)
         versions[number] = {
             **{k: v for k, v in spec.items() if k not in ("name", "versionId")},
@@ -278,10 +256,10 @@ class FakeVertexAPI:
             "displayName": spec["displayName"] if number == 1 else versions[1]["displayName"],
             "versionId": str(number),
             "versionAliases": aliases,
-            "createTime": versions[1]["createTime"] if number > 1 else now,
-            "updateTime": now,
-            "versionCreateTime": now,
-            "versionUpdateTime": now,
+            "createTime": versions[1]["createTime"] if number > 1 else stamp,
+            "updateTime": stamp,
+            "versionCreateTime": stamp,
+            "versionUpdateTime": stamp,
         }
         response = {"@type": _TYPE + "UploadModelResponse", "model": name, "modelVersionId": str(number)}
         return self._operation(project, location, "UploadModelOperationMetadata", response, done=False)
@@ -298,16 +276,24 @@ class FakeVertexAPI:
                 400, "INVALID_ARGUMENT", "pipeline_spec and runtime_config.gcs_output_directory are required"
             )
         self.pipeline_jobs[name] = {
-            **body, "name": name, "state": "PIPELINE_STATE_PENDING", "createTime": _now(),
+            **body, "name": name, "state": "PIPELINE_STATE_PENDING", "createTime": now(), "_polls": 0,
         }
-        return self.pipeline_jobs[name]
+        return _public(self.pipeline_jobs[name])
 
     def get_pipeline_job(self, *, project: str, location: str, job: str, **_: Any) -> dict:
         name = f"projects/{project}/locations/{location}/pipelineJobs/{job}"
         if name not in self.pipeline_jobs:
             raise ApiError(404, "NOT_FOUND", f"pipeline job {name} not found")
-        self.pipeline_jobs[name]["state"] = "PIPELINE_STATE_SUCCEEDED"
-        return self.pipeline_jobs[name]
+        run = self.pipeline_jobs[name]
+        if "jobDetail" not in run:  # the run starts: Vertex records it in the default metadata store
+            store = f"projects/{project}/locations/{location}/metadataStores/default"
+            self.metadata_stores.setdefault(store, {"name": store, "createTime": now()})
+            context = self.add_context(f"{store}/contexts/{job}", "system.PipelineRun", job)
+            run["jobDetail"] = {"pipelineRunContext": context}
+        run["_polls"] += 1
+        running = run["_polls"] <= self.running_polls
+        run["state"] = "PIPELINE_STATE_RUNNING" if running else "PIPELINE_STATE_SUCCEEDED"
+        return _public(run)
 
     # ------------------------------------------------------------------ schedules
 
@@ -321,7 +307,7 @@ class FakeVertexAPI:
         if not body.get("cron") or not body.get("createPipelineJobRequest"):
             raise ApiError(400, "INVALID_ARGUMENT", "cron and create_pipeline_job_request are required")
         name = f"projects/{project}/locations/{location}/schedules/{next(self._ids)}"
-        self.schedules[name] = {**body, "name": name, "state": "ACTIVE", "createTime": _now()}
+        self.schedules[name] = {**body, "name": name, "state": "ACTIVE", "createTime": now()}
         return self.schedules[name]
 
     def list_schedules(self, **_: Any) -> dict:
@@ -344,28 +330,17 @@ class FakeVertexAPI:
         empty = {"@type": "type.googleapis.com/google.protobuf.Empty"}
         return self._operation(project, location, "DeleteOperationMetadata", empty, done=True)
 
-    # ------------------------------------------------------------------ ML Metadata
 
-    def list_artifacts(self, *, query: dict, **_: Any) -> dict:
-        found = [a for a in self.artifacts if _match_filter(a, query.get("filter", ""))]
-        if query.get("orderBy", "").replace("_", "").lower() == "createtime desc":
-            found.sort(key=lambda a: a.get("createTime", ""), reverse=True)
-        return {"artifacts": found}
+def _public(resource: dict) -> dict:
+    """A stored resource without the fake's own bookkeeping (keys starting with "_")."""
+    return {k: v for k, v in resource.items() if not k.startswith("_")}
 
-    def query_artifact_lineage_subgraph(self, *, artifact: str, query: dict, **_: Any) -> dict:
-        if not any(a["name"] == artifact for a in self.artifacts):
-            raise ApiError(404, "NOT_FOUND", f"artifact {artifact} not found")
-        max_hops = int(query.get("maxHops", 0)) or 100
-        seen_artifacts, seen_executions, frontier = {artifact}, set(), {artifact}
-        for _hop in range(max_hops):  # one hop: artifact -> execution -> artifact
-            executions = {e["execution"] for e in self.events if e["artifact"] in frontier} - seen_executions
-            seen_executions |= executions
-            frontier = {e["artifact"] for e in self.events if e["execution"] in executions} - seen_artifacts
-            seen_artifacts |= frontier
-            if not frontier:
-                break
-        return {
-            "artifacts": [a for a in self.artifacts if a["name"] in seen_artifacts],
-            "executions": [x for x in self.executions if x["name"] in seen_executions],
-            "events": [e for e in self.events if e["execution"] in seen_executions],
-        }
+
+def _check_container_spec(spec: dict) -> None:
+    """What Vertex checks in a ModelContainerSpec at upload: ports in range, routes that are paths."""
+    for port in spec.get("ports", []):
+        if not 1 <= int(port.get("containerPort", 0)) <= 65535:
+            raise ApiError(400, "INVALID_ARGUMENT", f"container_spec.ports: invalid port {port}")
+    for route in ("predictRoute", "healthRoute"):
+        if route in spec and not str(spec[route]).startswith("/"):
+            raise ApiError(400, "INVALID_ARGUMENT", f"container_spec.{route} must start with '/'")

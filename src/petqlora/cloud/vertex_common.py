@@ -1,10 +1,14 @@
 """What every Vertex AI command shares: the scoped SDK session, the advice for a missing login, requests as
-JSON for dry runs, the project/region and label checks, and Vertex's label and alias rules.
+JSON for dry runs, the project/region, label, experiment and image checks, and Vertex's label and alias
+rules.
 
 Every command has a dry run that builds the real request with the real SDK (offline, with
 ``AnonymousCredentials``) and prints it as JSON, so a reviewer can see exactly what would be sent
-without credentials. The SDK is imported inside the functions: importing it takes seconds, and the
-trainer image does not install it.
+without credentials: ``rest_request`` turns a request message into the HTTP call the client's REST
+transport makes (verb, path, query, body), by the client library's own HTTP rule for that RPC. A request
+that needs an answer from a live lookup first (an ID found by a list call) is not guessed: the dry run
+says so in its place (``needs_lookup``). The SDK is imported inside the functions: importing it takes
+seconds, and the trainer image does not install it.
 
 Commands run inside ``vertex_session``, which gives the SDK a fresh configuration for the call and puts
 the previous one back afterwards. ``aiplatform.init`` mutates a process-global config that outlives the
@@ -32,9 +36,13 @@ __all__ = [
     "Out",
     "VertexAuthError",
     "anonymous_credentials",
+    "check_experiment",
     "check_labels",
+    "check_pinned_image",
     "check_project_region",
+    "needs_lookup",
     "print_json",
+    "rest_request",
     "run_alias",
     "to_json_dict",
     "to_vertex_labels",
@@ -46,6 +54,9 @@ __all__ = [
 Out = Callable[[str], Any]
 
 MAX_LABELS = 64
+
+# ML Metadata context IDs, which is what a Vertex AI experiment's name is.
+_EXPERIMENT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
 
 AUTH_HELP = (
     "no Google Cloud credentials were found. Authenticate with one of:\n"
@@ -102,6 +113,36 @@ def print_json(out: Out, payload: dict) -> None:
     out(json.dumps(payload, indent=2, sort_keys=True))
 
 
+def rest_request(service: str, rpc: str, request: Any, *, with_body: bool = True) -> dict:
+    """The HTTP call the aiplatform_v1 REST client makes for `request` (a proto-plus request message):
+    {"method": rpc, "http": "VERB /v1/<path>", "query": {...}, "body": {...}} (body when the rule has one
+    and `with_body`). Built by the library's own HTTP rule for the RPC and api_core's transcoding, so it
+    is what the client sends, not a hand-written copy of it.
+    """
+    import importlib
+
+    from google.api_core import rest_helpers
+
+    # The HTTP rule of an RPC lives only in the generated REST transport's base class: read it there.
+    module = importlib.import_module(f"google.cloud.aiplatform_v1.services.{service}.transports.rest_base")
+    transport = getattr(module, "_Base" + "".join(w.capitalize() for w in service.split("_")) + "RestTransport")
+    rule = getattr(transport, f"_Base{rpc}")
+    transcoded, body, query = rest_helpers.transcode_request(
+        rule._get_http_options(), type(request).pb(request),
+        required_fields_default_values=getattr(rule, f"_Base{rpc}__REQUIRED_FIELDS_DEFAULT_VALUES", None),
+        rest_numeric_enums=True,  # what the aiplatform REST transports send
+    )
+    payload = {"method": rpc, "http": f"{transcoded['method'].upper()} {transcoded['uri']}", "query": query}
+    if body is not None and with_body:
+        payload["body"] = json.loads(body)
+    return payload
+
+
+def needs_lookup(rpc: str, what: str) -> dict:
+    """The place of a request a dry run cannot build: `what` it needs comes from a live lookup."""
+    return {"method": rpc, "needs_lookup": f"{what}; a dry run makes no live lookup, so this request is not built"}
+
+
 def anonymous_credentials() -> Any:
     """Credentials for a dry run: the SDK builds the request without looking for a login."""
     from google.auth.credentials import AnonymousCredentials
@@ -130,6 +171,22 @@ def check_project_region(p: Problems, project: Any, region: Any) -> None:
     if not isinstance(region, str) or region.lower() not in _supported_regions():
         p.add("region", region, "must be a Vertex AI region",
               "pass a region such as 'us-central1' or 'europe-west4'")
+
+
+def check_experiment(p: Problems, experiment: Any) -> None:
+    """A Vertex AI experiment name (an ML Metadata context ID): 1-128 of [a-z0-9-], not starting with '-'."""
+    if experiment is not None and (not isinstance(experiment, str) or not _EXPERIMENT_RE.match(experiment)):
+        p.add("experiment", experiment, "must be 1-128 lowercase letters, digits or '-', not starting with '-'",
+              "pass e.g. 'petqlora-pets'")
+
+
+def check_pinned_image(p: Problems, name: str, image: Any) -> None:
+    """A container image pinned by a version tag or a digest (params.image_pin_problem's rule)."""
+    from petqlora.params import image_pin_problem
+
+    problem = image_pin_problem(image) if isinstance(image, str) else "must be an image reference string"
+    if problem:
+        p.add(name, image, problem, "pass e.g. us-docker.pkg.dev/p/r/trainer:0.1.0 or ...@sha256:<digest>")
 
 
 def check_labels(p: Problems, name: str, labels: Any) -> None:

@@ -1,16 +1,28 @@
 """Vertex ML Metadata lineage: read the subgraph of artifacts, executions and events that Vertex Pipelines
-records around one artifact (e.g. a registered adapter). petqlora.registry.lineage formats it as text."""
+records around one artifact (e.g. a registered adapter). petqlora.registry.lineage formats it as text.
+
+``lineage_requests`` is the dry run of the whole lookup, from a model version (NAME@VERSION), an artifact
+URI or an artifact resource name: each REST call the clients make, or, where a call needs a name that
+only the call before it returns, a plain statement that a dry run cannot build it."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from petqlora.cloud.vertex_common import AUTH_HELP, Out, VertexAuthError, to_json_dict
+from petqlora.cloud.vertex_common import (
+    AUTH_HELP,
+    Out,
+    VertexAuthError,
+    check_project_region,
+    needs_lookup,
+    print_json,
+    rest_request,
+    to_json_dict,
+)
 from petqlora.problems import Problems
 from petqlora.registry.local import UnknownModelError
 
-__all__ = ["lineage_from_vertex"]
+__all__ = ["lineage_from_vertex", "lineage_requests"]
 
 
 def _check_args(artifact: Any, max_hops: Any, project: Any, region: Any) -> None:
@@ -22,6 +34,44 @@ def _check_args(artifact: Any, max_hops: Any, project: Any, region: Any) -> None
     if not isinstance(project, str) or not project or not isinstance(region, str) or not region:
         p.items.append(f"project={project!r}, region={region!r}: both are required; fix: pass them")
     p.raise_if_any()
+
+
+def _list_artifacts_request(store: str, uri: str) -> Any:
+    from google.cloud.aiplatform.compat.types import metadata_service
+
+    # a re-run may record the same uri again: the newest first
+    return metadata_service.ListArtifactsRequest(parent=store, filter=f'uri="{uri}"', order_by="create_time desc")
+
+
+def lineage_requests(ref: str, *, project: str, region: str, max_hops: int = 20) -> dict:
+    """The REST calls that read the lineage of `ref`: a model version NAME[@VERSION] (ListModels, GetModel),
+    an artifact URI (ListArtifacts) or an ML Metadata artifact name, then QueryArtifactLineageSubgraph.
+    A call whose name comes from the one before it is not guessed: it says which answer it needs."""
+    from google.cloud.aiplatform.compat.types import metadata_service
+
+    from petqlora.cloud.vertex_models import check_model_version, list_models_request
+
+    p = Problems("arguments for lineage_requests")
+    check_project_region(p, project, region)
+    name, _, version = ref.partition("@") if isinstance(ref, str) else ("", "", "")
+    by_model = isinstance(ref, str) and not ref.startswith(("gs://", "projects/"))
+    if by_model:
+        check_model_version(p, version or "default")
+    p.raise_if_any()
+    _check_args(ref, max_hops, project, region)
+    store = f"projects/{project}/locations/{region}/metadataStores/default"
+    query = needs_lookup("QueryArtifactLineageSubgraph", "its artifact is the one ListArtifacts finds")
+    if by_model:
+        return {"requests": [
+            list_models_request(project, region, name),
+            needs_lookup("GetModel", f"its name is the model ListModels finds, @{version or 'default'}"),
+            needs_lookup("ListArtifacts", "its filter is the artifact URI GetModel returns (less its /adapter)"),
+            query]}
+    if ref.startswith("projects/") and "/metadataStores/" in ref:
+        request = metadata_service.QueryArtifactLineageSubgraphRequest(artifact=ref, max_hops=max_hops)
+        return {"requests": [rest_request("metadata_service", "QueryArtifactLineageSubgraph", request)]}
+    return {"requests": [
+        rest_request("metadata_service", "ListArtifacts", _list_artifacts_request(store, ref)), query]}
 
 
 def _query_subgraph(
@@ -40,10 +90,8 @@ def _query_subgraph(
             transport="rest" if api_endpoint else None,  # a custom endpoint is a REST one (e.g. a local fake)
         )
         if not is_name:
-            found = client.list_artifacts(
-                request={"parent": store, "filter": f'uri="{artifact}"', "order_by": "create_time desc"}
-            )
-            latest = next(iter(found), None)  # a re-run may record the same uri again: take the newest
+            found = client.list_artifacts(request=_list_artifacts_request(store, artifact))
+            latest = next(iter(found), None)  # the newest record of the uri
             if latest is None:
                 raise UnknownModelError(f"no ML Metadata artifact has uri {artifact!r} in {store}")
             artifact = latest.name
@@ -92,17 +140,8 @@ def lineage_from_vertex(
     store = f"projects/{project}/locations/{region}/metadataStores/default"
     is_name = artifact.startswith("projects/") and "/metadataStores/" in artifact
     if dry_run:
-        requests = [] if is_name else [{
-            "method": "ListArtifacts", "parent": store, "filter": f'uri="{artifact}"',
-            "order_by": "create_time desc",
-        }]
-        requests.append({
-            "method": "QueryArtifactLineageSubgraph",
-            "artifact": artifact if is_name else "<the artifact found by ListArtifacts>",
-            "max_hops": max_hops,
-        })
-        payload = {"requests": requests}
-        out(json.dumps(payload, indent=2))
+        payload = lineage_requests(artifact, project=project, region=region, max_hops=max_hops)
+        print_json(out, payload)
         return payload
     graph = _query_subgraph(artifact, store=store, is_name=is_name, max_hops=max_hops, region=region,
                             credentials=credentials, api_endpoint=api_endpoint)

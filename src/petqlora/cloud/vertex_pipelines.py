@@ -1,6 +1,7 @@
 """Vertex AI Pipelines runs: check a run's arguments against the compiled pipeline, build the SDK's
-PipelineJob, and submit it (or print the CreatePipelineJob request, dry run). Schedules
-(vertex_schedules) reuse the checks and the job session."""
+PipelineJob, and submit it, optionally into a Vertex AI experiment (or print the CreatePipelineJob request
+and the experiment's requests around it, dry run). Schedules (vertex_schedules) reuse the checks and the
+job session."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from petqlora.cloud.vertex_common import (
     Out,
     anonymous_credentials,
+    check_experiment,
     check_labels,
     check_project_region,
     print_json,
+    rest_request,
     to_json_dict,
     vertex_session,
 )
@@ -168,7 +171,7 @@ def pipeline_run_link(project: str, region: str, job_id: str) -> str:
 
 
 def _create_pipeline_job_request(job: Any, service_account: str | None, network: str | None) -> dict:
-    """The CreatePipelineJobRequest that PipelineJob.submit sends, as JSON."""
+    """The CreatePipelineJobRequest that PipelineJob.submit sends: its REST call and its fields, as JSON."""
     from google.cloud.aiplatform.compat.types import pipeline_service
 
     # submit() sets these on the resource just before sending; do the same so the dry run shows them
@@ -179,7 +182,8 @@ def _create_pipeline_job_request(job: Any, service_account: str | None, network:
     request = pipeline_service.CreatePipelineJobRequest(
         parent=job._parent, pipeline_job=job._gca_resource, pipeline_job_id=job.job_id
     )
-    return {"method": "CreatePipelineJob", **to_json_dict(request)}
+    return {**rest_request("pipeline_service", "CreatePipelineJob", request, with_body=False),
+            **to_json_dict(request)}
 
 
 def submit_pipeline(
@@ -187,10 +191,14 @@ def submit_pipeline(
     service_account: str | None = None, network: str | None = None, labels: dict | None = None,
     watch: bool = False, dry_run: bool = False, out: Out = print, display_name: str | None = None,
     enable_caching: bool | None = None, credentials: Any = None, api_endpoint: str | None = None,
+    experiment: str | None = None,
 ) -> dict:
     """Submit one run of the compiled pipeline to Vertex AI Pipelines (or print the request, dry_run).
 
-    Returns the request (dry run) or {"name", "job_id", "link", "state"}.
+    With `experiment`, the run joins that Vertex AI experiment (created if new): PipelineJob.submit gets
+    the experiment before creating the run and adds the run once it starts (vertex_experiments), so the
+    experiment shows the run's parameters and metrics. Returns the request (dry run) or
+    {"name", "job_id", "link", "state", "experiment"}.
     """
     job_args = dict(
         template_path=template_path, project=project, region=region, pipeline_root=pipeline_root,
@@ -198,19 +206,29 @@ def submit_pipeline(
     )
     p = Problems("arguments for submit_pipeline")
     check_job_args(p, **job_args, service_account=service_account, network=network)
+    check_experiment(p, experiment)
     p.raise_if_any()
     job_args["enable_caching"] = enable_caching  # build_pipeline_job checks it
     if dry_run:
         with pipeline_job_session(job_args, dry_run=True) as job:
             request = _create_pipeline_job_request(job, service_account, network)
+            if experiment:
+                from petqlora.cloud.vertex_experiments import experiment_requests
+
+                request["experiment"] = experiment_requests(project=project, region=region, experiment=experiment,
+                                                            pipeline_job=job.job_id)
         print_json(out, request)
         return request
 
     with pipeline_job_session(job_args, credentials, api_endpoint) as job:
-        job.submit(service_account=service_account, network=network)
+        job.submit(service_account=service_account, network=network, experiment=experiment or None)
         link = pipeline_run_link(project, region, job.job_id)
         out(f"Submitted {job.resource_name}\nView the run: {link}")
-        result = {"name": job.resource_name, "job_id": job.job_id, "link": link, "state": None}
+        if experiment:
+            out(f"In experiment {experiment}: https://console.cloud.google.com/vertex-ai/experiments/locations/"
+                f"{region}/experiments/{experiment}?project={project}")
+        result = {"name": job.resource_name, "job_id": job.job_id, "link": link, "state": None,
+                  "experiment": experiment or None}
         if watch:
             job.wait()
             result["state"] = job.state.name

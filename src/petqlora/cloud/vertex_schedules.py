@@ -1,5 +1,9 @@
 """Vertex AI pipeline schedules: cron validation, and create, list, pause, resume and delete a schedule that
-runs the compiled pipeline (or print the request, dry run)."""
+runs the compiled pipeline (or print the requests, dry run: each as the REST call the client makes).
+
+A scheduled run is created by Vertex, not by this client, so it cannot be put in an experiment at submit
+time: `experiment` becomes the run's ``experiment`` pipeline parameter, and the pipeline's
+add_to_experiment step adds the run itself (vertex_experiments)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,15 @@ import re
 import zoneinfo
 from typing import Any
 
-from petqlora.cloud.vertex_common import Out, check_project_region, print_json, to_json_dict, vertex_session
+from petqlora.cloud.vertex_common import (
+    Out,
+    check_experiment,
+    check_project_region,
+    print_json,
+    rest_request,
+    to_json_dict,
+    vertex_session,
+)
 from petqlora.cloud.vertex_pipelines import check_job_args, pipeline_job_session
 from petqlora.problems import Problems
 
@@ -110,7 +122,7 @@ def _create_schedule_request(
     if service_account:
         resource.create_pipeline_job_request.pipeline_job.service_account = service_account
     request = schedule_service.CreateScheduleRequest(parent=schedule._parent, schedule=resource)
-    return {"method": "CreateSchedule", **to_json_dict(request)}
+    return {**rest_request("schedule_service", "CreateSchedule", request, with_body=False), **to_json_dict(request)}
 
 
 def create_schedule(
@@ -118,13 +130,22 @@ def create_schedule(
     display_name: str, max_concurrent_run_count: int = 1, max_run_count: int | None = None,
     service_account: str | None = None, dry_run: bool = False, out: Out = print, labels: dict | None = None,
     enable_caching: bool | None = None, credentials: Any = None, api_endpoint: str | None = None,
+    experiment: str | None = None,
 ) -> dict:
-    """Run the compiled pipeline on a cron schedule (PipelineJob.create_schedule), or print the request."""
+    """Run the compiled pipeline on a cron schedule (PipelineJob.create_schedule), or print the request.
+
+    `display_name` names the schedule (the run template the SDK sends carries no name of its own); `labels`
+    go on every run; with `experiment`, every run adds itself to that Vertex AI experiment (the pipeline's
+    ``experiment`` parameter).
+    """
+    p = Problems("arguments for create_schedule")
+    check_experiment(p, experiment)
+    if experiment and isinstance(parameter_values, dict):
+        parameter_values = {**parameter_values, "experiment": experiment}  # the template must take it: checked
     job_args = dict(
         template_path=template_path, project=project, region=region, pipeline_root=pipeline_root,
         parameter_values=parameter_values, labels=labels,
     )
-    p = Problems("arguments for create_schedule")
     check_job_args(p, **job_args, service_account=service_account)
     try:
         validate_cron(cron)
@@ -187,14 +208,17 @@ def list_schedules(
     credentials: Any = None,
     api_endpoint: str | None = None,
 ) -> dict:
-    """The pipeline schedules of a project and region."""
+    """The pipeline schedules of a project and region (dry run: the ListSchedules REST call)."""
     p = Problems("arguments for list_schedules")
     check_project_region(p, project, region)
     p.raise_if_any()
-    request = {"method": "ListSchedules", "parent": f"projects/{project}/locations/{region}"}
     if dry_run:
-        print_json(out, request)
-        return request
+        from google.cloud.aiplatform.compat.types import schedule_service
+
+        request = schedule_service.ListSchedulesRequest(parent=f"projects/{project}/locations/{region}")
+        payload = {"requests": [rest_request("schedule_service", "ListSchedules", request)]}
+        print_json(out, payload)
+        return payload
     from google.cloud import aiplatform
 
     with vertex_session(project, region, credentials, api_endpoint):
@@ -211,7 +235,10 @@ def change_schedule(
     action: str, name: str, *, project: str, region: str, dry_run: bool = False, out: Out = print,
     credentials: Any = None, api_endpoint: str | None = None,
 ) -> dict:
-    """Pause (no new runs until resumed), resume, or delete (runs it already started are kept) a schedule."""
+    """Pause (no new runs until resumed), resume, or delete (runs it already started are kept) a schedule.
+
+    Like the SDK, it first gets the schedule, then acts on it; a dry run prints both REST calls.
+    """
     method = f"{action.capitalize()}Schedule"
     p = Problems(f"arguments for {method}")
     if action not in SCHEDULE_ACTIONS:
@@ -221,8 +248,14 @@ def change_schedule(
     p.raise_if_any()
     request = {"method": method, "name": full_name}
     if dry_run:
-        print_json(out, request)
-        return request
+        from google.cloud.aiplatform.compat.types import schedule_service
+
+        action_request = getattr(schedule_service, f"{method}Request")(name=full_name)
+        payload = {"requests": [
+            rest_request("schedule_service", "GetSchedule", schedule_service.GetScheduleRequest(name=full_name)),
+            rest_request("schedule_service", method, action_request)]}
+        print_json(out, payload)
+        return payload
     from google.cloud import aiplatform
 
     with vertex_session(project, region, credentials, api_endpoint):
