@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from petqlora.evaluation.metrics import classification_result
-from petqlora.evaluation.report_confusion import COLUMN_LABEL_CHARS, column_labels
+from petqlora.evaluation.report_confusion import (COLUMN_LABEL_CHARS, OFF_MIN_TINT, OFF_POWER, column_labels,
+                                                   tint_level)
 from petqlora.evaluation.report_html import html_report
 from petqlora.evaluation.report_table import (ModelRow, decision_sentence, format_seconds, markdown_summary,
                                               results_table, run_details)
@@ -327,6 +328,11 @@ def test_html_thirty_seven_classes_stay_legible() -> None:
     confusions = re.search(r'<table class="data confusions">.*?</table>', page, flags=re.S).group(0)
     counts = [int(c) for c in re.findall(r"</td><td>(\d+)</td><td>\d+%</td></tr>", confusions)]
     assert 0 < len(counts) <= 8 and counts == sorted(counts, reverse=True)
+
+
+def test_one_error_is_visible_and_four_are_visibly_more() -> None:
+    one, four = (tint_level(share, OFF_MIN_TINT, OFF_POWER) for share in (1 / 20, 4 / 20))
+    assert one >= 0.35 and four - one > 0.1  # linear shading put 1 and 4 of 20 only 0.1 apart from faint
 
 
 def test_column_labels_are_shortened_unless_that_makes_two_alike() -> None:

@@ -19,6 +19,9 @@ DIAG_RGB = (26, 95, 180)
 OFF_RGB = (200, 55, 45)
 DIAG_MIN_TINT = 0.12
 OFF_MIN_TINT = 0.35  # one error in 20 (5%) must be visible at a glance, not a faint pink
+# Confusions are shaded by the square root of their share: 5% and 20% of a class then differ visibly
+# (a linear scale gave them nearly the same pink).
+OFF_POWER = 0.5
 COLUMN_LABEL_CHARS = 18  # longer column names are shortened (a 26-character name makes the header ~150 px tall)
 CELL_PX = 24  # width and height of a count cell
 TOP_CONFUSIONS = 8
@@ -52,11 +55,14 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def tint(share: float, rgb: tuple[int, int, int], min_tint: float) -> str:
-    """The colour of a cell holding ``share`` of its row: white at 0, ``rgb`` at 1, at least ``min_tint`` of
-    the way there for any non-zero share."""
-    t = 0.0 if share <= 0 else min_tint + (1 - min_tint) * min(share, 1.0)
-    r, g, b = (round(255 + (c - 255) * t) for c in rgb)
+def tint_level(share: float, min_tint: float, power: float = 1.0) -> float:
+    """How far from white to the full colour a cell holding ``share`` of its row is: 0 at 0, 1 at 1, at least
+    ``min_tint`` for any non-zero share."""
+    return 0.0 if share <= 0 else min_tint + (1 - min_tint) * min(share, 1.0) ** power
+
+
+def tint(level: float, rgb: tuple[int, int, int]) -> str:
+    r, g, b = (round(255 + (c - 255) * level) for c in rgb)
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
@@ -90,8 +96,9 @@ def confusion_html(classes: list[str], result: ClassificationResult) -> str:
                 cells.append(f'<td class="zero{extra}"></td>')
                 continue
             share = count / total if total else 0.0
-            bg = tint(share, DIAG_RGB, DIAG_MIN_TINT) if i == j else tint(share, OFF_RGB, OFF_MIN_TINT)
-            fg = "#fff" if share > 0.5 or (i != j and share > 0.3) else "#202124"
+            level = tint_level(share, DIAG_MIN_TINT) if i == j else tint_level(share, OFF_MIN_TINT, OFF_POWER)
+            bg = tint(level, DIAG_RGB if i == j else OFF_RGB)
+            fg = "#fff" if level > 0.6 else "#202124"
             tip = f"true: {true}\npredicted: {pred}\n{count} of {total} ({share * 100:.1f}%)"
             cells.append(f'<td class="{kind}{extra}" style="background:{bg};color:{fg}" title="{_e(tip)}">'
                          f"{count}</td>")
@@ -100,8 +107,9 @@ def confusion_html(classes: list[str], result: ClassificationResult) -> str:
     legend = (
         '<p class="muted">Rows: true class; columns: predicted class; each cell holds the count, and a blank '
         "cell is 0. Shade = share of the row (the true class's examples)"
-        f'<span class="swatch" style="background:{tint(1.0, DIAG_RGB, DIAG_MIN_TINT)}"></span>correct'
-        f'<span class="swatch" style="background:{tint(0.05, OFF_RGB, OFF_MIN_TINT)}"></span>confused. '
+        f'<span class="swatch" style="background:{tint(1.0, DIAG_RGB)}"></span>correct'
+        f'<span class="swatch" style="background:{tint(tint_level(0.2, OFF_MIN_TINT, OFF_POWER), OFF_RGB)}">'
+        "</span>confused. "
         "Hover a cell for its classes and share; shortened column names are whole in their tooltip and in "
         "the row labels."
         + (f" \u201c{NOT_A_CLASS}\u201d counts answers that named no class." if show_other else "")
