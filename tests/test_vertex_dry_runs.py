@@ -116,3 +116,27 @@ def test_model_lookup_dry_run_is_what_the_client_sends(fake):
     assert vertex_models.model_version_uri("petqlora-gemma4-pets", "3", project=PROJECT, region=REGION,
                                            **cloud(fake)) is None  # no such model
     assert sent(fake) == [as_sent(vertex_models.list_models_request(PROJECT, REGION, "petqlora-gemma4-pets"))]
+
+
+def test_lineage_of_a_model_version_follows_the_lookups_the_dry_run_names(fake):
+    image = "us-docker.pkg.dev/p/r/trainer:0.1.0"
+    registered = vertex_models.register_vertex_model(
+        project=PROJECT, region=REGION, display_name="petqlora-gemma4-pets", serving_container_image_uri=image,
+        artifact_uri="gs://b/run-1/train-adapter/adapter/adapter", parent_model=None, version_aliases=[], labels={},
+        run_id="run-1", out=lambda _: None, **cloud(fake))
+    fake.artifacts = [{"name": f"{STORE}/artifacts/7", "uri": "gs://b/run-1/train-adapter/adapter",
+                       "displayName": "adapter", "schemaTitle": "system.Model", "createTime": "2026-11-02T00:00:00Z"}]
+    start = len(fake.requests)
+    graph, uri = vertex_lineage.lineage_of("petqlora-gemma4-pets@1", project=PROJECT, region=REGION, **cloud(fake))
+    assert uri == "gs://b/run-1/train-adapter/adapter"  # the train step's Model artifact, not its /adapter folder
+    assert [a["name"] for a in graph["artifacts"]] == [f"{STORE}/artifacts/7"]
+    dry = vertex_lineage.lineage_requests("petqlora-gemma4-pets@1", project=PROJECT, region=REGION)["requests"]
+    calls = sent(fake, start)
+    assert calls[0] == as_sent(dry[0])  # built offline: ListModels
+    # the three it could not build, as the lookups' answers made them
+    assert [c["http"] for c in calls[1:]] == [
+        f"GET /v1/{registered['resource_name']}@1", f"GET /v1/{STORE}/artifacts",
+        f"GET /v1/{STORE}/artifacts/7:queryArtifactLineageSubgraph"]
+    assert [r["method"] for r in dry[1:]] == ["GetModel", "ListArtifacts", "QueryArtifactLineageSubgraph"]
+    with pytest.raises(Exception, match="no Vertex model is named 'nope'"):
+        vertex_lineage.lineage_of("nope", project=PROJECT, region=REGION, **cloud(fake))

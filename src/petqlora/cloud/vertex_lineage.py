@@ -22,7 +22,7 @@ from petqlora.cloud.vertex_common import (
 from petqlora.problems import Problems
 from petqlora.registry.local import UnknownModelError
 
-__all__ = ["lineage_from_vertex", "lineage_requests"]
+__all__ = ["lineage_from_vertex", "lineage_of", "lineage_requests"]
 
 
 def _check_args(artifact: Any, max_hops: Any, project: Any, region: Any) -> None:
@@ -146,3 +146,24 @@ def lineage_from_vertex(
     graph = _query_subgraph(artifact, store=store, is_name=is_name, max_hops=max_hops, region=region,
                             credentials=credentials, api_endpoint=api_endpoint)
     return _graph_dict(graph)
+
+
+def lineage_of(ref: str, *, project: str, region: str, max_hops: int = 20, credentials: Any = None,
+               api_endpoint: str | None = None) -> tuple[dict, str]:
+    """(the lineage subgraph, the artifact it is around) for `ref`: a model version NAME[@VERSION] (its
+    registered adapter folder, less the "/adapter" the registration appends: the train step's Model
+    artifact), an artifact URI or an ML Metadata artifact name. Raises UnknownModelError for an unknown
+    model name."""
+    from petqlora.cloud.vertex_models import model_version_uri
+
+    uri = ref
+    if not ref.startswith(("gs://", "projects/")):
+        name, _, version = ref.partition("@")
+        uri = model_version_uri(name, version or "default", project=project, region=region,
+                                credentials=credentials, api_endpoint=api_endpoint)
+        if uri is None:
+            raise UnknownModelError(f"no Vertex model is named {name!r} in {project}/{region}")
+        uri = uri.rstrip("/").removesuffix("/adapter")
+    graph = lineage_from_vertex(uri, project=project, region=region, max_hops=max_hops, credentials=credentials,
+                                api_endpoint=api_endpoint)
+    return graph, uri
