@@ -17,8 +17,11 @@ from pathlib import Path
 from kfp import dsl
 
 from petqlora import params
+from petqlora.cloud.vertex_common import VertexAuthError
 from petqlora.logs import setup_logging
+from petqlora.registry.local import UnknownModelError
 
+from components.check_parameters import check_parameters
 from components.evaluate import evaluate
 from components.prepare_data import prepare_data
 from components.register_model import register_model
@@ -33,10 +36,12 @@ PIPELINE_NAME = params.PIPELINE_NAME
 @params.with_signature
 def pet_breeds_pipeline(p):
     """The pet-breed QLoRA pipeline: prepare, validate, train, evaluate, register when it wins."""
+    checked = check_parameters(**{name: getattr(p, name) for name in params.NAMES})
+    checked.set_display_name("Check parameters").set_caching_options(False)  # sees the registry as it is now
     data = prepare_data(
         source=p.source, seed=p.seed, val_fraction=p.val_fraction, test_fraction=p.test_fraction,
         max_per_class_train=p.max_per_class_train, max_per_class_eval=p.max_per_class_eval, on_bad_input=p.on_bad_input,
-    ).set_display_name("Prepare data")
+    ).set_display_name("Prepare data").after(checked)
     check = validate_token_boundaries(
         dataset=data.outputs["dataset"], base_model=p.base_model, image_token_budget=p.image_token_budget,
         max_length=p.max_length, sample=p.validation_sample,
@@ -96,6 +101,7 @@ def _pipeline_parameters(pairs: list) -> dict:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python pipeline.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run-local", help="run the whole pipeline on this machine with kfp.local")
@@ -151,8 +157,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors whose message says what to fix (bad input, a missing login): the message and an exit code, no traceback.
+EXPECTED_ERRORS = (ValueError, OSError, UnknownModelError, VertexAuthError)
+
+
 def main(argv=None) -> int:
+    """The command line; an expected error ends in its message and exit 2 (1: no login), --debug adds the
+    traceback."""
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except EXPECTED_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, VertexAuthError) else 2
+
+
+def _command(args) -> int:
     setup_logging(os.environ)  # the steps' own setup: JSON records in the cloud, plain lines here
     if args.command == "run-local":
         from petqlora.local_run import run_local_pipeline
@@ -163,6 +185,9 @@ def main(argv=None) -> int:
         print(params.table())
         return 0
     if args.command == "compile":
+        from petqlora.run_checks import check_run
+
+        check_run({}, context="template")  # the defaults it carries: a recipe every step accepts
         from kfp import compiler
 
         compiler.Compiler().compile(pet_breeds_pipeline, args.output)
@@ -186,7 +211,7 @@ def main(argv=None) -> int:
 
         if not Path(args.registry).exists():
             raise SystemExit(f"--registry {args.registry}: no such registry; run `make run` first or pass its path")
-        print(format_lineage(LocalRegistry(args.registry).get(args.ref)))
+        print(format_lineage(LocalRegistry(args.registry, read_only=True).get(args.ref)))
         return 0
     return 2
 
@@ -230,6 +255,10 @@ def _cloud(args) -> int:
         compiler.Compiler().compile(pet_breeds_pipeline, template)
     common = dict(project=args.project, region=args.region, dry_run=args.dry_run)
     creates_run = args.command == "submit" or args.cron
+    if creates_run:  # every check of the run, the dry run's too: the pipeline's first step makes them again
+        from petqlora.run_checks import check_run, template_defaults
+
+        check_run({**template_defaults(template), **values}, pipeline_root=args.pipeline_root, context="submit")
     if creates_run and not args.dry_run:
         # Fail here, not an hour into the run: the GPU steps need the Cloud Run Job's settings.
         from petqlora.backends import Backend
@@ -258,8 +287,4 @@ def _cloud(args) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, KeyError) as exc:  # bad input: the message says what to fix
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

@@ -13,6 +13,10 @@ sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402
 
+# A complete Cloud Run backend: a run, a dry run too, is checked as a whole before anything is sent.
+BACKEND = ('backend={"kind": "cloud_run", "image": "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0", '
+           '"service_account": "petqlora-job@my-proj.iam.gserviceaccount.com", "bucket": "my-bucket"}')
+
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "pipeline.py", *args], cwd=ROOT, capture_output=True, text=True,
@@ -28,7 +32,8 @@ def compiled(tmp_path_factory) -> dict:
 
 def test_five_steps_in_order_with_registration_under_a_condition(compiled):
     tasks = compiled["root"]["dag"]["tasks"]
-    assert set(tasks) == {"prepare-data", "validate-token-boundaries", "train-adapter", "evaluate", "condition-1"}
+    assert set(tasks) == {"check-parameters", "prepare-data", "validate-token-boundaries", "train-adapter", "evaluate",
+                          "condition-1"}
     deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
     assert deps["validate-token-boundaries"] == {"prepare-data"}
     assert {"validate-token-boundaries", "prepare-data"} <= deps["train-adapter"]  # never trains unvalidated data
@@ -46,6 +51,22 @@ def test_side_effecting_steps_are_not_cached(compiled):
     for task in (tasks["train-adapter"], tasks["evaluate"], inner["register-model"]):
         assert not task.get("cachingOptions", {}).get("enableCache", False)
     assert tasks["prepare-data"]["cachingOptions"].get("enableCache") is True
+
+
+def test_parameters_are_checked_first(compiled):
+    """check_parameters runs first, uncached, and every other step waits for it: bad values cost seconds."""
+    tasks = compiled["root"]["dag"]["tasks"]
+    assert not tasks["check-parameters"].get("dependentTasks")
+    assert not tasks["check-parameters"].get("cachingOptions", {}).get("enableCache", False)
+    assert "check-parameters" in tasks["prepare-data"]["dependentTasks"]
+    deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
+
+    def upstream(name: str) -> set:
+        return set().union(*({d} | upstream(d) for d in deps[name])) if deps[name] else set()
+
+    assert all("check-parameters" in upstream(name) for name in tasks if name != "check-parameters")
+    inputs = compiled["components"]["comp-check-parameters"]["inputDefinitions"]["parameters"]
+    assert set(inputs) == set(compiled["root"]["inputDefinitions"]["parameters"])  # every parameter
 
 
 def test_typed_artifacts_between_steps(compiled):
@@ -77,7 +98,7 @@ def test_pipeline_import_reads_no_environment():
 def test_submit_dry_run_prints_the_real_request():
     result = _cli("submit", "--project", "my-proj", "--region", "us-central1", "--pipeline-root", "gs://my-bucket/root",
                   "--service-account", "pipeline@my-proj.iam.gserviceaccount.com", "--param", "epochs=2",
-                  "--dry-run")
+                  "--param", BACKEND, "--dry-run")
     assert result.returncode == 0, result.stderr
     request = json.loads(result.stdout)
     assert request["method"] == "CreatePipelineJob"
@@ -91,7 +112,7 @@ def test_submit_dry_run_prints_the_real_request():
 
 def test_schedule_dry_run_prints_the_real_request():
     result = _cli("schedule", "--project", "my-proj", "--region", "us-central1", "--pipeline-root", "gs://my-bucket/root",
-                  "--cron", "TZ=Europe/Paris 0 3 * * 1", "--dry-run")
+                  "--cron", "TZ=Europe/Paris 0 3 * * 1", "--param", BACKEND, "--dry-run")
     assert result.returncode == 0, result.stderr
     request = json.loads(result.stdout)
     assert request["method"] == "CreateSchedule"
@@ -116,7 +137,7 @@ def test_schedule_management_dry_runs(flags, expected, capsys):
 
 def test_bad_cron_is_refused_clearly():
     result = _cli("schedule", "--project", "my-proj", "--region", "us-central1", "--pipeline-root", "gs://my-bucket/r",
-                  "--cron", "every monday", "--dry-run")
+                  "--cron", "every monday", "--param", BACKEND, "--dry-run")
     assert result.returncode != 0
     assert "cron" in result.stderr.lower()
 

@@ -104,10 +104,15 @@ class Backend:
             missing = [n for n in ("project", "region", "image", "service_account", "bucket") if not getattr(self, n)]
             if missing:
                 raise ValueError(
-                    f"backend kind cloud_run needs {missing}: pass them in the `backend` pipeline parameter, e.g. "
+                    f"backend kind cloud_run needs {missing}; fix: pass them in the `backend` pipeline parameter, e.g. "
                     "--param backend='{\"kind\": \"cloud_run\", \"image\": \"REGION-docker.pkg.dev/P/petqlora/"
                     "trainer:VERSION\", \"service_account\": \"petqlora-job@P.iam.gserviceaccount.com\", "
                     "\"bucket\": \"BUCKET\", \"hf_token_secret\": \"hf-token\"}' (and --project/--region)")
+            try:
+                self.mount_path  # the job mounts gs://<bucket> where Vertex mounts it: it must name a bucket
+            except ValueError:
+                raise ValueError(f"backend bucket={self.bucket!r}: is not a bucket name; fix: give the bare name, "
+                                 "e.g. 'my-bucket' (no gs://, no path)") from None
 
     @property
     def mount_path(self) -> str:

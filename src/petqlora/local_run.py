@@ -7,6 +7,7 @@ prints the comparison table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -18,7 +19,8 @@ import yaml
 
 from petqlora import schema
 from petqlora.evaluation.report_table import decision_sentence
-from petqlora.params import parse as parse_params
+from petqlora.problems import Problems
+from petqlora.run_checks import check_run
 
 log = logging.getLogger("petqlora.local_run")
 
@@ -81,28 +83,69 @@ def code_revision() -> str:
         return ""
 
 
-def _latest_run(pipeline_root: Path, error: str | None) -> Path:
-    runs = sorted((p for p in pipeline_root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise RuntimeError(f"the local pipeline did not start: {error}")
-    return runs[-1]
+def _latest_run(pipeline_root: Path, before: set[Path]) -> Path | None:
+    """This run's folder: the newest one that was not there before it (never an earlier run's), or None."""
+    runs = sorted((p for p in pipeline_root.iterdir() if p.is_dir() and p not in before),
+                  key=lambda p: p.stat().st_mtime)
+    return runs[-1] if runs else None
+
+
+# What run-local sets itself: the source (from `dataset`), the checkpoints (from `models`), a local registry
+# and backend. The same name under `parameters` would be silently replaced, so it is refused.
+SET_BY_RUN_LOCAL = ("source", "registry", "backend", "project", "region", "code_revision")
+
+
+def run_parameters(config: dict, config_path: Path, dataset: str | None, output_dir: Path) -> dict:
+    """The run's pipeline parameters, checked as a whole (run_checks.check_run) before anything is built;
+    then the tiny checkpoints and the synthetic dataset are built when asked for and their paths put in."""
+    given, models, section = config.get("parameters") or {}, config.get("models") or {}, config.get("dataset") or {}
+    p = Problems(str(config_path))
+    for name, value in (("parameters", given), ("models", models), ("dataset", section)):
+        p.check(isinstance(value, dict), name, value, "must be a mapping", "see configs/local.yaml")
+    p.raise_if_any()
+    for key in sorted(set(given) & (set(SET_BY_RUN_LOCAL) | set(models))):
+        p.add(f"parameters.{key}", given[key], "is set by run-local itself (source from `dataset`, the checkpoints "
+              "from `models`, a local registry and backend)", f"drop {key} from parameters")
+    p.raise_if_any()
+    source = dataset or section.get("path") or str(output_dir / "data" / "synthetic_pets")
+    values = dict(given, **models, source=source, registry=str(output_dir / "registry.sqlite"),
+                  backend={"kind": "local"}, project="local", region="local", code_revision=code_revision())
+    checked = check_run(values, pipeline_root=str(output_dir / "pipeline_root"), context="here")
+    built = {k: resolve_model(v, output_dir / "models") for k, v in models.items()}
+    source = resolve_dataset(section, dataset, output_dir / "data")
+    return schema.to_json_dict(dataclasses.replace(checked, **built, source=source))
+
+
+def _not_started(error: str, output_dir: Path) -> dict:
+    """The summary of a run refused before any step ran: failed, nothing registered, and why."""
+    return {"status": "failed", "error": error, "failed_step": None, "run": None, "wall_time_s": 0.0,
+            "models": {}, "registered": False, "model_version": None, "decision_reason": None, "table": None,
+            "training": None, "cached": [], "dataset_hash": None, "source_fingerprint": None,
+            "artifacts": {key: None for key in TASK_DIRS}, "registry": str(output_dir / "registry.sqlite"),
+            "parameters": None}
 
 
 def run_local_pipeline(pipeline_func, output_dir: Path, config_path: Path, dataset: str | None = None) -> dict:
     from kfp import local
 
-    config = load_local_config(config_path)
     output_dir = output_dir.resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--output-dir {output_dir}: cannot be created ({exc.strerror}); fix: pass a folder "
+                         "you can write") from exc
+    summary_path = output_dir / "run_summary.json"
+    summary_path.unlink(missing_ok=True)  # an earlier run's result must never read as this run's
     (output_dir / REPORT_HTML).unlink(missing_ok=True)  # an earlier run's report must never read as this run's
-    models = {k: resolve_model(v, output_dir / "models") for k, v in config.get("models", {}).items()}
-    source = resolve_dataset(config.get("dataset", {}), dataset, output_dir / "data")
     registry = output_dir / "registry.sqlite"
-    params = dict(config.get("parameters", {}), **models, source=source, registry=str(registry),
-                  backend={"kind": "local"}, project="local", region="local", code_revision=code_revision())
-    params = schema.to_json_dict(parse_params(params))  # every name, type and rule checked before a step runs
+    try:
+        params = run_parameters(load_local_config(config_path), config_path, dataset, output_dir)
+    except Exception as exc:  # refused before any step ran: the summary says so, the caller prints why
+        summary_path.write_text(json.dumps(_not_started(str(exc), output_dir), indent=1))
+        raise
     pipeline_root = output_dir / "pipeline_root"
     pipeline_root.mkdir(exist_ok=True)
+    before = set(pipeline_root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                raise_on_error=True)
     started = time.perf_counter()
@@ -112,9 +155,11 @@ def run_local_pipeline(pipeline_func, output_dir: Path, config_path: Path, datas
     except Exception as exc:  # the failing task's log is above; summarise and keep what was produced
         status, error = "failed", re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     wall = time.perf_counter() - started
-    summary = summarize(_latest_run(pipeline_root, error), registry, params, status, error, wall)
+    run_dir = _latest_run(pipeline_root, before)
+    summary = (summarize(run_dir, registry, params, status, error, wall) if run_dir is not None
+               else _not_started(f"the local pipeline did not start: {error}", output_dir))
     _copy_report(summary, output_dir)
-    (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=1))
+    summary_path.write_text(json.dumps(summary, indent=1))
     print_summary(summary, output_dir)
     return summary
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from petqlora import schema
 
 from petqlora.backends import Backend
+from petqlora.problems import Problems
 
 log = logging.getLogger("petqlora.steps")
 
@@ -27,6 +28,9 @@ APPROACHES = {
     "gemma3_baseline": "Gemma 3 baseline (zero-shot)",
     "champion": "Current registered version",
 }
+# The entrypoints a Backend runs (on the GPU in the cloud); run_checks builds their Cloud Run jobs up front.
+TRAIN_MODULE = "petqlora.train.train_adapter"
+EVALUATE_MODULE = "petqlora.evaluation.evaluate"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -35,6 +39,21 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# ---- check_parameters
+
+def run_check_parameters(values: dict, artifact_uri: str, report_md: str) -> None:
+    """The pipeline's first step: every check of the whole run (petqlora.run_checks), so a run started with
+    bad values (e.g. from the Vertex console) fails in seconds, before any data is read or GPU asked for.
+    ``artifact_uri`` is this step's output, under the run's pipeline root like every step's outputs."""
+    from petqlora.run_checks import check_run
+
+    checked = schema.to_json_dict(check_run(values, pipeline_root=artifact_uri, context="here"))
+    rows = "\n".join(f"| `{name}` | `{json.dumps(value)}` |" for name, value in checked.items())
+    Path(report_md).write_text("# Parameters checked\n\nEvery parameter, the training config, the backend and "
+                               f"the registry passed.\n\n| parameter | value |\n| --- | --- |\n{rows}\n")
+    log.info("check_parameters: %d parameters passed every check", len(checked))
 
 
 # ---- fingerprint_source
@@ -84,6 +103,18 @@ def run_validate_token_boundaries(dataset_dir: str, out_dir: str, report_path: s
 
 # ---- train_adapter
 
+def train_config_values(train_options: dict, **pipeline_fields) -> dict:
+    """The training config's values as the train step builds them: ``train_options`` (any other TrainConfig
+    field) and the pipeline parameters that are TrainConfig fields. A parameter repeated in train_options is
+    refused, not silently overridden."""
+    p = Problems("train_options")
+    for key in sorted(set(train_options) & set(pipeline_fields)):
+        p.add(f"train_options.{key}", train_options[key], f"repeats the pipeline parameter {key}, which sets it",
+              f"drop it from train_options and set the parameter {key}")
+    p.raise_if_any()
+    return {**train_options, **pipeline_fields}
+
+
 def run_train_adapter(dataset_dir: str, out_dir: str, train_config: dict, backend: Backend, task_id: str) -> dict:
     """Write the config next to the outputs, run the entrypoint, and return the training metrics."""
     from petqlora.train.config import parse_train_config
@@ -95,7 +126,7 @@ def run_train_adapter(dataset_dir: str, out_dir: str, train_config: dict, backen
     config_path.write_text(json.dumps(asdict(cfg), indent=1))
     args = ["--dataset", backend.path_arg(dataset_dir), "--output", backend.path_arg(str(out)),
             "--config", backend.path_arg(str(config_path))]
-    backend.run("petqlora.train.train_adapter", args, task_id)
+    backend.run(TRAIN_MODULE, args, task_id)
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["adapter_sha256"] = sha256_file(out / "adapter" / "adapter_model.safetensors")
     from petqlora.registry.champion import config_fingerprint
@@ -204,7 +235,7 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
         config_path.write_text(json.dumps(schema.to_json_dict(cfg), indent=1))
         args = ["--dataset", backend.path_arg(dataset_dir), "--output", backend.path_arg(str(out / name)),
                 "--config", backend.path_arg(str(config_path))]
-        backend.run("petqlora.evaluation.evaluate", args, f"{task_id}-{name}")
+        backend.run(EVALUATE_MODULE, args, f"{task_id}-{name}")
         results[name] = json.loads((out / name / "result.json").read_text())
 
     register, reason = registration_decision({k: r["accuracy"] for k, r in results.items()}, win_margin)

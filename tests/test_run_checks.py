@@ -1,0 +1,356 @@
+"""Fail before spend: the whole run checked before it starts (petqlora.run_checks.check_run), through each
+caller -- run-local, compile, submit/schedule --dry-run, the pipeline's first step -- and the CLI's expected
+errors as one message without a traceback. Each refusal is paired with a value that is not refused."""
+
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp import dsl
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pipeline  # noqa: E402
+from components.check_parameters import check_parameters  # noqa: E402
+from petqlora import params, schema  # noqa: E402
+from petqlora.registry.local import LocalRegistry  # noqa: E402
+from petqlora.run_checks import check_run  # noqa: E402
+
+BACKEND = {"kind": "cloud_run", "image": "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0",
+           "service_account": "petqlora-job@my-proj.iam.gserviceaccount.com", "bucket": "my-bucket",
+           "hf_token_secret": "hf-token"}
+SERVING = "us-central1-docker.pkg.dev/my-proj/petqlora/serve:0.1.0"
+CLOUD = {"project": "my-proj", "region": "us-central1", "backend": BACKEND, "serving_image": SERVING}
+ROOT_URI = "gs://my-bucket/pipeline-root"
+
+
+def refused(values, **kwargs) -> str:
+    with pytest.raises(ValueError) as info:
+        check_run(values, **kwargs)
+    return str(info.value)
+
+
+def submit_check(**values):
+    return check_run({**CLOUD, **values}, pipeline_root=ROOT_URI, context="submit")
+
+
+# ------------------------------------------------------------------------------ check_run, rule by rule
+
+@pytest.mark.parametrize("options, expected", [
+    ({"lora_rank": 8}, "train_options.lora_rank=8: is not a known field"),
+    ({"checkpoint_every": 20.5}, "train_options.checkpoint_every=20.5: must be an integer"),
+    ({"adapt_vision": "false"}, "train_options.adapt_vision='false': must be true or false"),
+    ({"warmup_ratio": 2}, "train_options.warmup_ratio=2.0: must be in [0, 1)"),
+    ({"epochs": 1}, "train_options.epochs=1: repeats the pipeline parameter epochs"),
+    ({"cache_image_features": True}, "train_options.cache_image_features=True: needs adapt_vision=false"),
+], ids=["unknown", "float-for-int", "string-for-bool", "range", "repeats-a-parameter", "cross-field"])
+def test_train_options_are_checked_as_the_train_step_builds_its_config(options, expected):
+    message = refused({**CLOUD, "train_options": options}, pipeline_root=ROOT_URI, context="submit")
+    assert expected in message and "fix:" in message, message
+
+
+def test_valid_train_options_are_not_refused():
+    run = submit_check(train_options={"checkpoint_every": 20, "adapt_vision": False, "cache_image_features": True,
+                                      "warmup_ratio": 0.05})
+    assert run.train_options["checkpoint_every"] == 20
+
+
+def test_no_silent_coercion_of_a_fraction_to_an_integer():
+    assert "lora_r=64.5: must be an integer" in refused({"lora_r": 64.5}, context="template")
+    assert "lora_r='64.5': must be an integer" in refused({"lora_r": "64.5"}, text=True, context="template")
+    assert check_run({"lora_r": 64.0}, context="template").lora_r == 64  # KFP's Struct spelling of 64
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("win_margin", -0.1, "win_margin=-0.1: must be in [0, 1]"),
+    ("scoring", "sample", "scoring='sample': must be one of score, generate"),
+    ("image_token_budget", 123, "image_token_budget=123: must be one of 70, 140, 280, 560, 1120"),
+])
+def test_schema_rules(name, value, expected):
+    assert expected in refused({name: value}, context="template")
+    assert check_run({name: getattr(params.DEFAULTS, name)}, context="template")
+
+
+def test_every_problem_is_listed_in_one_error():
+    message = refused({**CLOUD, "win_margin": -1, "scoring": "sample", "train_options": {"lora_rank": 8},
+                       "backend": {**BACKEND, "imag": "x"}, "registry": "relative.sqlite"},
+                      pipeline_root=ROOT_URI, context="submit")
+    for part in ("win_margin=-1", "scoring='sample'", "train_options.lora_rank=8", "backend.imag='x'",
+                 "registry='relative.sqlite'"):
+        assert part in message, message
+    assert message.count("\n  - ") == 5
+
+
+@pytest.mark.parametrize("backend, expected", [
+    ({"image": BACKEND["image"]}, "backend.kind=None: is required"),
+    ({**BACKEND, "kind": "gpu"}, "backend.kind='gpu': must be one of local, cloud_run"),
+    ({**BACKEND, "imag": "x"}, "backend.imag='x': is not a backend field; fix: use kind, job_prefix, image"),
+    ({**BACKEND, "project": "my-proj"}, "backend.project='my-proj': is set by the pipeline parameter project"),
+    ({"kind": "cloud_run"}, "backend kind cloud_run needs ['image', 'service_account', 'bucket']"),
+    ({**BACKEND, "image": "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:latest"},
+     "backend.image='us-central1-docker.pkg.dev/my-proj/petqlora/trainer:latest': uses ':latest'"),
+    ({**BACKEND, "bucket": "gs://my-bucket"}, "backend bucket='gs://my-bucket': is not a bucket name"),
+    ({**BACKEND, "bucket": "b" * 64}, f"backend.bucket='{'b' * 64}': is not a bucket name (3-63 chars"),
+    ({**BACKEND, "service_account": "petqlora-job"}, "backend.service_account='petqlora-job': must be a service"),
+], ids=["no-kind", "kind", "unknown-field", "project-inside", "missing", "latest", "gs-prefix", "short-bucket",
+        "service-account"])
+def test_backend_is_checked_as_the_gpu_steps_build_it(backend, expected):
+    message = refused({**CLOUD, "backend": backend}, pipeline_root=ROOT_URI, context="submit")
+    assert expected in message and "fix" in message, message
+
+
+def test_valid_backends_are_not_refused():
+    assert submit_check().backend == BACKEND
+    assert submit_check(backend={"kind": "local"}).backend == {"kind": "local"}
+
+
+def test_a_template_checks_the_recipe_not_where_it_runs():
+    check_run({}, context="template")  # the schema's own defaults: the backend is given at submit
+    assert "backend.imag" in refused({"backend": {"kind": "cloud_run", "imag": ""}}, context="template")
+    assert "backend kind cloud_run needs" in refused({"project": "my-proj"}, pipeline_root=ROOT_URI,
+                                                      context="submit")
+
+
+def test_outputs_and_checkpoints_must_be_in_the_cloud_run_bucket():
+    message = refused(CLOUD, pipeline_root="gs://other-bucket/root", context="submit")
+    assert "pipeline_root='gs://other-bucket/root': the Cloud Run job mounts only gs://my-bucket" in message
+    assert "fix: use a pipeline root in gs://my-bucket/" in message
+    message = refused({**CLOUD, "base_model": "/gcs/other-bucket/gemma-4-31b-it"}, pipeline_root=ROOT_URI,
+                      context="submit")
+    assert "base_model='/gcs/other-bucket/gemma-4-31b-it': the Cloud Run job mounts only" in message
+    assert submit_check(base_model="/gcs/my-bucket/models/gemma-4-31b-it")
+    # a local pipeline root cannot hold a Cloud Run job's files either
+    assert "pipeline_root='/tmp/root'" in refused(CLOUD, pipeline_root="/tmp/root", context="here")
+
+
+def test_registry_vertex_needs_a_project():
+    message = refused({**CLOUD, "project": "", "backend": {"kind": "local"}}, pipeline_root=ROOT_URI, context="submit")
+    assert "project='': must be a Google Cloud project ID" in message
+    assert submit_check(registry="vertex", backend={"kind": "local"})
+
+
+def test_registry_path_rules_where_the_run_is_sent():
+    assert "registry='runs/registry.sqlite': must be 'vertex' or the absolute path" in refused(
+        {**CLOUD, "registry": "runs/registry.sqlite"}, pipeline_root=ROOT_URI, context="submit")
+    assert "a Vertex step sees files only through the /gcs/<bucket> mounts" in refused(
+        {**CLOUD, "registry": "/home/me/registry.sqlite"}, pipeline_root=ROOT_URI, context="submit")
+    assert submit_check(registry="/gcs/my-bucket/petqlora/registry.sqlite")  # its folder is checked by the step
+
+
+def test_registry_path_rules_here(tmp_path):
+    here = dict(backend={"kind": "local"}, project="local", region="local")
+    missing = refused({**here, "registry": str(tmp_path / "no" / "registry.sqlite")})
+    assert f"its folder {tmp_path / 'no'} does not exist; fix: create it" in missing
+    # /proc exists and no one, root included, can create a file there: a real read-only folder
+    assert "its folder /proc cannot be written" in refused({**here, "registry": "/proc/registry.sqlite"})
+    (tmp_path / "notes.txt").write_text("not a registry")
+    assert "is not a local model registry" in refused({**here, "registry": str(tmp_path / "notes.txt")})
+    assert check_run({**here, "registry": str(tmp_path / "registry.sqlite")})  # created by the run
+    LocalRegistry(tmp_path / "registry.sqlite").register("m", "/a", run_id="r", metrics={"accuracy": 1.0})
+    assert check_run({**here, "registry": str(tmp_path / "registry.sqlite")})  # an existing registry
+
+
+# ------------------------------------------------------------------------------ the pipeline's first step
+
+def _component_values(**changes) -> dict:
+    """Every parameter as KFP hands it to the step (JSON values), with ``changes``."""
+    return {**schema.to_json_dict(params.DEFAULTS), **changes}
+
+
+def test_check_parameters_component_takes_every_pipeline_parameter():
+    signature = inspect.signature(check_parameters.python_func)
+    assert [n for n in signature.parameters if n != "report"] == list(params.NAMES)
+    hints = schema.types_of(params.PipelineParams)
+    for name in params.NAMES:
+        assert signature.parameters[name].annotation in (hints[name], hints[name].__name__), name
+
+
+def test_check_parameters_component_refuses_bad_values_in_the_cloud(tmp_path):
+    report = dsl.Markdown(name="report", uri="gs://my-bucket/pipeline-root/123/run/check-parameters/report")
+    bad = _component_values(**CLOUD, train_options={"warmup_ratio": 2}, registry="vertex", win_margin=-1)
+    with pytest.raises(ValueError) as info:
+        check_parameters.python_func(**bad, report=report)
+    assert "train_options.warmup_ratio=2" in str(info.value) and "win_margin=-1.0: must be in [0, 1]" in str(info.value)
+    elsewhere = dsl.Markdown(name="report", uri="gs://other-bucket/root/123/run/check-parameters/report")
+    with pytest.raises(ValueError, match="the Cloud Run job mounts only gs://my-bucket"):
+        check_parameters.python_func(**_component_values(**CLOUD), report=elsewhere)
+
+
+def test_check_parameters_component_passes_a_valid_run_and_reports_it(tmp_path):
+    report = dsl.Markdown(name="report", uri=str(tmp_path / "report.md"))
+    values = _component_values(backend={"kind": "local"}, project="local", region="local",
+                               registry=str(tmp_path / "registry.sqlite"))
+    check_parameters.python_func(**values, report=report)
+    text = (tmp_path / "report.md").read_text()
+    assert "| `lora_r` | `64` |" in text and "| `backend` | `{\"kind\": \"local\"}` |" in text
+
+
+# ------------------------------------------------------------------------------ run-local
+
+def _local_config(tmp_path: Path, **parameters) -> Path:
+    config = yaml.safe_load((ROOT / "configs/local.yaml").read_text())
+    config["parameters"].update(parameters)
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _previous_winner(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_summary.json").write_text(json.dumps({"status": "succeeded", "registered": True,
+                                                      "model_version": "petqlora-gemma4-pets@1"}))
+
+
+@pytest.mark.parametrize("parameters, expected", [
+    ({"lora_r": "16"}, "lora_r='16': must be an integer"),
+    ({"lora_r": 16.5}, "lora_r=16.5: must be an integer"),
+    ({"train_options": {"log_every": 12, "warmup_ratio": 1.5}}, "train_options.warmup_ratio=1.5: must be in [0, 1)"),
+    ({"registry": "vertex"}, "parameters.registry='vertex': is set by run-local itself"),
+], ids=["string", "fraction", "train-options", "set-by-run-local"])
+def test_run_local_refuses_before_any_step_and_reports_the_failure(tmp_path, parameters, expected):
+    from petqlora.local_run import run_local_pipeline
+
+    out = tmp_path / "out"
+    _previous_winner(out)
+    with pytest.raises(ValueError) as info:
+        run_local_pipeline(pipeline.pet_breeds_pipeline, out, _local_config(tmp_path, **parameters))
+    assert expected in str(info.value) and "fix:" in str(info.value)
+    assert not any((out / name).exists() for name in ("pipeline_root", "models", "data"))  # nothing built or run
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert (summary["status"], summary["registered"], summary["model_version"]) == ("failed", False, None)
+    assert expected in summary["error"]
+
+
+def test_run_local_cli_says_it_in_one_message_and_debug_shows_the_traceback(tmp_path, capsys):
+    config, out = _local_config(tmp_path, lora_r=16.5), tmp_path / "out"
+    assert pipeline.main(["run-local", "--output-dir", str(out), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid run parameters:") and "lora_r=16.5" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="lora_r=16.5"):
+        pipeline.main(["--debug", "run-local", "--output-dir", str(out), "--config", str(config)])
+
+
+# ------------------------------------------------------------------------------ submit and schedule dry runs
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("ir") / "pipeline.yaml"
+    assert pipeline.main(["compile", "--output", str(path)]) == 0
+    return str(path)
+
+
+def _submit(template: str, *params_: str, dry_run: bool = True, command: str = "submit") -> list[str]:
+    args = [command, "--project", "my-proj", "--region", "us-central1", "--pipeline-root", ROOT_URI,
+            "--template", template, "--param", f"backend={json.dumps(BACKEND)}", "--param", f"serving_image={SERVING}",
+            *(a for p in params_ for a in ("--param", p))]
+    if command == "schedule":
+        args += ["--cron", "TZ=Europe/Paris 0 3 * * 1"]
+    return args + (["--dry-run"] if dry_run else [])
+
+
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+@pytest.mark.parametrize("param, expected", [
+    ('backend={"kind": "cloud_run"}', "backend kind cloud_run needs ['image', 'service_account', 'bucket']"),
+    (f'backend={json.dumps({**BACKEND, "bucket": "other-bucket"})}', "pipeline_root='gs://my-bucket/pipeline-root'"),
+    ('train_options={"warmup_ratio": 2}', "train_options.warmup_ratio=2.0: must be in [0, 1)"),
+    ("registry=runs/registry.sqlite", "registry='runs/registry.sqlite': must be 'vertex' or the absolute path"),
+], ids=["backend-missing", "bucket", "train-options", "registry"])
+def test_dry_runs_make_every_check_the_real_run_makes(template, capsys, command, param, expected):
+    assert pipeline.main(_submit(template, param, command=command)) == 2
+    captured = capsys.readouterr()
+    assert expected in captured.err and "Traceback" not in captured.err, captured.err
+    assert captured.out == ""  # nothing was printed as if it would be sent
+
+
+def test_a_valid_dry_run_prints_the_request(template, capsys):
+    assert pipeline.main(_submit(template, 'train_options={"checkpoint_every": 20}')) == 0
+    job = json.loads(capsys.readouterr().out)["pipeline_job"]
+    assert job["runtime_config"]["parameter_values"]["backend"] == BACKEND
+
+
+def test_a_template_default_is_checked_as_the_run_will_use_it(tmp_path, capsys):
+    """A compiled template carries its own defaults; a run of it uses them for what --param does not give."""
+    path = tmp_path / "pipeline.yaml"
+    from kfp import compiler
+
+    compiler.Compiler().compile(pipeline.pet_breeds_pipeline, str(path),
+                                pipeline_parameters={"train_options": {"warmup_ratio": 2}})
+    assert pipeline.main(_submit(str(path))) == 2
+    assert "train_options.warmup_ratio=2" in capsys.readouterr().err
+
+
+def _cli(*args: str, env: dict | None = None, drop: tuple = (), prefix: tuple = ()) -> subprocess.CompletedProcess:
+    """`python pipeline.py ARGS` as a user runs it (PYTHONPATH set, ``env`` added, ``drop`` removed)."""
+    child = {k: v for k, v in os.environ.items() if k not in drop}
+    return subprocess.run([*prefix, sys.executable, "pipeline.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**child, "PYTHONPATH": str(ROOT / "src"), **(env or {})})
+
+
+def test_broken_backend_json_through_the_command_line(template):
+    result = _cli("submit", "--project", "my-proj", "--region", "us-central1", "--pipeline-root", ROOT_URI,
+                  "--template", template, "--param", 'backend={"kind": "cloud_run",', "--dry-run")
+    assert result.returncode == 2
+    assert "backend='{\"kind\": \"cloud_run\",': is not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_submit_without_credentials_gives_the_advice_without_a_traceback(template, tmp_path):
+    # google.auth.default finds nothing: no key file, no gcloud login, and no metadata-server probe; the
+    # images are named in a real registry (PETQLORA_IMAGE_REGISTRY), so only the login is missing
+    env = {"CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "NO_GCE_CHECK": "true", "HOME": str(tmp_path),
+           "PETQLORA_IMAGE_REGISTRY": "us-central1-docker.pkg.dev/my-proj/petqlora"}
+    result = _cli(*_submit(template, dry_run=False), env=env,
+                  drop=("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "CLOUD_ML_PROJECT_ID"))
+    assert result.returncode == 1, result.stderr
+    assert "gcloud auth application-default login" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 8, result.stderr
+
+
+# ------------------------------------------------------------------------------ lineage
+
+def _registry(folder: Path) -> Path:
+    path = folder / "registry.sqlite"
+    LocalRegistry(path).register("petqlora-gemma4-pets", "/runs/adapter", run_id="run-1", metrics={"accuracy": 0.9},
+                                 lineage={"dataset": {"uri": "/runs/data", "sha256": "abc", "inputs": {}}})
+    return path
+
+
+def test_lineage_of_a_file_that_is_not_a_registry(tmp_path, capsys):
+    (tmp_path / "notes.sqlite").write_text("hello")
+    args = ["lineage", "petqlora-gemma4-pets@1", "--registry", str(tmp_path / "notes.sqlite")]
+    assert pipeline.main(args) == 2
+    err = capsys.readouterr().err
+    assert "is not a local model registry" in err and "fix: pass the registry.sqlite" in err
+    assert "Traceback" not in err
+    with pytest.raises(ValueError, match="is not a local model registry"):
+        pipeline.main(["--debug", *args])
+
+
+def test_lineage_of_a_registry_in_a_read_only_folder():
+    """Reading needs no write: the lineage prints even where SQLite cannot create its -shm file."""
+    folder = Path(tempfile.mkdtemp(prefix="petqlora-ro-"))
+    try:
+        path = _registry(folder)
+        folder.chmod(0o555)
+        prefix = ()
+        if os.geteuid() == 0:  # root writes anywhere: drop the capability that lets it, for the child only
+            if shutil.which("setpriv") is None:
+                pytest.skip("running as root without setpriv: a folder cannot be made read-only to this process")
+            prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+            probe = subprocess.run([*prefix, "touch", str(folder / "x")], capture_output=True)
+            assert probe.returncode != 0, "the folder is still writable to the child"
+        result = _cli("lineage", "petqlora-gemma4-pets@1", "--registry", str(path), prefix=prefix)
+        assert result.returncode == 0, result.stderr
+        assert "petqlora-gemma4-pets@1" in result.stdout and "/runs/adapter" in result.stdout
+        assert sorted(p.name for p in folder.iterdir()) == ["registry.sqlite"]  # nothing written there
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
