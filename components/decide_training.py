@@ -32,11 +32,13 @@ def decide_training(
     hash) with this training config (same fingerprint), so the GPU would train the same adapter again;
     "train" otherwise, or always with force_training. The reason is in the summary. Takes the same training
     values as train_adapter; run_id keeps it out of any cache (the registry changes between runs)."""
-    from petqlora.steps import run_decide_training
+    from petqlora.steps import run_decide_training, train_config_values
 
-    config = dict(train_options, base_model=base_model, lora_r=lora_r, lora_alpha=lora_alpha,
-                  lora_dropout=lora_dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                  grad_accum=grad_accum, image_token_budget=image_token_budget, max_length=max_length, seed=seed)
+    # as check_parameters built it: a pipeline parameter repeated in train_options is refused, not overridden
+    config = train_config_values(
+        train_options, base_model=base_model, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum,
+        image_token_budget=image_token_budget, max_length=max_length, seed=seed)
     result = run_decide_training(dataset.path, config, force_training=force_training, registry=registry,
                                  model_name=model_name, project=project, region=region,
                                  decision_json=decision.path, summary_md=summary.path)

@@ -33,13 +33,15 @@ def train_adapter(
 
     from petqlora.backends import Backend
     from petqlora.logs import setup_logging
-    from petqlora.steps import run_train_adapter
+    from petqlora.steps import run_train_adapter, train_config_values
 
     setup_logging(os.environ)
 
-    config = dict(train_options, base_model=base_model, lora_r=lora_r, lora_alpha=lora_alpha,
-                  lora_dropout=lora_dropout, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                  grad_accum=grad_accum, image_token_budget=image_token_budget, max_length=max_length, seed=seed)
+    # as check_parameters built it: a pipeline parameter repeated in train_options is refused, not overridden
+    config = train_config_values(
+        train_options, base_model=base_model, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum,
+        image_token_budget=image_token_budget, max_length=max_length, seed=seed)
     values = run_train_adapter(dataset.path, adapter.path, config, Backend(project=project, region=region, **backend),
                                task_id=f"{run_id}-train")
     adapter.metadata.update({"sha256": values["adapter_sha256"], "base_model": base_model, "lora_r": lora_r,

@@ -354,3 +354,20 @@ def test_lineage_of_a_registry_in_a_read_only_folder():
     finally:
         folder.chmod(0o755)
         shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("component", ["train_adapter", "decide_training"])
+def test_the_train_steps_build_the_config_as_the_check_does(component, tmp_path):
+    """train_adapter and decide_training build the training config with steps.train_config_values, as
+    check_run does: a pipeline parameter repeated in train_options fails there too, never silently loses."""
+    import importlib
+
+    func = getattr(importlib.import_module(f"components.{component}"), component).python_func
+    shared = {name: getattr(params.DEFAULTS, name) for name in ("base_model", "lora_r", "lora_alpha", "lora_dropout",
+                                                                  "epochs", "learning_rate", "batch_size", "grad_accum",
+                                                                  "image_token_budget", "max_length", "seed")}
+    # the refusal comes before any other input is read: placeholders stand for them
+    others = {name: (dsl.Dataset if name == "dataset" else dsl.Artifact)(name=name, uri=str(tmp_path / name))
+              for name in inspect.signature(func).parameters if name not in shared and name != "train_options"}
+    with pytest.raises(ValueError, match="train_options.lora_r=8: repeats the pipeline parameter lora_r"):
+        func(**shared, **others, train_options={"lora_r": 8})
