@@ -131,10 +131,13 @@ def test_outputs_and_checkpoints_must_be_in_the_cloud_run_bucket():
     assert "pipeline_root='/tmp/root'" in refused(CLOUD, pipeline_root="/tmp/root", context="here")
 
 
-def test_registry_vertex_needs_a_project():
+def test_registry_vertex_needs_a_project_and_a_serving_image():
     message = refused({**CLOUD, "project": "", "backend": {"kind": "local"}}, pipeline_root=ROOT_URI, context="submit")
     assert "project='': must be a Google Cloud project ID" in message
+    message = refused({**CLOUD, "serving_image": ""}, pipeline_root=ROOT_URI, context="submit")
+    assert "serving_image='': is required when registry=vertex" in message and "fix:" in message
     assert submit_check(registry="vertex", backend={"kind": "local"})
+    assert submit_check(registry="/gcs/my-bucket/registry.sqlite", serving_image="")  # a local registry needs none
 
 
 def test_registry_path_rules_where_the_run_is_sent():

@@ -196,6 +196,8 @@ def _check_registry(p: Problems, run: PipelineParams, bad: set[str], context: st
         return
     registry = run.registry
     if registry == "vertex":
+        if context != "template" and "serving_image" not in bad:
+            pipeline_params.check_vertex_registration(run, p)  # a template's serving image is given at submit
         if context != "template" and not bad & {"project", "region"}:
             from petqlora.cloud.vertex_common import check_project_region
 
