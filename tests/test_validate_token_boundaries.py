@@ -44,6 +44,8 @@ RULES = {
     "none": "no supervised token",
     "length": "exceed max_length",
     "prefix": "evaluation prompt is not the prefix",
+    "own_tokens": "not the sequence's own tokens",
+    "encode": "cannot be encoded as a training sequence",
 }
 
 
@@ -211,6 +213,24 @@ def test_span_decoding_to_another_class(encoders, variant):
     assert record["supervised_text"] == "shiba inu" + enc.end_of_turn_text
 
 
+def _labels_of_another_answer(ids, labels, tk):
+    if labels is not None:  # the ids stay right; the targets at the span's first position are another token
+        span = [i for i, t in enumerate(labels) if t != IGNORE_INDEX]
+        labels[span[0]] = ids[span[0]] + 1
+    return ids, labels
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_supervised_labels_that_are_not_the_sequence_tokens(encoders, variant):
+    # The span decodes right (decoding reads the ids), yet training would learn another token.
+    _assert_only(_check(Tampered(encoders(variant), _labels_of_another_answer)), "own_tokens")
+
+
+def test_a_label_that_cannot_be_encoded_is_refused_not_a_crash(encoders):
+    record = check_example(encoders("gemma4-e"), Image.new("RGB", (64, 48)), {"id": "x__1", "label": "<|turn>"}, 1024)
+    assert record["ok"] is False and record["example_id"] == "x__1" and _broken(record) == {"encode"}
+
+
 def _hole_in_span(ids, labels, tk):
     if labels is not None:  # unsupervise one token inside the answer (not its first one: the prefix holds)
         span = [i for i, t in enumerate(labels) if t != IGNORE_INDEX]
@@ -270,7 +290,21 @@ def test_sequence_longer_than_max_length(encoders, variant):
 
 def test_instruction_naming_every_label_passes():
     assert check_instruction(INSTRUCTION, CLASSES) == []
-    assert check_instruction(INSTRUCTION, list(reversed(CLASSES))) == []  # order is not a rule
+    # prepare_data renders the classes in the dataset's order: another order is a different instruction.
+    assert check_instruction(INSTRUCTION, list(reversed(CLASSES))) == [
+        "the instruction does not list the classes as one comma-separated list in the dataset's order "
+        f"({', '.join(reversed(CLASSES))!r})"]
+
+
+@pytest.mark.parametrize("template", ["Which breed is this? Choose from {classes}.", "Note: choose one of: {classes}.",
+                                      "Choose one of: {classes}. Answer in one word.", "{classes}"])
+def test_any_template_placing_the_class_list_passes(template):
+    assert check_instruction(render_instruction(CLASSES, template), CLASSES) == []
+
+
+def test_an_item_joined_before_the_list_is_named():
+    problems = check_instruction(render_instruction(["maine coon"] + CLASSES), CLASSES)
+    assert problems == ["instruction names classes that are not labels: ['maine coon']"]
 
 
 def test_instruction_naming_a_class_that_is_not_a_label():

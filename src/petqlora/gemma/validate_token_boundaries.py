@@ -59,27 +59,59 @@ class ValidateConfig:
         problems.raise_if_any()
 
 
+# An item joined to the class list: ", name" right after it (up to the next comma or the end of a
+# sentence), or "name, " right before it.
+_EXTRA_AFTER = re.compile(r", ([^,]+?)(?=, |[.?!;:](?:\s|$)|$)")
+_EXTRA_BEFORE = re.compile(r"([^,:]+), $")
+
+
 def check_instruction(instruction: str, classes: list[str]) -> list[str]:
-    """Problems between the classes the instruction names and the label set."""
-    match = re.search(r":\s*(.+?)\.?\s*$", instruction)
-    named = [c.strip() for c in match.group(1).split(",")] if match else []
-    problems = []
-    missing = [c for c in classes if c not in named]
-    extra = [c for c in named if c not in classes]
-    if missing:
-        problems.append(f"classes not named in the instruction: {missing}")
-    if extra:
-        problems.append(f"instruction names classes that are not labels: {extra}")
-    return problems
+    """Problems between the classes the instruction names and the label set. prepare_data renders the
+    classes as one comma-separated list in the dataset's order, wherever the template puts it: that list
+    must be in the instruction, with no further item joined to it."""
+    listed = ", ".join(classes)
+    at = instruction.find(listed)
+    if at < 0:
+        missing = [c for c in classes if c not in instruction]
+        if missing:
+            return [f"classes not named in the instruction: {missing}"]
+        return [f"the instruction does not list the classes as one comma-separated list in the dataset's order "
+                f"({listed!r})"]
+    after = _EXTRA_AFTER.match(instruction[at + len(listed):])
+    before = _EXTRA_BEFORE.search(instruction[:at])
+    extra = [m.group(1).strip() for m in (before, after) if m]
+    return [f"instruction names classes that are not labels: {extra}"] if extra else []
+
+
+def _span_problems(encoder: PromptEncoder, ids: list[int], labels: list[int], label: str) -> tuple[list[str], str]:
+    """The supervised span must be one contiguous run, the sequence's own tokens, decoding to the label +
+    end of turn. Returns the problems and the decoded span."""
+    supervised = [i for i, t in enumerate(labels) if t != IGNORE_INDEX]
+    text = encoder.processor.tokenizer.decode([ids[i] for i in supervised]) if supervised else ""
+    if not supervised:
+        return ["no supervised token"], text
+    if supervised != list(range(supervised[0], supervised[-1] + 1)):
+        return ["the supervised tokens are not one contiguous span"], text
+    if any(labels[i] != ids[i] for i in supervised):
+        return ["the supervised labels are not the sequence's own tokens: training would learn another answer"], text
+    if text != label + encoder.end_of_turn_text:
+        return [f"supervised tokens decode to {text!r}, expected {label + encoder.end_of_turn_text!r}"], text
+    return [], text
 
 
 def check_example(encoder: PromptEncoder, image, record: dict, max_length: int) -> dict:
     """One JSON-lines record: what was found and whether it is right."""
-    problems = []
-    batch = encoder.encode([image], [record["label"]])
+    expected = encoder.image_tokens(image.width, image.height)
+    try:
+        batch = encoder.encode([image], [record["label"]])
+        prompt_ids = encoder.encode([image], None)["input_ids"][0].tolist()
+    except ValueError as exc:  # e.g. a label holding a turn marker: no span can be found
+        return {"example_id": record["id"], "image_tokens": None, "expected_image_tokens": expected,
+                "supervised_text": "", "label": record["label"], "sequence_length": 0, "ok": False,
+                "problem": f"cannot be encoded as a training sequence: {exc}"}
     ids = batch["input_ids"][0].tolist()
     labels = batch["labels"][0].tolist()
-    expected = encoder.image_tokens(image.width, image.height)
+    problems = []
     try:
         counts = image_token_counts(ids, encoder.tokens)
     except BoundaryError as exc:
@@ -90,19 +122,13 @@ def check_example(encoder: PromptEncoder, image, record: dict, max_length: int) 
     elif counts[0] != expected:
         problems.append(f"image has {counts[0]} soft tokens, the processor computes {expected} for "
                         f"{image.width}x{image.height} at this budget")
-    supervised = [i for i, t in enumerate(labels) if t != IGNORE_INDEX]
-    text = encoder.processor.tokenizer.decode([ids[i] for i in supervised]) if supervised else ""
-    if not supervised:
-        problems.append("no supervised token")
-    elif supervised != list(range(supervised[0], supervised[-1] + 1)):
-        problems.append("the supervised tokens are not one contiguous span")
-    elif text != record["label"] + encoder.end_of_turn_text:
-        problems.append(f"supervised tokens decode to {text!r}, expected {record['label'] + encoder.end_of_turn_text!r}")
+    span_problems, text = _span_problems(encoder, ids, labels, record["label"])
+    problems += span_problems
     if len(ids) > max_length:
         problems.append(f"{len(ids)} tokens exceed max_length={max_length}: training would cut the answer; "
                         f"set max_length >= {len(ids)}")
-    prompt_ids = encoder.encode([image], None)["input_ids"][0].tolist()
-    if supervised and ids[:supervised[0]] != prompt_ids:
+    first = next((i for i, t in enumerate(labels) if t != IGNORE_INDEX), None)
+    if first is not None and ids[:first] != prompt_ids:
         problems.append("the evaluation prompt is not the prefix of the training sequence")
     return {
         "example_id": record["id"], "image_tokens": counts[0] if len(counts) == 1 else counts,
