@@ -255,3 +255,18 @@ def test_pruning_is_best_effort_and_can_be_turned_off(api):
     assert not [r for r in api.requests[before:] if r.method == "DELETE" or r.path.endswith("/jobs")
                 and r.method == "GET"]
     assert len(api.jobs) == 3
+
+
+@pytest.mark.parametrize("asked, recorded, same", [
+    ("r-docker.pkg.dev/p/petqlora/trainer:0.3.0", "r-docker.pkg.dev/p/petqlora/trainer:0.3.0", True),
+    ("r-docker.pkg.dev/p/petqlora/trainer:0.3.0", "r-docker.pkg.dev/p/petqlora/trainer@sha256:" + "a" * 64, True),
+    ("r-docker.pkg.dev/p/petqlora/trainer:0.3.0", "r-docker.pkg.dev/p/petqlora/trainer:0.2.0", False),
+    ("r-docker.pkg.dev/p/petqlora/trainer:0.3.0", "r-docker.pkg.dev/p/other/trainer@sha256:" + "a" * 64, False),
+    ("localhost:5000/trainer:1", "localhost:5000/trainer@sha256:" + "b" * 64, True),
+    ("r/trainer@sha256:" + "a" * 64, "r/trainer@sha256:" + "a" * 64, True),
+    ("r/trainer@sha256:" + "a" * 64, "r/trainer@sha256:" + "c" * 64, False),
+])
+def test_an_execution_may_record_the_tag_it_ran_as_its_digest(asked, recorded, same):
+    from petqlora.cloud.cloud_run_state import same_image
+
+    assert same_image(asked, recorded) is same

@@ -40,6 +40,7 @@ from petqlora.cloud.cloud_run_state import (
     execution_images,
     execution_state,
     failure_reason,
+    same_image,
     task_id_of,
 )
 from petqlora.problems import Problems
@@ -176,7 +177,7 @@ class CloudRunLauncher:
         collision); run_job runs whatever the job holds at that instant, and the execution's template is what
         Cloud Run really runs. Hours of training on another trainer, reported SUCCEEDED, is the cost avoided."""
         images = execution_images(execution)
-        if images == [self.cfg.image]:
+        if len(images) == 1 and same_image(self.cfg.image, images[0]):
             return None
         return (f"Cloud Run execution {execution.name} runs image {images[0] if len(images) == 1 else images!r}, "
                 f"not {self.cfg.image!r} that this run asked for: job {self.cfg.job_path} was changed between "

@@ -81,3 +81,21 @@ def task_id_of(execution: run_v2.Execution) -> str | None:
 def execution_images(execution: run_v2.Execution) -> list[str]:
     """The images of the execution's containers, as its recorded template says."""
     return [container.image for container in execution.template.containers]
+
+
+def _repository(image: str) -> str:
+    """``REPO`` of ``REPO:TAG``, ``REPO@sha256:...`` or ``REPO:TAG@sha256:...`` (a port's colon is kept)."""
+    name = image.split("@", 1)[0]
+    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+def same_image(asked: str, recorded: str) -> bool:
+    """Whether an execution that records ``recorded`` runs the image ``asked`` for. Equal references are;
+    a tag asked for may be recorded as its resolved digest (``REPO@sha256:...``, unconfirmed against the live
+    API: accepted for the same repository, since the job named after its spec already pins the tag); a
+    digest asked for must be recorded as that digest."""
+    if asked == recorded:
+        return True
+    if "@" in asked:
+        return asked.split("@", 1)[1] == recorded.split("@", 1)[-1] and _repository(asked) == _repository(recorded)
+    return "@sha256:" in recorded and _repository(asked) == _repository(recorded)
