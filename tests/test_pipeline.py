@@ -16,6 +16,12 @@ import pipeline  # noqa: E402
 # A complete Cloud Run backend: a run, a dry run too, is checked as a whole before anything is sent.
 BACKEND = ('backend={"kind": "cloud_run", "image": "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0", '
            '"service_account": "petqlora-job@my-proj.iam.gserviceaccount.com", "bucket": "my-bucket"}')
+# and the serving image a version registered to Vertex needs
+RUN = ("--param", BACKEND, "--param", "serving_image=us-central1-docker.pkg.dev/my-proj/petqlora/serve:0.1.0")
+
+# A complete Cloud Run backend: a run, a dry run too, is checked as a whole before anything is sent.
+BACKEND = ('backend={"kind": "cloud_run", "image": "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0", '
+           '"service_account": "petqlora-job@my-proj.iam.gserviceaccount.com", "bucket": "my-bucket"}')
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -98,7 +104,7 @@ def test_pipeline_import_reads_no_environment():
 def test_submit_dry_run_prints_the_real_request():
     result = _cli("submit", "--project", "my-proj", "--region", "us-central1", "--pipeline-root", "gs://my-bucket/root",
                   "--service-account", "pipeline@my-proj.iam.gserviceaccount.com", "--param", "epochs=2",
-                  "--param", BACKEND, "--dry-run")
+                  *RUN, "--dry-run")
     assert result.returncode == 0, result.stderr
     request = json.loads(result.stdout)
     assert request["method"] == "CreatePipelineJob"
@@ -112,7 +118,7 @@ def test_submit_dry_run_prints_the_real_request():
 
 def test_schedule_dry_run_prints_the_real_request():
     result = _cli("schedule", "--project", "my-proj", "--region", "us-central1", "--pipeline-root", "gs://my-bucket/root",
-                  "--cron", "TZ=Europe/Paris 0 3 * * 1", "--param", BACKEND, "--dry-run")
+                  "--cron", "TZ=Europe/Paris 0 3 * * 1", *RUN, "--dry-run")
     assert result.returncode == 0, result.stderr
     request = json.loads(result.stdout)
     assert request["method"] == "CreateSchedule"
@@ -137,7 +143,7 @@ def test_schedule_management_dry_runs(flags, expected, capsys):
 
 def test_bad_cron_is_refused_clearly():
     result = _cli("schedule", "--project", "my-proj", "--region", "us-central1", "--pipeline-root", "gs://my-bucket/r",
-                  "--cron", "every monday", "--param", BACKEND, "--dry-run")
+                  "--cron", "every monday", *RUN, "--dry-run")
     assert result.returncode != 0
     assert "cron" in result.stderr.lower()
 
