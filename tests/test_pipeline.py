@@ -19,10 +19,6 @@ BACKEND = ('backend={"kind": "cloud_run", "image": "us-central1-docker.pkg.dev/m
 # and the serving image a version registered to Vertex needs
 RUN = ("--param", BACKEND, "--param", "serving_image=us-central1-docker.pkg.dev/my-proj/petqlora/serve:0.1.0")
 
-# A complete Cloud Run backend: a run, a dry run too, is checked as a whole before anything is sent.
-BACKEND = ('backend={"kind": "cloud_run", "image": "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0", '
-           '"service_account": "petqlora-job@my-proj.iam.gserviceaccount.com", "bucket": "my-bucket"}')
-
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "pipeline.py", *args], cwd=ROOT, capture_output=True, text=True,
