@@ -3,7 +3,7 @@ split happened to put two copies.
 
 The same picture (identical bytes, or perceptual hashes within `near_duplicate_distance`, data.hamming) under two labels
 is a labelling error: it is refused, naming both files. Copies within one class are collapsed to one (the
-first by id) and listed in the report. Copies that the source itself put in two of its own splits (when its
+first the source lists) and listed in the report. Copies that the source itself put in two of its own splits (when its
 split is kept) are left to the leakage check, which refuses or drops them by `on_leakage`.
 """
 
@@ -28,7 +28,7 @@ def _side(item: Item) -> dict:
 
 
 def _pairs(items: list[Item], near_distance: int) -> dict[tuple[int, int], str]:
-    """(i, j) -> how they match, i < j in `items` (sorted by id): identical bytes, or a near perceptual hash."""
+    """(i, j) -> how they match, i < j in `items`: identical bytes, or a near perceptual hash."""
     pairs: dict[tuple[int, int], str] = {}
     by_sha: dict[str, list[int]] = defaultdict(list)
     for k, item in enumerate(items):
@@ -45,7 +45,6 @@ def _pairs(items: list[Item], near_distance: int) -> dict[tuple[int, int], str]:
 def find_duplicates(items: list[Item], near_distance: int, split_of: dict[str, str | None]) -> Duplicates:
     """Conflicts and the collapse of copies within a class; `split_of[id]` is the split an item is bound to
     (the source's, when kept) or None: copies bound to two splits are not collapsed here."""
-    items = sorted(items, key=lambda it: it.id)
     pairs = _pairs(items, near_distance)
     result = Duplicates(kept=[])
     copies: dict[int, list[tuple[int, str]]] = defaultdict(list)
@@ -55,8 +54,8 @@ def find_duplicates(items: list[Item], near_distance: int, split_of: dict[str, s
             result.conflicts.append({"a": _side(a), "b": _side(b), "kind": kind})
         elif split_of[a.id] == split_of[b.id]:
             copies[j].append((i, kind))
-    # Greedy by id: an item goes when it copies one already kept, so a chain a~b~c with a and c apart
-    # keeps a and c (c copies only b, which went).
+    # Greedy in the source's order: an item goes when it copies one already kept, so a chain a~b~c with a
+    # and c apart keeps a and c (c copies only b, which went).
     kept: set[int] = set()
     for k, item in enumerate(items):
         match = next(((i, kind) for i, kind in copies[k] if i in kept), None)

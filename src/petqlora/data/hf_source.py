@@ -59,10 +59,7 @@ def _image_bytes(value: object, root: Path | None, allow_outside_root: bool, max
     """The row's embedded bytes, or the file its path names (inside `root`, unless allow_outside_root)."""
     if isinstance(value, dict):
         if value.get("bytes"):
-            if len(value["bytes"]) > max_bytes:
-                raise BadEntry(f"embedded image is {len(value['bytes'])} bytes, over max_image_bytes={max_bytes}; "
-                               "remove the row or raise max_image_bytes")
-            return value["bytes"]
+            return value["bytes"]  # already in memory: ingest checks it against the cap
         if value.get("path"):
             path = Path(value["path"])
             path = path if path.is_absolute() or root is None else root / path

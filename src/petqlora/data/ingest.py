@@ -120,8 +120,9 @@ def ingest(entry: Entry, images_dir: Path, max_image_pixels: int, max_image_byte
     data = entry.read(max_image_bytes)
     if not data:
         raise BadEntry("empty file (0 bytes)")
-    if len(data) > max_image_bytes:  # every reader caps its read; this holds whatever reader comes next
-        raise BadEntry(f"{len(data)} bytes, over max_image_bytes={max_image_bytes}")
+    if len(data) > max_image_bytes:  # local files are capped before reading; bytes already in memory here
+        raise BadEntry(f"{len(data)} bytes, over max_image_bytes={max_image_bytes}; shrink or remove it, or raise "
+                       "max_image_bytes")
     ext, rgb, frames = _decode(data, max_image_pixels)
     phash = dhash = 0
     if with_phash:
