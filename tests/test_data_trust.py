@@ -148,6 +148,12 @@ def test_dev_zero_is_refused_as_an_escape_then_as_a_device(kind, tmp_path):
     assert sources(result.path) == set(names[:-1])
 
 
+def test_a_source_that_is_a_fifo_is_refused(tmp_path, no_hang):
+    os.mkfifo(tmp_path / "pets.csv")
+    with pytest.raises(PrepareDataError, match=r"pets.csv' is a FIFO \(named pipe\); pass a folder or a file"):
+        prepare_data(PrepareDataConfig(source=str(tmp_path / "pets.csv")), tmp_path / "out")
+
+
 def test_a_socket_is_skipped(tmp_path):
     source, names = build("image_folder", tmp_path / "src", valid_rows())
     with socket.socket(socket.AF_UNIX) as sock:

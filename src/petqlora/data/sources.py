@@ -11,7 +11,7 @@ from pathlib import Path
 from petqlora.data.dataset import IMAGE_EXTENSIONS
 from petqlora.data.entries import BadEntry, Entry, Listing, PrepareDataError, no_bytes
 from petqlora.data.hf_source import hf_source
-from petqlora.data.local_files import read_index, read_local, resolve_inside
+from petqlora.data.local_files import file_kind, read_index, read_local, resolve_inside
 from petqlora.data.manifest_source import GcsReader, manifest_source
 
 SOURCE_KINDS = ("auto", "oxford", "hf", "image_folder", "manifest")
@@ -48,6 +48,8 @@ def detect_kind(source: str) -> str:
         )
     if path.is_file():
         return _file_kind(source, path)
+    if not path.is_dir():  # stat, never open: a FIFO blocks, a device reads forever
+        raise PrepareDataError(f"source {source!r} is {file_kind(path.stat().st_mode)}; pass a folder or a file")
     annotations = path / "annotations"
     if (path / "images").is_dir() and any(
         (annotations / name).is_file() for name in ("list.txt", "trainval.txt", "test.txt")
