@@ -22,6 +22,7 @@ from petqlora.logs import setup_logging
 from petqlora.registry.local import UnknownModelError
 
 from components.check_parameters import check_parameters
+from components.add_to_experiment import add_to_experiment
 from components.evaluate import evaluate
 from components.prepare_data import prepare_data
 from components.register_model import register_model
@@ -68,6 +69,13 @@ def pet_breeds_pipeline(p):
             region=p.region, serving_image=p.serving_image, code_revision=p.code_revision,
             run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         ).set_display_name("Register model").set_caching_options(False)
+    # A scheduled run is created by Vertex, so no client can put it in an experiment: it adds itself.
+    with dsl.If(p.experiment != "", name="experiment named"):
+        add_to_experiment(
+            experiment=p.experiment, project=p.project, region=p.region,
+            pipeline_job=dsl.PIPELINE_JOB_RESOURCE_NAME_PLACEHOLDER,
+        ).after(checked).set_display_name("Add run to experiment").set_caching_options(False).set_retry(
+            num_retries=3, backoff_duration="30s", backoff_factor=2.0)  # two ML Metadata calls
 
 
 def _pairs(option: str, pairs: list) -> dict:
@@ -75,7 +83,7 @@ def _pairs(option: str, pairs: list) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"{option} {pair!r}: write it as key=value")
+            raise ValueError(f"{option} {pair!r}: write it as key=value")
         out[key] = value
     return out
 
@@ -105,55 +113,80 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run-local", help="run the whole pipeline on this machine with kfp.local")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--config", default="configs/local.yaml")
+    p.add_argument("--output-dir", required=True, help="where the run writes: its outputs, the local registry, "
+                   "run_summary.json and report.html")
+    p.add_argument("--config", default="configs/local.yaml",
+                   help="the local run's dataset, models and parameters (default: %(default)s)")
     p.add_argument("--dataset", default=None, help="a dataset path: Oxford layout, image folder, manifest, saved HF")
 
     sub.add_parser("params", help="print every pipeline parameter: type, default, allowed values, description")
 
     p = sub.add_parser("compile", help="write the KFP IR YAML")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="the path of the compiled pipeline YAML to write")
 
     for name in ("submit", "schedule"):
         p = sub.add_parser(name, help="submit a run to Vertex AI Pipelines" if name == "submit"
                            else "create, list, pause, resume or delete a retraining schedule")
-        p.add_argument("--project", required=True)
-        p.add_argument("--region", required=True)
-        p.add_argument("--pipeline-root", required=name == "submit", default=None)
+        p.add_argument("--project", required=True, help="Google Cloud project ID")
+        p.add_argument("--region", required=True, help="Vertex AI region, e.g. us-central1")
+        p.add_argument("--pipeline-root", required=name == "submit", default=None, metavar="GS_URI",
+                       help="gs://BUCKET/PREFIX where the runs write their outputs"
+                       + ("" if name == "submit" else " (needed to create a schedule)"))
         p.add_argument("--template", default=None, help="a compiled YAML; compiled afresh when omitted")
-        p.add_argument("--service-account", default=None)
+        p.add_argument("--service-account", default=None, metavar="EMAIL",
+                       help="the service account the runs run as (default: the Compute Engine default one)")
         p.add_argument("--param", action="append", default=[], help="pipeline parameter key=value (repeatable)")
-        p.add_argument("--dry-run", action="store_true", help="print the request as JSON; needs no credentials")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the requests the client would send, as JSON; needs no credentials")
+        p.add_argument("--display-name", default=None if name == "submit" else f"{PIPELINE_NAME}-retraining",
+                       help="the run's name in the console (default: the pipeline's)" if name == "submit"
+                       else "the schedule's name in the console (default: %(default)s)")
+        p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                       help="a label of the run" + ("" if name == "submit" else "s") + " (repeatable); keys and "
+                       "values: lowercase letters, digits, '_' or '-', keys starting with a letter")
+        p.add_argument("--experiment", default=None, metavar="NAME",
+                       help="the Vertex AI experiment the run joins (created if new), where its parameters "
+                       "and metrics show" if name == "submit" else "the Vertex AI experiment each run "
+                       "joins (created if new): runs add themselves (the experiment parameter)")
         if name == "submit":
-            p.add_argument("--network", default=None)
-            p.add_argument("--watch", action="store_true")
+            p.add_argument("--network", default=None, metavar="NETWORK",
+                           help="VPC network to peer the run with: projects/NUMBER/global/networks/NAME")
+            p.add_argument("--watch", action="store_true", help="wait for the run to end and print its state")
         else:
             p.add_argument("--cron", default=None, help='e.g. "TZ=Europe/Paris 0 3 * * 1"')
-            p.add_argument("--display-name", default=f"{PIPELINE_NAME}-retraining")
-            p.add_argument("--max-run-count", type=int, default=None)
-            p.add_argument("--list", action="store_true")
-            p.add_argument("--pause", metavar="SCHEDULE")
-            p.add_argument("--resume", metavar="SCHEDULE")
-            p.add_argument("--delete", metavar="SCHEDULE")
+            p.add_argument("--max-run-count", type=int, default=None,
+                           help="end the schedule after this many runs (default: no end)")
+            p.add_argument("--list", action="store_true", help="list the schedules of the project and region")
+            p.add_argument("--pause", metavar="SCHEDULE",
+                           help="pause the schedule (its ID or full name): no new runs until resumed")
+            p.add_argument("--resume", metavar="SCHEDULE", help="resume a paused schedule (its ID or full name)")
+            p.add_argument("--delete", metavar="SCHEDULE",
+                           help="delete the schedule (its ID or full name); runs it started are kept")
 
     p = sub.add_parser("register", help="register an adapter as a new Vertex Model Registry version")
-    p.add_argument("--project", required=True)
-    p.add_argument("--region", required=True)
+    p.add_argument("--project", required=True, help="Google Cloud project ID")
+    p.add_argument("--region", required=True, help="Vertex AI region, e.g. us-central1")
     p.add_argument("--artifact-uri", required=True, help="the gs:// folder holding the adapter's files")
     p.add_argument("--run-id", required=True, help="the idempotency key: one run registers one version")
-    p.add_argument("--model-name", default=PIPELINE_NAME)
+    p.add_argument("--model-name", default=PIPELINE_NAME, help="the model's display name (default: %(default)s)")
     p.add_argument("--serving-image", required=True, help="the serving image URI, with a version tag")
-    p.add_argument("--label", action="append", default=[], help="label key=value (repeatable)")
-    p.add_argument("--dry-run", action="store_true", help="print the UploadModel request as JSON; needs no credentials")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label of the version (repeatable); values are sanitised to Vertex's rules")
+    p.add_argument("--evaluation", default=None, metavar="EVALUATION_JSON",
+                   help="the evaluate step's evaluation.json, imported as the version's classification evaluation")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the requests the client would send, as JSON; needs no credentials")
 
     p = sub.add_parser("lineage", help="print dataset -> token report -> adapter -> evaluation -> version")
     p.add_argument("ref", help="NAME, NAME@VERSION or NAME@ALIAS; with --vertex, the registered gs:// adapter URI "
                    "or an ML Metadata artifact resource name")
-    p.add_argument("--registry", default="runs/latest/registry.sqlite")
+    p.add_argument("--registry", default="runs/latest/registry.sqlite",
+                   help="the local SQLite registry (default: %(default)s); not with --vertex")
     p.add_argument("--vertex", action="store_true", help="read the lineage from Vertex ML Metadata")
-    p.add_argument("--project", default=None)
-    p.add_argument("--region", default=None)
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--project", default=None, help="Google Cloud project ID (with --vertex)")
+    p.add_argument("--region", default=None, help="Vertex AI region (with --vertex)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="with --vertex: print the requests the client would send, as JSON; needs no credentials")
     return parser
 
 
@@ -201,8 +234,11 @@ def _command(args) -> int:
         vertex_models.register_vertex_model(
             project=args.project, region=args.region, display_name=args.model_name, artifact_uri=args.artifact_uri,
             serving_container_image_uri=args.serving_image, parent_model=None, version_aliases=["candidate"],
-            labels=_labels(args.label), run_id=args.run_id, dry_run=args.dry_run)
+            labels=_labels(args.label), run_id=args.run_id, dry_run=args.dry_run,
+            evaluation=json.loads(Path(args.evaluation).read_text()) if args.evaluation else None)
         return 0
+    if args.command == "lineage" and args.dry_run and not args.vertex:
+        raise ValueError("--dry-run needs --vertex: the local lineage reads the SQLite registry and sends no request")
     if args.command == "lineage" and args.vertex:
         return vertex_lineage(args)
     if args.command == "lineage":
@@ -217,25 +253,20 @@ def _command(args) -> int:
 
 
 def vertex_lineage(args, credentials=None, api_endpoint=None) -> int:
-    """`lineage --vertex`: NAME[@VERSION] (or the adapter's gs:// URI) -> the chain from ML Metadata."""
-    from petqlora.cloud import vertex_models
-    from petqlora.cloud.vertex_lineage import lineage_from_vertex
+    """`lineage --vertex`: NAME[@VERSION] (or the adapter's gs:// URI) -> the chain from ML Metadata; with
+    --dry-run, the requests (those a live lookup must answer first are named, not built)."""
+    from petqlora.cloud.vertex_common import print_json
+    from petqlora.cloud.vertex_lineage import lineage_of, lineage_requests
     from petqlora.registry.lineage import format_vertex_lineage
 
     if not args.project or not args.region:
-        raise SystemExit("lineage --vertex needs --project and --region")
-    cloud = dict(project=args.project, region=args.region, dry_run=args.dry_run, credentials=credentials,
-                 api_endpoint=api_endpoint)
-    uri = args.ref
-    if not args.ref.startswith(("gs://", "projects/")):
-        name, _, version = args.ref.partition("@")
-        uri = vertex_models.model_version_uri(name, version or "default", **cloud)
-        if uri is None:
-            raise SystemExit(f"no Vertex model is named {name!r} in {args.project}/{args.region}")
-        uri = uri.rstrip("/").removesuffix("/adapter")  # registered: <the train step's Model artifact>/adapter
-    graph = lineage_from_vertex(uri, **cloud)
-    if not args.dry_run:
-        print(format_vertex_lineage(graph, args.ref, uri))
+        raise ValueError("lineage --vertex needs --project and --region")
+    if args.dry_run:
+        print_json(print, lineage_requests(args.ref, project=args.project, region=args.region))
+        return 0
+    graph, uri = lineage_of(args.ref, project=args.project, region=args.region, credentials=credentials,
+                            api_endpoint=api_endpoint)
+    print(format_vertex_lineage(graph, args.ref, uri))
     return 0
 
 
@@ -268,7 +299,9 @@ def _cloud(args) -> int:
     if args.command == "submit":
         vertex_pipelines.submit_pipeline(
             template_path=template, pipeline_root=args.pipeline_root, parameter_values=values,
-            service_account=args.service_account, network=args.network, watch=args.watch, **common)
+            service_account=args.service_account, network=args.network, watch=args.watch,
+            display_name=args.display_name, labels=_pairs("--label", args.label), experiment=args.experiment,
+            **common)
         return 0
     if args.list:
         vertex_schedules.list_schedules(**common)
@@ -282,6 +315,7 @@ def _cloud(args) -> int:
         vertex_schedules.create_schedule(
             template_path=template, pipeline_root=args.pipeline_root, parameter_values=values,
             cron=args.cron, display_name=args.display_name, max_run_count=args.max_run_count,
+            labels=_pairs("--label", args.label), experiment=args.experiment,
             service_account=args.service_account, **common)
     return 0
 

@@ -31,6 +31,7 @@ def check_parameters(
     scoring: str,
     win_margin: float,
     model_name: str,
+    experiment: str,
     registry: str,
     project: str,
     region: str,

@@ -35,7 +35,7 @@ def compiled(tmp_path_factory) -> dict:
 def test_five_steps_in_order_with_registration_under_a_condition(compiled):
     tasks = compiled["root"]["dag"]["tasks"]
     assert set(tasks) == {"check-parameters", "prepare-data", "validate-token-boundaries", "train-adapter", "evaluate",
-                          "condition-1"}
+                          "condition-1", "condition-2"}
     deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
     assert deps["validate-token-boundaries"] == {"prepare-data"}
     assert {"validate-token-boundaries", "prepare-data"} <= deps["train-adapter"]  # never trains unvalidated data
@@ -124,17 +124,24 @@ def test_schedule_dry_run_prints_the_real_request():
 SCHEDULE = "projects/my-proj/locations/us-central1/schedules/123"
 
 
+ALT = {"$alt": "json;enum-encoding=int"}  # what the aiplatform REST transports add to every call
+GET = {"method": "GetSchedule", "http": f"GET /v1/{SCHEDULE}", "query": ALT}  # the SDK gets it before acting
+
+
 @pytest.mark.parametrize("flags, expected", [
-    (["--pause", SCHEDULE], {"method": "PauseSchedule", "name": SCHEDULE}),
-    (["--resume", "123"], {"method": "ResumeSchedule", "name": SCHEDULE}),  # a bare ID gets the full name
-    (["--delete", SCHEDULE], {"method": "DeleteSchedule", "name": SCHEDULE}),
-    (["--list"], {"method": "ListSchedules", "parent": "projects/my-proj/locations/us-central1"}),
+    (["--pause", SCHEDULE], [GET, {"method": "PauseSchedule", "http": f"POST /v1/{SCHEDULE}:pause", "query": ALT,
+                                   "body": {}}]),
+    (["--resume", "123"], [GET, {"method": "ResumeSchedule", "http": f"POST /v1/{SCHEDULE}:resume", "query": ALT,
+                                 "body": {}}]),  # a bare ID gets the full name
+    (["--delete", SCHEDULE], [GET, {"method": "DeleteSchedule", "http": f"DELETE /v1/{SCHEDULE}", "query": ALT}]),
+    (["--list"], [{"method": "ListSchedules", "http": "GET /v1/projects/my-proj/locations/us-central1/schedules",
+                   "query": ALT}]),
 ], ids=["pause", "resume", "delete", "list"])
 def test_schedule_management_dry_runs(flags, expected, capsys):
     # In process (the CLI's main, as `python pipeline.py` calls it): a subprocess per flag costs ~8 s of import.
     assert pipeline.main(["schedule", "--project", "my-proj", "--region", "us-central1", *flags, "--dry-run"]) == 0
-    # stdout is exactly the one request for exactly this flag (no compile, no other output).
-    assert json.loads(capsys.readouterr().out) == expected
+    # stdout is exactly the REST calls for exactly this flag (no compile, no other output).
+    assert json.loads(capsys.readouterr().out) == {"requests": expected}
 
 
 def test_bad_cron_is_refused_clearly():
@@ -164,3 +171,100 @@ def test_submit_dry_run_refuses_bad_parameter_values_together():
                      "image_token_budget=123: must be one of"):
         assert expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------ what a Vertex user sees
+
+# A run's arguments that every check accepts (a complete Cloud Run backend).
+RUN_ARGS = ["--project", "my-proj", "--region", "us-central1", "--pipeline-root", "gs://my-bucket/root", "--param",
+            'backend={"kind": "cloud_run", "image": "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0", '
+            '"service_account": "petqlora-job@my-proj.iam.gserviceaccount.com", "bucket": "my-bucket"}',
+            "--param", "serving_image=us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0"]
+
+
+@pytest.fixture(scope="module")
+def template(compiled, tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("template") / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(compiled))
+    return str(path)
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    parser = pipeline._parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [f"{name} {'/'.join(action.option_strings) or action.dest}"
+               for name, command in [("", parser), *commands.items()] for action in command._actions
+               if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
+               and not (action.help or "").strip()]
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))._choices_actions
+    missing += [choice.dest for choice in subcommands if not (choice.help or "").strip()]
+    assert missing == []
+
+
+def test_a_run_joins_its_experiment_through_a_step_that_runs_only_when_one_is_named(compiled):
+    params = compiled["root"]["inputDefinitions"]["parameters"]
+    assert params["experiment"]["defaultValue"] == ""
+    (condition,) = [name for name, comp in compiled["components"].items()
+                    if "add-to-experiment" in comp.get("dag", {}).get("tasks", {})]
+    task = compiled["root"]["dag"]["tasks"][condition.removeprefix("comp-")]
+    assert task["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--experiment'] != ''"
+    step = compiled["components"][condition]["dag"]["tasks"]["add-to-experiment"]
+    assert not step.get("cachingOptions", {}).get("enableCache", False)  # each run adds itself
+    job = step["inputs"]["parameters"]["pipeline_job"]["runtimeValue"]["constant"]
+    assert job == "{{$.pipeline_job_resource_name}}"
+    # what the experiment shows: the parameters, and evaluate's metrics of all three models
+    assert compiled["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]["metrics"]["artifactType"][
+        "schemaTitle"] == "system.Metrics"
+    assert compiled["components"]["comp-register-model"]["outputDefinitions"]["artifacts"]["registered"][
+        "artifactType"]["schemaTitle"] == "google.VertexModel"
+
+
+def test_submit_dry_run_shows_experiment_display_name_and_labels(template, capsys):
+    assert pipeline.main(["submit", *RUN_ARGS, "--template", template, "--experiment", "pets-weekly",
+                          "--display-name", "pets by hand", "--label", "team=pets", "--label", "trigger=manual",
+                          "--dry-run"]) == 0
+    request = json.loads(capsys.readouterr().out)
+    job = request["pipeline_job"]
+    assert (job["display_name"], job["labels"]) == ("pets by hand", {"team": "pets", "trigger": "manual"})
+    assert request["experiment"]["name"] == "pets-weekly"
+    assert [r["method"] for r in request["experiment"]["after_create"]] == ["GetPipelineJob", "AddContextChildren"]
+
+
+def test_schedule_dry_run_passes_the_experiment_to_every_run(template, capsys):
+    assert pipeline.main(["schedule", *RUN_ARGS, "--template", template, "--cron", "0 3 * * 1", "--experiment",
+                          "pets-weekly", "--display-name", "pets weekly", "--label", "trigger=schedule",
+                          "--dry-run"]) == 0
+    schedule = json.loads(capsys.readouterr().out)["schedule"]
+    job = schedule["create_pipeline_job_request"]["pipeline_job"]
+    assert schedule["display_name"] == "pets weekly" and job["labels"] == {"trigger": "schedule"}
+    assert job["runtime_config"]["parameter_values"]["experiment"] == "pets-weekly"
+
+
+def test_register_dry_run_shows_the_evaluation_it_would_import(tmp_path, capsys):
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(json.dumps({
+        "models": {"finetuned": {"accuracy": 0.5, "macro_f1": 0.5, "n_eval": 2, "top3_accuracy": None}},
+        "classes": ["beagle", "pug"], "confusion_matrix": [[1, 0], [1, 0]], "reason": "registered: by hand"}))
+    assert pipeline.main(["register", "--project", "my-proj", "--region", "us-central1", "--artifact-uri",
+                          "gs://my-bucket/run/adapter", "--run-id", "by-hand-1", "--serving-image",
+                          "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0", "--evaluation",
+                          str(evaluation), "--dry-run"]) == 0
+    request = json.loads(capsys.readouterr().out)
+    assert request["model"]["container_spec"]["command"] == ["python", "-m", "petqlora.serve"]
+    imported = request["evaluation_import"]["model_evaluation"]
+    assert imported["metrics"]["confusionMatrix"]["rows"] == [[1.0, 0.0], [1.0, 0.0]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["lineage", "petqlora-gemma4-pets@1", "--dry-run"], "error: --dry-run needs --vertex"),
+    (["submit", *RUN_ARGS, "--label", "Team=Pets", "--experiment", "Pets Weekly", "--dry-run"],
+     "labels key='Team': label keys must be"),
+], ids=["lineage-dry-run-without-vertex", "label-and-experiment-rules"])
+def test_refusals_end_in_one_clear_message(args, message):
+    result = _cli(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr, result.stderr
+    if args[0] == "submit":  # both rules broken, both said at once
+        assert "experiment='Pets Weekly': must be 1-128 lowercase letters" in result.stderr

@@ -85,6 +85,8 @@ class PipelineParams:
     win_margin: float = field(0.02, "Accuracy the fine-tuned model must gain over the best baseline to be "
                               "registered (0.02 is two points).", low=0, high=1)
     model_name: str = field(PIPELINE_NAME, "Model Registry display name the adapter is registered under.")
+    experiment: str = field("", "Vertex AI experiment the run adds itself to, showing its parameters and "
+                            "metrics there (what `schedule --experiment` sets); empty: none.")
     registry: str = field("vertex", "Where winners are registered: vertex (Vertex AI Model Registry) or the "
                           "path of a local SQLite registry.")
     project: str = field("", "Google Cloud project of the registry and the GPU jobs.")
