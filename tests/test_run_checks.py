@@ -290,6 +290,11 @@ def test_a_template_default_is_checked_as_the_run_will_use_it(tmp_path, capsys):
     assert "train_options.warmup_ratio=2" in capsys.readouterr().err
 
 
+def test_a_missing_template_is_named_with_the_fix(tmp_path, capsys):
+    assert pipeline.main(_submit(str(tmp_path / "missing.yaml"))) == 2
+    assert f"--template {tmp_path / 'missing.yaml'}: no such file; fix: compile it first" in capsys.readouterr().err
+
+
 def _cli(*args: str, env: dict | None = None, drop: tuple = (), prefix: tuple = ()) -> subprocess.CompletedProcess:
     """`python pipeline.py ARGS` as a user runs it (PYTHONPATH set, ``env`` added, ``drop`` removed)."""
     child = {k: v for k, v in os.environ.items() if k not in drop}

@@ -59,6 +59,9 @@ def template_defaults(template_path: str) -> dict[str, Any]:
 
     if template_path.startswith(("gs://", "https://")):
         return {}
+    if not Path(template_path).is_file():
+        raise ValueError(f"--template {template_path}: no such file; fix: compile it first "
+                         "(python pipeline.py compile --output FILE), or leave --template out to compile afresh")
     spec = yaml.safe_load(Path(template_path).read_text())
     spec = spec.get("pipelineSpec", spec) if isinstance(spec, dict) else {}
     inputs = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
@@ -78,9 +81,9 @@ def _field(item: str) -> str:
     return item.split("=", 1)[0]
 
 
-def _example_fix(item: str, defaults: Mapping[str, Any], prefix: str = "") -> str:
+def _example_fix(item: str, defaults: Mapping[str, Any]) -> str:
     """A problem that names no fix (a type or range rule) gets one: the field's default, a value that passes."""
-    name = _field(item).removeprefix(prefix)
+    name = _field(item)
     if "; fix: " in item or defaults.get(name) in ("", None):
         return item
     return f"{item}; fix: e.g. {json.dumps(defaults[name])} (the default)"
