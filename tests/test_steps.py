@@ -134,7 +134,8 @@ def test_register_locally_with_lineage_labels_and_metrics(tmp_path):
     assert version.artifact_uri == str(Path(args["adapter_dir"]) / "adapter")
     assert version.run_id == "run-1"
     assert set(version.aliases) == {"candidate", "default"}
-    assert version.labels == {"dataset_hash": DATASET_HASH[:63], "code_revision": "3f2a9c1"}
+    assert version.labels == {"dataset_hash": DATASET_HASH[:63], "code_revision": "3f2a9c1",
+                              "config_fingerprint": "unknown"}  # the lineage here records no fingerprint
     assert version.metrics == {"finetuned_accuracy": 0.8, "gemma4_baseline_accuracy": 0.5,
                                "gemma3_baseline_accuracy": 0.3, "finetuned_macro_f1": 0.75}
     assert version.lineage == args["lineage"]
