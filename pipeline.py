@@ -1,8 +1,9 @@
 """The pet-breed QLoRA pipeline: the @dsl.pipeline wiring and the command line.
 
-    python pipeline.py run-local --output-dir runs/latest [--config configs/local.yaml] [--dataset PATH]
-    python pipeline.py compile --output pipeline.yaml
-    python pipeline.py submit --project P --region R --pipeline-root gs://BUCKET/root [--watch] [--dry-run]
+    python pipeline.py run-local --output-dir runs/latest [--config configs/local.yaml] [--dataset PATH] [--no-cache]
+    python pipeline.py compile --output pipeline.yaml --image-registry REGION-docker.pkg.dev/PROJECT/REPO
+    python pipeline.py submit --project P --region R --pipeline-root gs://BUCKET/root --image-registry ... [--watch]
+        [--dry-run] [--enable-caching | --no-cache]
     python pipeline.py schedule --cron "TZ=Europe/Paris 0 3 * * 1" --project P --region R --pipeline-root ...
     python pipeline.py lineage NAME[@VERSION] [--registry runs/latest/registry.sqlite]
 """
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from kfp import dsl
@@ -21,9 +23,12 @@ from petqlora.cloud.vertex_common import VertexAuthError
 from petqlora.logs import setup_logging
 from petqlora.registry.local import UnknownModelError
 
-from components.check_parameters import check_parameters
+from components import images
 from components.add_to_experiment import add_to_experiment
+from components.check_parameters import check_parameters
+from components.decide_training import decide_training
 from components.evaluate import evaluate
+from components.fingerprint_source import fingerprint_source
 from components.prepare_data import prepare_data
 from components.register_model import register_model
 from components.train_adapter import train_adapter
@@ -32,50 +37,112 @@ from components.validate_token_boundaries import validate_token_boundaries
 PIPELINE_NAME = params.PIPELINE_NAME
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """A step's retry policy (retries, first backoff; the backoff doubles each time) and its CPU and memory,
+    set as both request and limit: Vertex sizes the step's machine from the limits, Kubernetes schedules on
+    the requests, and equal ones keep a step from being evicted mid-run."""
+
+    retries: int
+    backoff: str
+    cpu: str
+    memory: str
+
+
+# Every step is safe to retry: check_parameters, fingerprint_source and decide_training only read; prepare_data
+# rewrites its output folder; add_to_experiment adds a run that is already there; the GPU launchers re-attach
+# to their Cloud Run execution by task id (a succeeded one is reused, never paid twice); register_model is
+# idempotent per run id. A refusal of bad input fails the same way again, so the deterministic CPU steps get
+# one retry; train_adapter gets one because a failed GPU execution has had Cloud Run's own task retries
+# already, and each pipeline retry may start a new one.
+STEP_SETTINGS = {
+    # every parameter against its rule, the training config, the backend's job specs: no data read
+    "check_parameters": StepSettings(retries=1, backoff="30s", cpu="1", memory="2G"),
+    # listing or stat of the source, no file read; the storage client and a listing of ~10^5 objects
+    "fingerprint_source": StepSettings(retries=3, backoff="30s", cpu="1", memory="2G"),
+    # one image decoded at a time (a 40 MP image is 120 MB as RGB) + perceptual hash; single-threaded
+    "prepare_data": StepSettings(retries=1, backoff="60s", cpu="2", memory="8G"),
+    # the processor (Gemma's 262k-token tokenizer) and each example's resize + encode; torch uses the cores
+    "validate_token_boundaries": StepSettings(retries=1, backoff="30s", cpu="4", memory="8G"),
+    # a registry lookup and the training config's parse
+    "decide_training": StepSettings(retries=3, backoff="30s", cpu="1", memory="2G"),
+    # launches and polls the Cloud Run Job: the GPU work runs there (20 vCPU, 80 GiB, one RTX PRO 6000)
+    "train_adapter": StepSettings(retries=1, backoff="60s", cpu="1", memory="2G"),
+    # launches the evaluation jobs, then builds the HTML report (matplotlib figures)
+    "evaluate": StepSettings(retries=2, backoff="60s", cpu="2", memory="4G"),
+    # one Model Registry upload (or a SQLite row)
+    "register_model": StepSettings(retries=3, backoff="30s", cpu="1", memory="2G"),
+    # two ML Metadata calls
+    "add_to_experiment": StepSettings(retries=3, backoff="30s", cpu="1", memory="2G"),
+}
+
+
+def _sized(task, step: str):
+    """`task` with its step's retry policy and resources from STEP_SETTINGS."""
+    s = STEP_SETTINGS[step]
+    return (task.set_retry(num_retries=s.retries, backoff_duration=s.backoff, backoff_factor=2.0)
+            .set_cpu_request(s.cpu).set_cpu_limit(s.cpu).set_memory_request(s.memory).set_memory_limit(s.memory))
+
+
+def _train_evaluate_register(p, data, check, run_id) -> None:
+    """The GPU steps, and registration when the fine-tuned model wins."""
+    train = _sized(train_adapter(
+        dataset=data.outputs["dataset"], base_model=p.base_model, lora_r=p.lora_r, lora_alpha=p.lora_alpha,
+        lora_dropout=p.lora_dropout, epochs=p.epochs, learning_rate=p.learning_rate, batch_size=p.batch_size,
+        grad_accum=p.grad_accum, image_token_budget=p.image_token_budget, max_length=p.max_length, seed=p.seed,
+        train_options=p.train_options, backend=p.backend, project=p.project, region=p.region, run_id=run_id,
+    ), "train_adapter").set_display_name("Train adapter (QLoRA, Cloud Run GPU)").after(check)
+    train.set_caching_options(False)  # launches a paid GPU job; its own checkpoints make retries cheap
+    scores = _sized(evaluate(
+        dataset=data.outputs["dataset"], adapter=train.outputs["adapter"], base_model=p.base_model,
+        gemma4_baseline=p.gemma4_baseline, gemma3_baseline=p.gemma3_baseline, image_token_budget=p.image_token_budget,
+        scoring=p.scoring, win_margin=p.win_margin, registry=p.registry, model_name=p.model_name, backend=p.backend,
+        project=p.project, region=p.region, run_id=run_id,
+    ), "evaluate").set_display_name("Evaluate vs Gemma 3 / Gemma 4 baselines")
+    scores.set_caching_options(False)  # reads the registry's current champion
+    with dsl.If(scores.outputs["Output"] == "register", name="fine-tuned model wins"):
+        _sized(register_model(
+            dataset=data.outputs["dataset"], token_report=check.outputs["records"], adapter=train.outputs["adapter"],
+            evaluation=scores.outputs["evaluation"], model_name=p.model_name, registry=p.registry, project=p.project,
+            region=p.region, serving_image=p.serving_image, code_revision=p.code_revision, run_id=run_id,
+        ), "register_model").set_display_name("Register model").set_caching_options(False)
+
+
 @dsl.pipeline(name=PIPELINE_NAME, description="Fine-tune Gemma 4 with QLoRA to classify pet breeds; evaluate "
               "against Gemma 3 and Gemma 4 baselines; register the adapter only when it wins.")
 @params.with_signature
 def pet_breeds_pipeline(p):
     """The pet-breed QLoRA pipeline: prepare, validate, train, evaluate, register when it wins."""
-    checked = check_parameters(**{name: getattr(p, name) for name in params.NAMES})
+    run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+    checked = _sized(check_parameters(**{name: getattr(p, name) for name in params.NAMES}), "check_parameters")
     checked.set_display_name("Check parameters").set_caching_options(False)  # sees the registry as it is now
-    data = prepare_data(
+    source = _sized(fingerprint_source(source=p.source, run_id=run_id), "fingerprint_source").after(checked)
+    source.set_display_name("Fingerprint source").set_caching_options(False)  # must see the source as it is now
+    data = _sized(prepare_data(
         source=p.source, seed=p.seed, val_fraction=p.val_fraction, test_fraction=p.test_fraction,
         max_per_class_train=p.max_per_class_train, max_per_class_eval=p.max_per_class_eval, on_bad_input=p.on_bad_input,
-    ).set_display_name("Prepare data").after(checked)
-    check = validate_token_boundaries(
+        source_fingerprint=source.outputs["Output"],
+    ), "prepare_data").set_display_name("Prepare data").after(checked)
+    check = _sized(validate_token_boundaries(
         dataset=data.outputs["dataset"], base_model=p.base_model, image_token_budget=p.image_token_budget,
         max_length=p.max_length, sample=p.validation_sample,
-    ).set_display_name("Validate token boundaries")
-    train = train_adapter(
+    ), "validate_token_boundaries").set_display_name("Validate token boundaries")
+    decision = _sized(decide_training(
         dataset=data.outputs["dataset"], base_model=p.base_model, lora_r=p.lora_r, lora_alpha=p.lora_alpha,
         lora_dropout=p.lora_dropout, epochs=p.epochs, learning_rate=p.learning_rate, batch_size=p.batch_size,
         grad_accum=p.grad_accum, image_token_budget=p.image_token_budget, max_length=p.max_length, seed=p.seed,
-        train_options=p.train_options, backend=p.backend, project=p.project, region=p.region,
-        run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-    ).set_display_name("Train adapter (QLoRA, Cloud Run GPU)").after(check)
-    train.set_caching_options(False)  # launches a paid GPU job; its own checkpoints make retries cheap
-    scores = evaluate(
-        dataset=data.outputs["dataset"], adapter=train.outputs["adapter"], base_model=p.base_model,
-        gemma4_baseline=p.gemma4_baseline, gemma3_baseline=p.gemma3_baseline, image_token_budget=p.image_token_budget,
-        scoring=p.scoring, win_margin=p.win_margin, registry=p.registry, model_name=p.model_name, backend=p.backend,
-        project=p.project, region=p.region, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-    ).set_display_name("Evaluate vs Gemma 3 / Gemma 4 baselines")
-    scores.set_caching_options(False)  # reads the registry's current champion
-    with dsl.If(scores.outputs["Output"] == "register", name="fine-tuned model wins"):
-        register_model(
-            dataset=data.outputs["dataset"], token_report=check.outputs["records"], adapter=train.outputs["adapter"],
-            evaluation=scores.outputs["evaluation"], model_name=p.model_name, registry=p.registry, project=p.project,
-            region=p.region, serving_image=p.serving_image, code_revision=p.code_revision,
-            run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-        ).set_display_name("Register model").set_caching_options(False)
+        train_options=p.train_options, force_training=p.force_training, registry=p.registry,
+        model_name=p.model_name, project=p.project, region=p.region, run_id=run_id,
+    ), "decide_training").set_display_name("Train or skip (vs the registered version)").after(check)
+    decision.set_caching_options(False)  # reads the registry, which changes between runs
+    with dsl.If(decision.outputs["Output"] == "train", name="new data, new config or forced"):
+        _train_evaluate_register(p, data, check, run_id)
     # A scheduled run is created by Vertex, so no client can put it in an experiment: it adds itself.
     with dsl.If(p.experiment != "", name="experiment named"):
-        add_to_experiment(
+        _sized(add_to_experiment(
             experiment=p.experiment, project=p.project, region=p.region,
             pipeline_job=dsl.PIPELINE_JOB_RESOURCE_NAME_PLACEHOLDER,
-        ).after(checked).set_display_name("Add run to experiment").set_caching_options(False).set_retry(
-            num_retries=3, backoff_duration="30s", backoff_factor=2.0)  # two ML Metadata calls
+        ), "add_to_experiment").after(checked).set_display_name("Add run to experiment").set_caching_options(False)
 
 
 def _pairs(option: str, pairs: list) -> dict:
@@ -118,11 +185,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="configs/local.yaml",
                    help="the local run's dataset, models and parameters (default: %(default)s)")
     p.add_argument("--dataset", default=None, help="a dataset path: Oxford layout, image folder, manifest, saved HF")
+    p.add_argument("--no-cache", dest="enable_caching", action="store_false",
+                   help="run every step; by default the steps the pipeline caches (prepare_data, "
+                   "validate_token_boundaries) are reused from OUTPUT_DIR/kfp_cache while their inputs are unchanged")
 
     sub.add_parser("params", help="print every pipeline parameter: type, default, allowed values, description")
 
     p = sub.add_parser("compile", help="write the KFP IR YAML")
     p.add_argument("--output", required=True, help="the path of the compiled pipeline YAML to write")
+    _image_registry_option(p)
 
     for name in ("submit", "schedule"):
         p = sub.add_parser(name, help="submit a run to Vertex AI Pipelines" if name == "submit"
@@ -148,6 +219,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="the Vertex AI experiment the run joins (created if new), where its parameters "
                        "and metrics show" if name == "submit" else "the Vertex AI experiment each run "
                        "joins (created if new): runs add themselves (the experiment parameter)")
+        _image_registry_option(p)
+        caching = p.add_mutually_exclusive_group()
+        caching.add_argument("--enable-caching", dest="enable_caching", action="store_const", const=True, default=None,
+                             help="cache every step (the steps that must run each time take the run id, so they "
+                             "still run); default: the compiled per-task settings")
+        caching.add_argument("--no-cache", dest="enable_caching", action="store_const", const=False,
+                             help="run every step afresh")
         if name == "submit":
             p.add_argument("--network", default=None, metavar="NETWORK",
                            help="VPC network to peer the run with: projects/NUMBER/global/networks/NAME")
@@ -212,7 +290,8 @@ def _command(args) -> int:
     if args.command == "run-local":
         from petqlora.local_run import run_local_pipeline
 
-        summary = run_local_pipeline(pet_breeds_pipeline, Path(args.output_dir), Path(args.config), args.dataset)
+        summary = run_local_pipeline(pet_breeds_pipeline, Path(args.output_dir), Path(args.config), args.dataset,
+                                     enable_caching=args.enable_caching)
         return 0 if summary.get("status") == "succeeded" else 1
     if args.command == "params":
         print(params.table())
@@ -221,10 +300,12 @@ def _command(args) -> int:
         from petqlora.run_checks import check_run
 
         check_run({}, context="template")  # the defaults it carries: a recipe every step accepts
-        from kfp import compiler
-
-        compiler.Compiler().compile(pet_breeds_pipeline, args.output)
+        registry = _image_registry(args)
+        compile_pipeline(args.output, registry)
         print(f"wrote {args.output}")
+        if registry is None:
+            print(f"note: its images name the placeholder {images.PLACEHOLDER_REGISTRY}; pass --image-registry "
+                  f"(or set {images.REGISTRY_ENV}) for a pipeline Vertex can run", file=sys.stderr)
         return 0
     if args.command in ("submit", "schedule"):
         return _cloud(args)
@@ -270,20 +351,81 @@ def vertex_lineage(args, credentials=None, api_endpoint=None) -> int:
     return 0
 
 
-def _cloud(args) -> int:
-    import tempfile
+def _image_registry_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-registry", default=None, metavar="HOST/PATH",
+                   help="where the pipeline and trainer images were pushed, e.g. REGION-docker.pkg.dev/PROJECT/REPO "
+                   f"(tagged with the package version); default: ${images.REGISTRY_ENV}")
 
+
+def _image_registry(args) -> str | None:
+    """--image-registry, else PETQLORA_IMAGE_REGISTRY: read when a command runs, never at import."""
+    return args.image_registry or os.environ.get(images.REGISTRY_ENV) or None
+
+
+def compile_pipeline(path: str, registry: str | None) -> str:
+    """Compile the pipeline to `path` with its images in `registry` (the placeholder ones when None)."""
     from kfp import compiler
 
+    compiler.Compiler().compile(pet_breeds_pipeline, path)
+    if registry is not None:
+        _set_images(path, path, registry)
+    return path
+
+
+def _set_images(src: str, dst: str, registry: str) -> None:
+    """Rewrite the compiled YAML's images (components.images.set_registry), keeping KFP's header comment."""
+    import yaml
+
+    text = Path(src).read_text()
+    header = "".join(line for line in text.splitlines(keepends=True)[:200] if line.startswith("#"))
+    docs = list(yaml.safe_load_all(text))
+    images.set_registry(docs[0], registry)
+    Path(dst).write_text(header + yaml.safe_dump_all(docs, sort_keys=False))
+
+
+def _template(given: str | None, registry: str | None) -> str:
+    """The compiled pipeline to send: `given` (its images set when a registry is given) or a fresh compile."""
+    import tempfile
+
+    target = str(Path(tempfile.mkdtemp()) / "pipeline.yaml")
+    if given is None:
+        return compile_pipeline(target, registry)
+    if registry is None:
+        return given
+    if given.startswith(("gs://", "https://")):
+        raise ValueError(f"--template {given}: the images of a remote template cannot be set here; compile it "
+                         "with --image-registry and pass the local file")
+    _set_images(given, target, registry)
+    return target
+
+
+def _refuse_unusable_images(template: str) -> None:
+    """Before a real run is created: its images must be the user's (not the placeholder) and pinned. Its
+    other values were checked with the dry run's (run_checks.check_run)."""
+    import yaml
+
+    from petqlora.problems import Problems
+
+    p = Problems("images of the compiled pipeline (nothing was sent)")
+    if Path(template).is_file():  # a remote template's images are Vertex's to resolve
+        images.image_problems(next(yaml.safe_load_all(Path(template).read_text())), p)
+    p.raise_if_any()
+
+
+def _cloud(args) -> int:
     from petqlora.cloud import vertex_pipelines, vertex_schedules
 
     values = _pipeline_parameters(args.param)
     values.setdefault("project", args.project)
     values.setdefault("region", args.region)
-    template = args.template
-    if template is None and not (args.command == "schedule" and (args.list or args.pause or args.resume or args.delete)):
-        template = str(Path(tempfile.mkdtemp()) / "pipeline.yaml")
-        compiler.Compiler().compile(pet_breeds_pipeline, template)
+    registry = _image_registry(args)
+    manages = args.command == "schedule" and (args.list or args.pause or args.resume or args.delete)
+    template = None if manages else _template(args.template, registry)
+    backend = values.get("backend", params.DEFAULTS.backend)
+    if registry and backend.get("kind") == "cloud_run" and not backend.get("image"):
+        values["backend"] = {**backend, "image": images.image("trainer", registry)}  # the Cloud Run Job's image
+    if registry and not values.get("serving_image"):  # the trainer image serves too: python -m petqlora.serve
+        values["serving_image"] = images.image("trainer", registry)
     common = dict(project=args.project, region=args.region, dry_run=args.dry_run)
     creates_run = args.command == "submit" or args.cron
     if creates_run:  # every check of the run, the dry run's too: the pipeline's first step makes them again
@@ -291,17 +433,16 @@ def _cloud(args) -> int:
 
         check_run({**template_defaults(template), **values}, pipeline_root=args.pipeline_root, context="submit")
     if creates_run and not args.dry_run:
-        # Fail here, not an hour into the run: the GPU steps need the Cloud Run Job's settings.
-        from petqlora.backends import Backend
-
-        backend = values.get("backend", {"kind": "cloud_run"})
-        Backend(**{"project": args.project, "region": args.region, **backend})
+        _refuse_unusable_images(template)
+    elif creates_run and registry is None:
+        print(f"note: the images name the placeholder {images.PLACEHOLDER_REGISTRY}; a real {args.command} "
+              "refuses them: pass --image-registry", file=sys.stderr)
     if args.command == "submit":
         vertex_pipelines.submit_pipeline(
             template_path=template, pipeline_root=args.pipeline_root, parameter_values=values,
             service_account=args.service_account, network=args.network, watch=args.watch,
             display_name=args.display_name, labels=_pairs("--label", args.label), experiment=args.experiment,
-            **common)
+            enable_caching=args.enable_caching, **common)
         return 0
     if args.list:
         vertex_schedules.list_schedules(**common)
@@ -316,7 +457,7 @@ def _cloud(args) -> int:
             template_path=template, pipeline_root=args.pipeline_root, parameter_values=values,
             cron=args.cron, display_name=args.display_name, max_run_count=args.max_run_count,
             labels=_pairs("--label", args.label), experiment=args.experiment,
-            service_account=args.service_account, **common)
+            service_account=args.service_account, enable_caching=args.enable_caching, **common)
     return 0
 
 

@@ -18,12 +18,11 @@ def validate_token_boundaries(
     """Validate token boundaries: for every example, the image soft tokens match the processor, and the
     supervised tokens are exactly the answer + end of turn. Fails the run, naming the examples, before
     any GPU is paid for. sample=0 checks every example."""
-    from petqlora.steps import run_validate_token_boundaries
+    from petqlora.steps import log_metrics, run_validate_token_boundaries
 
     values = run_validate_token_boundaries(dataset.path, records.path, report.path, base_model=base_model,
                                            image_token_budget=image_token_budget, max_length=max_length,
                                            sample=sample)
     records.metadata.update({"sha256": values.pop("records_sha256"), "dataset_hash": dataset.metadata.get("dataset_hash", ""),
                              "base_model": base_model, "image_token_budget": image_token_budget})
-    for key, value in values.items():
-        metrics.log_metric(key, value)
+    log_metrics(metrics, values)  # with a file: the step's cache entry stays usable locally

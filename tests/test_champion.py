@@ -95,7 +95,8 @@ def _registration(tmp_path, dataset_hash=DATASET_HASH, config=CONFIG) -> dict:
         "models": {k: {"accuracy": 0.9, "macro_f1": 0.9, "n_eval": 10}
                    for k in ("finetuned", "gemma4_baseline", "gemma3_baseline")}}))
     lineage = {"dataset": {"uri": "d", "sha256": dataset_hash, "inputs": {}},
-               "adapter": {"uri": "a", "sha256": "a" * 64, "inputs": {"config_fingerprint": config_fingerprint(config)}}}
+               "adapter": {"uri": "a", "sha256": "a" * 64,
+                           "inputs": {"config_fingerprint": config_fingerprint(config)}}}
     return dict(adapter_dir=str(tmp_path / "adapter"), adapter_uri="gs://b/run/adapter", evaluation_dir=str(evaluation),
                 lineage=lineage, model_name=NAME, serving_image="us-docker.pkg.dev/p/r/serve:0.1.0",
                 code_revision="abc", dry_run=False)

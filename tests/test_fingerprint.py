@@ -144,7 +144,8 @@ def test_a_hub_name_is_fingerprinted_by_its_revision_when_the_hub_answers():
     first = fingerprint_source("timm/oxford-iiit-pet", resolve_hub=lambda name: at["rev"])
     assert first.kind == "hf_hub" and first.exact and at["rev"] in first.note
     at["rev"] = "b" * 40
-    assert fingerprint_source("timm/oxford-iiit-pet", resolve_hub=lambda name: at["rev"]).fingerprint != first.fingerprint
+    second = fingerprint_source("timm/oxford-iiit-pet", resolve_hub=lambda name: at["rev"])
+    assert second.fingerprint != first.fingerprint
 
 
 def test_an_unresolvable_hub_name_falls_back_to_the_name_and_says_so(monkeypatch):
@@ -242,7 +243,8 @@ def test_prepare_data_records_the_fingerprint_in_its_report(tmp_path):
     assert report["source"]["fingerprint"] == fp and report["dataset_hash"] == values["dataset_hash"]
     lines = report_md.read_text().splitlines()
     assert f"- source fingerprint: `{fp}`" in lines
-    assert lines.index(f"- source fingerprint: `{fp}`") == 1 + next(i for i, l in enumerate(lines) if l.startswith("- source:"))
+    source_line = next(i for i, line in enumerate(lines) if line.startswith("- source:"))
+    assert lines.index(f"- source fingerprint: `{fp}`") == source_line + 1
 
 
 def test_the_step_writes_a_report_for_the_ui(folder, tmp_path):

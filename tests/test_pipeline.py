@@ -32,25 +32,32 @@ def compiled(tmp_path_factory) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def test_five_steps_in_order_with_registration_under_a_condition(compiled):
+def test_steps_in_order_with_training_and_registration_under_conditions(compiled):
     tasks = compiled["root"]["dag"]["tasks"]
-    assert set(tasks) == {"check-parameters", "prepare-data", "validate-token-boundaries", "train-adapter", "evaluate",
-                          "condition-1", "condition-2"}
+    assert {"fingerprint-source", "prepare-data", "validate-token-boundaries", "decide-training",
+            "condition-1"} <= set(tasks)
     deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
-    assert deps["validate-token-boundaries"] == {"prepare-data"}
-    assert {"validate-token-boundaries", "prepare-data"} <= deps["train-adapter"]  # never trains unvalidated data
-    assert "train-adapter" in deps["evaluate"]
-    assert "evaluate" in deps["condition-1"]
+    assert "fingerprint-source" in deps["prepare-data"]
+    assert "prepare-data" in deps["validate-token-boundaries"]
+    assert {"validate-token-boundaries", "prepare-data"} <= deps["decide-training"]
+    # the GPU steps run under a condition on the decision, after validation: never on unvalidated data
+    assert {"decide-training", "validate-token-boundaries", "prepare-data"} <= deps["condition-1"]
     condition = tasks["condition-1"]["triggerPolicy"]["condition"]
+    assert "decide-training-Output" in condition and "'train'" in condition
+    gpu = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert set(gpu) == {"train-adapter", "evaluate", "condition-2"}
+    assert "train-adapter" in gpu["evaluate"]["dependentTasks"]
+    condition = gpu["condition-2"]["triggerPolicy"]["condition"]
     assert "evaluate-Output" in condition and "'register'" in condition
-    inner = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(inner) == {"register-model"}
+    assert set(compiled["components"]["comp-condition-2"]["dag"]["tasks"]) == {"register-model"}
 
 
 def test_side_effecting_steps_are_not_cached(compiled):
     tasks = compiled["root"]["dag"]["tasks"]
-    inner = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
-    for task in (tasks["train-adapter"], tasks["evaluate"], inner["register-model"]):
+    gpu = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
+    inner = compiled["components"]["comp-condition-2"]["dag"]["tasks"]
+    for task in (tasks["fingerprint-source"], tasks["decide-training"], gpu["train-adapter"], gpu["evaluate"],
+                 inner["register-model"]):
         assert not task.get("cachingOptions", {}).get("enableCache", False)
     assert tasks["prepare-data"]["cachingOptions"].get("enableCache") is True
 
@@ -93,8 +100,17 @@ def test_cloud_defaults_are_the_real_recipe(compiled):
 
 
 def test_pipeline_import_reads_no_environment():
-    source = (ROOT / "pipeline.py").read_text() + "".join(p.read_text() for p in (ROOT / "components").glob("*.py"))
-    assert "os.environ" not in source and "getenv" not in source
+    """The environment is read only inside functions (the CLI's commands), never while a module is imported."""
+    import ast
+
+    for path in [ROOT / "pipeline.py", *(ROOT / "components").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        in_functions = {id(node) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                        for node in ast.walk(f)}
+        at_import = [node.lineno for node in ast.walk(tree) if id(node) not in in_functions
+                     and ((isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"))
+                          or (isinstance(node, ast.Name) and node.id in ("environ", "getenv")))]
+        assert not at_import, f"{path.name} reads the environment at import (lines {at_import})"
 
 
 def test_submit_dry_run_prints_the_real_request():

@@ -125,7 +125,11 @@ def _not_started(error: str, output_dir: Path) -> dict:
             "parameters": None}
 
 
-def run_local_pipeline(pipeline_func, output_dir: Path, config_path: Path, dataset: str | None = None) -> dict:
+def run_local_pipeline(pipeline_func, output_dir: Path, config_path: Path, dataset: str | None = None,
+                       enable_caching: bool = True) -> dict:
+    """Run the pipeline into `output_dir`. With `enable_caching` (as on Vertex), the steps the pipeline
+    caches are reused from `output_dir`/kfp_cache while their inputs are unchanged: prepare_data's include
+    the source's fingerprint, so a changed folder is prepared again."""
     from kfp import local
 
     output_dir = output_dir.resolve()
@@ -147,7 +151,7 @@ def run_local_pipeline(pipeline_func, output_dir: Path, config_path: Path, datas
     pipeline_root.mkdir(exist_ok=True)
     before = set(pipeline_root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
-               raise_on_error=True)
+               raise_on_error=True, enable_caching=enable_caching, cache_root=str(output_dir / "kfp_cache"))
     started = time.perf_counter()
     status, error = "succeeded", None
     try:
@@ -173,11 +177,30 @@ def _copy_report(summary: dict, output_dir: Path) -> None:
         summary["artifacts"]["evaluation_report"] = str(output_dir / REPORT_HTML)
 
 
+def _training_decision(run_dir: Path) -> dict | None:
+    path = run_dir / "decide-training" / "decision"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _reused(key: str, task: str, output: str, decision: dict | None) -> Path | None:
+    """Where a task served from the cache left its output: a cached task writes nothing in this run's
+    folder; the dataset's folder is named by decide_training, the token report sits beside it (the run that
+    prepared the dataset validated it; a cached validation needs a cached dataset)."""
+    if decision is None or key not in ("dataset", "token_boundary_report"):
+        return None
+    dataset = Path(decision["dataset"])
+    path = dataset if key == "dataset" else dataset.parent.parent / task / output
+    return path if path.exists() else None
+
+
 def summarize(run_dir: Path, registry: Path, params: dict, status: str, error: str | None, wall: float) -> dict:
-    artifacts = {}
+    artifacts, cached = {}, []
+    decision = _training_decision(run_dir)
     for key, (task, output) in TASK_DIRS.items():
         path = run_dir / task / output
-        artifacts[key] = str(path) if path.exists() else None
+        if not path.exists() and (path := _reused(key, task, output, decision)) is not None:
+            cached.append(task)
+        artifacts[key] = str(path) if path is not None and path.exists() else None
     if artifacts["adapter"]:
         artifacts["adapter"] = str(Path(artifacts["adapter"]) / "adapter")
     if artifacts["token_boundary_report"]:
@@ -199,10 +222,22 @@ def summarize(run_dir: Path, registry: Path, params: dict, status: str, error: s
         "status": status, "error": error, "failed_step": failed.group(1) if failed else None,
         "run": run_dir.name, "wall_time_s": round(wall, 1),
         "models": models, "registered": version is not None, "model_version": version,
-        "decision_reason": evaluation["reason"] if evaluation else None,
+        "decision_reason": evaluation["reason"] if evaluation else (decision or {}).get("reason"),
         "table": evaluation["table"] if evaluation else None,
+        "training": decision, "cached": cached, **_dataset_identity(artifacts["dataset"]),
         "artifacts": artifacts, "registry": str(registry), "parameters": params,
     }
+
+
+def _dataset_identity(dataset: str | None) -> dict:
+    """The dataset's hash and the source fingerprint it was prepared from (its manifest and report)."""
+    if dataset is None or not (Path(dataset) / "manifest.json").is_file():
+        return {"dataset_hash": None, "source_fingerprint": None}
+    report = Path(dataset) / "report.json"
+    source = json.loads(report.read_text()).get("source", {}) if report.is_file() else {}
+    return {"dataset_hash": json.loads((Path(dataset) / "manifest.json").read_text())["dataset_hash"],
+            "source_fingerprint": source.get("fingerprint")}
+
 
 
 def print_summary(summary: dict, output_dir: Path) -> None:
@@ -211,12 +246,16 @@ def print_summary(summary: dict, output_dir: Path) -> None:
         print(summary["table"])
     if summary["status"] != "succeeded":
         print(f"\nThe pipeline FAILED: {summary['error']}")
+    elif summary["training"] and not summary["training"]["train"]:
+        print(f"\nNo training: {summary['decision_reason']}")
     elif summary["registered"]:
         print("\n" + decision_sentence(True, summary["decision_reason"] or "(no reason recorded)",
                                        summary["model_version"]))
         print(f"Lineage: python pipeline.py lineage {summary['model_version']} --registry {summary['registry']}")
     else:
         print("\n" + decision_sentence(False, summary["decision_reason"] or "(no reason recorded)", None))
+    if summary["cached"]:
+        print(f"Reused from the cache (inputs unchanged): {', '.join(summary['cached'])}")
     if summary["artifacts"].get("evaluation_report"):
         print(f"Report: {summary['artifacts']['evaluation_report']}")
     print(f"Summary: {output_dir / 'run_summary.json'} ({summary['wall_time_s']}s)")

@@ -41,6 +41,16 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def log_metrics(metrics, values: dict) -> None:
+    """Log `values` on a KFP Metrics output and keep them as JSON in its file too. A Metrics artifact
+    otherwise has no file (its values live in the executor's output), and kfp.local's cache takes an output
+    whose file is missing for a lost one: a cached step with metrics would never be reused locally."""
+    for key, value in values.items():
+        metrics.log_metric(key, value)
+    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(metrics.path).write_text(json.dumps(values, indent=1, sort_keys=True))
+
+
 # ---- check_parameters
 
 def run_check_parameters(values: dict, artifact_uri: str, report_md: str) -> None:
