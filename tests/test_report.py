@@ -384,6 +384,9 @@ def test_run_details_from_the_manifest_the_training_metrics_and_the_parameters()
     bare = run_details(run_id="", base_model="m", image_token_budget=70, scoring="generate", n_eval=2, manifest={},
                        training={})
     assert list(bare) == ["base model", "image token budget", "evaluation"]
+    one = run_details(run_id="r", base_model="m", image_token_budget=70, scoring="score", n_eval=2, manifest={},
+                      training={"steps": 1, "examples": 42})
+    assert one["training"] == "1 optimizer step on 42 examples"
     page = _report(extra=details)
     assert "<tr><th>LoRA</th><td>rank 64, alpha 32, 3 target modules</td></tr>" in page
 

@@ -62,6 +62,7 @@ def test_the_validation_loss_is_drawn_where_it_exists() -> None:
 
 
 def test_html_single_point_and_flat_loss_curve_draw() -> None:
+    assert "1 logged training value: loss 1 at step 5;" in _report([(5, 1.0)])
     for curve in ([(5, 1.0)], [(0, 2.0), (10, 2.0)]):
         page = _report(curve)
         points = re.search(r'<polyline class="training" points="([^"]*)"', page).group(1)

@@ -115,14 +115,16 @@ def _loss_html(train: list[tuple[int, float]] | None, val: list[tuple[int, float
         return '<p class="muted">No training loss was recorded for this run.</p>'
     svg, is_log = svg_loss_curve(train, val or None)
     (s0, v0), (s1, v1) = train[0], train[-1]
-    notes = [f"{len(train)} logged training value{'s' if len(train) > 1 else ''}; "
-             f"loss {v0:.4g} at step {s0} \u2192 {v1:.4g} at step {s1}"]
+    if len(train) == 1:
+        notes = [f"1 logged training value: loss {v0:.4g} at step {s0}"]
+    else:
+        notes = [f"{len(train)} logged training values; loss {v0:.4g} at step {s0} \u2192 {v1:.4g} at step {s1}",
+                 "loss axis logarithmic: the late steps' changes stay visible" if is_log
+                 else "loss axis linear: a loss of 0 has no logarithm"]
     if val:
         notes.append(f"validation loss {val[-1][1]:.4g} at step {val[-1][0]} ({len(val)} evaluated)")
     else:
         notes.append("no validation loss was recorded")
-    notes.append("loss axis logarithmic: the late steps' changes stay visible" if is_log
-                 else "loss axis linear: a loss of 0 has no logarithm")
     return svg + f'\n<p class="muted">{_e("; ".join(notes))}.</p>'
 
 

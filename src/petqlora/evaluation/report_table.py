@@ -215,7 +215,9 @@ def run_details(*, run_id: str, base_model: str, image_token_budget: int, scorin
         details["LoRA"] = f"rank {cfg['lora_r']}, alpha {cfg['lora_alpha']}, {len(targets)} target modules"
     if training.get("steps") is not None:
         seconds = training.get("train_time_s")
-        details["training"] = (f"{training['steps']} optimizer steps on {training.get('examples', '?')} examples"
+        steps = training["steps"]
+        details["training"] = (f"{steps} optimizer step{'' if steps == 1 else 's'} on "
+                               f"{training.get('examples', '?')} examples"
                                + (f", {format_seconds(seconds)} in training steps" if seconds is not None else ""))
     order = ("run id", "base model", "dataset hash", "dataset source", "source fingerprint", "LoRA",
              "image token budget", "training", "evaluation")
