@@ -368,19 +368,8 @@ def compile_pipeline(path: str, registry: str | None) -> str:
 
     compiler.Compiler().compile(pet_breeds_pipeline, path)
     if registry is not None:
-        _set_images(path, path, registry)
+        images.set_registry_in_file(path, path, registry)
     return path
-
-
-def _set_images(src: str, dst: str, registry: str) -> None:
-    """Rewrite the compiled YAML's images (components.images.set_registry), keeping KFP's header comment."""
-    import yaml
-
-    text = Path(src).read_text()
-    header = "".join(line for line in text.splitlines(keepends=True)[:200] if line.startswith("#"))
-    docs = list(yaml.safe_load_all(text))
-    images.set_registry(docs[0], registry)
-    Path(dst).write_text(header + yaml.safe_dump_all(docs, sort_keys=False))
 
 
 def _template(given: str | None, registry: str | None) -> str:
@@ -395,21 +384,8 @@ def _template(given: str | None, registry: str | None) -> str:
     if given.startswith(("gs://", "https://")):
         raise ValueError(f"--template {given}: the images of a remote template cannot be set here; compile it "
                          "with --image-registry and pass the local file")
-    _set_images(given, target, registry)
+    images.set_registry_in_file(given, target, registry)
     return target
-
-
-def _refuse_unusable_images(template: str) -> None:
-    """Before a real run is created: its images must be the user's (not the placeholder) and pinned. Its
-    other values were checked with the dry run's (run_checks.check_run)."""
-    import yaml
-
-    from petqlora.problems import Problems
-
-    p = Problems("images of the compiled pipeline (nothing was sent)")
-    if Path(template).is_file():  # a remote template's images are Vertex's to resolve
-        images.image_problems(next(yaml.safe_load_all(Path(template).read_text())), p)
-    p.raise_if_any()
 
 
 def _cloud(args) -> int:
@@ -433,7 +409,7 @@ def _cloud(args) -> int:
 
         check_run({**template_defaults(template), **values}, pipeline_root=args.pipeline_root, context="submit")
     if creates_run and not args.dry_run:
-        _refuse_unusable_images(template)
+        images.refuse_unusable_images(template)  # the run's other values: check_run above
     elif creates_run and registry is None:
         print(f"note: the images name the placeholder {images.PLACEHOLDER_REGISTRY}; a real {args.command} "
               "refuses them: pass --image-registry", file=sys.stderr)

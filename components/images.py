@@ -14,6 +14,7 @@ which submit and schedule fill from the same registry when it names none.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from petqlora import __version__
@@ -77,3 +78,25 @@ def image_problems(ir: dict, problems: Problems) -> None:
     for name, current in sorted(found.items()):
         if name not in placeholder and image_pin_problem(current):
             problems.add(f"{name} image", current, image_pin_problem(current), "recompile with --image-registry")
+
+
+def set_registry_in_file(src: str | Path, dst: str | Path, registry: str) -> None:
+    """`set_registry` on a compiled YAML file, written to `dst`; KFP's header comment is kept."""
+    import yaml
+
+    text = Path(src).read_text()
+    header = "".join(line for line in text.splitlines(keepends=True)[:200] if line.startswith("#"))
+    docs = list(yaml.safe_load_all(text))
+    set_registry(docs[0], registry)
+    Path(dst).write_text(header + yaml.safe_dump_all(docs, sort_keys=False))
+
+
+def refuse_unusable_images(template: str | Path) -> None:
+    """Before a real run is created: a local compiled YAML's images must be the user's and pinned (one
+    ValueError listing each problem); a remote template's images are Vertex's to resolve."""
+    import yaml
+
+    p = Problems("images of the compiled pipeline (nothing was sent)")
+    if Path(template).is_file():
+        image_problems(next(yaml.safe_load_all(Path(template).read_text())), p)
+    p.raise_if_any()
