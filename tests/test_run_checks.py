@@ -379,3 +379,23 @@ def test_the_train_steps_build_the_config_as_the_check_does(component, tmp_path)
               for name in inspect.signature(func).parameters if name not in shared and name != "train_options"}
     with pytest.raises(ValueError, match="train_options.lora_r=8: repeats the pipeline parameter lora_r"):
         func(**shared, **others, train_options={"lora_r": 8})
+
+
+@pytest.mark.integration
+def test_the_pipeline_run_stops_at_its_first_step(tmp_path, capfd):
+    """Through kfp.local, the real DAG, as a run started with bad values from the Vertex console would go:
+    check_parameters fails it before prepare_data or any other step starts."""
+    from kfp import local
+
+    root = tmp_path / "pipeline_root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    values = {**schema.to_json_dict(params.DEFAULTS), "backend": {"kind": "local"}, "project": "local",
+              "region": "local", "registry": str(tmp_path / "gone" / "registry.sqlite"),
+              "train_options": {"warmup_ratio": 2}}
+    with pytest.raises(RuntimeError, match="check-parameters"):
+        pipeline.pet_breeds_pipeline(**values)
+    logs = capfd.readouterr()
+    assert "train_options.warmup_ratio=2.0: must be in [0, 1)" in logs.out + logs.err
+    assert f"its folder {tmp_path / 'gone'} does not exist" in logs.out + logs.err
+    (run,) = root.iterdir()
+    assert sorted(p.name for p in run.iterdir()) == ["check-parameters"]  # nothing else started
