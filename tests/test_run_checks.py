@@ -79,6 +79,14 @@ def test_schema_rules(name, value, expected):
     assert check_run({name: getattr(params.DEFAULTS, name)}, context="template")
 
 
+def test_train_options_are_checked_even_when_a_shared_field_is_refused():
+    message = refused({**CLOUD, "lora_r": 16.5, "epochs": 0, "train_options": {"warmup_ratio": 2}},
+                      pipeline_root=ROOT_URI, context="submit")
+    assert "lora_r=16.5: must be an integer" in message and "epochs=0.0: must be > 0" in message
+    assert "train_options.warmup_ratio=2.0: must be in [0, 1)" in message
+    assert message.count("\n  - ") == 3  # nothing said about the defaults standing in for lora_r and epochs
+
+
 def test_every_problem_is_listed_in_one_error():
     message = refused({**CLOUD, "win_margin": -1, "scoring": "sample", "train_options": {"lora_rank": 8},
                        "backend": {**BACKEND, "imag": "x"}, "registry": "relative.sqlite"},

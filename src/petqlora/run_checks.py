@@ -69,11 +69,12 @@ def template_defaults(template_path: str) -> dict[str, Any]:
             if name in pipeline_params.NAMES and "defaultValue" in p}
 
 
-def _fold(p: Problems, exc: Exception, rename: Callable[[str], str] = lambda item: item) -> None:
-    """Adds the problems a Problems-built ``exc`` carries (or its message), each once."""
+def _fold(p: Problems, exc: Exception, rename: Callable[[str], str | None] = lambda item: item) -> None:
+    """Adds the problems a Problems-built ``exc`` carries (or its message), each once, as ``rename`` says
+    (None: left out)."""
     for item in getattr(exc, "problems", None) or (str(exc),):
         item = rename(item)
-        if item not in p.items:
+        if item is not None and item not in p.items:
             p.items.append(item)
 
 
@@ -119,16 +120,23 @@ def _check_training(p: Problems, run: PipelineParams, bad: set[str]) -> None:
     from petqlora.train.config import TrainConfig, parse_train_config
 
     shared = _train_fields()
-    if "train_options" in bad or bad & set(shared):
-        return  # reported already; a config from the defaults in their place would mislead
+    if "train_options" in bad:
+        return  # reported already
+    # A refused shared field (reported already) has its default standing in: only train_options' own
+    # problems are kept then, since one about the stand-in would mislead.
+    stand_in = bool(bad & set(shared))
     options = run.train_options
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+    def rename(item: str) -> str | None:
+        if _field(item) in options:
+            return f"train_options.{_example_fix(item, defaults)}"
+        return None if stand_in and not item.startswith("train_options.") else item
+
     try:
         parse_train_config(train_config_values(options, **{name: getattr(run, name) for name in shared}))
     except ValueError as exc:
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-                    if f.default is not dataclasses.MISSING}
-        _fold(p, exc, lambda item: f"train_options.{_example_fix(item, defaults)}" if _field(item) in options
-              else item)
+        _fold(p, exc, rename)
 
 
 def _check_backend(p: Problems, run: PipelineParams, bad: set[str], context: str):
