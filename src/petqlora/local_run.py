@@ -140,7 +140,7 @@ def run_local_pipeline(pipeline_func, output_dir: Path, config_path: Path, datas
                          "you can write") from exc
     summary_path = output_dir / "run_summary.json"
     summary_path.unlink(missing_ok=True)  # an earlier run's result must never read as this run's
-    (output_dir / REPORT_HTML).unlink(missing_ok=True)  # an earlier run's report must never read as this run's
+    (output_dir / REPORT_HTML).unlink(missing_ok=True)  # nor an earlier run's report
     registry = output_dir / "registry.sqlite"
     try:
         params = run_parameters(load_local_config(config_path), config_path, dataset, output_dir)
@@ -237,7 +237,6 @@ def _dataset_identity(dataset: str | None) -> dict:
     source = json.loads(report.read_text()).get("source", {}) if report.is_file() else {}
     return {"dataset_hash": json.loads((Path(dataset) / "manifest.json").read_text())["dataset_hash"],
             "source_fingerprint": source.get("fingerprint")}
-
 
 
 def print_summary(summary: dict, output_dir: Path) -> None:
