@@ -16,11 +16,14 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from petqlora import params as pipeline_params
 from petqlora.params import PipelineParams
 from petqlora.problems import Problems
+
+if TYPE_CHECKING:  # imported when checked: backends pulls in the logging and progress machinery
+    from petqlora.backends import Backend
 
 __all__ = ["CONTEXTS", "check_run", "template_defaults"]
 
@@ -139,7 +142,7 @@ def _check_training(p: Problems, run: PipelineParams, bad: set[str]) -> None:
         _fold(p, exc, rename)
 
 
-def _check_backend(p: Problems, run: PipelineParams, bad: set[str], context: str):
+def _check_backend(p: Problems, run: PipelineParams, bad: set[str], context: str) -> Backend | None:
     """The Backend the GPU steps build (``Backend(project=, region=, **backend)``) and, on Cloud Run, the
     job of each GPU entrypoint; returns the Backend, or None when it cannot be built."""
     from petqlora.backends import Backend
@@ -181,7 +184,7 @@ def _check_backend(p: Problems, run: PipelineParams, bad: set[str], context: str
     return backend
 
 
-def _check_in_bucket(p: Problems, run: PipelineParams, backend, pipeline_root: str | None) -> None:
+def _check_in_bucket(p: Problems, run: PipelineParams, backend: Backend, pipeline_root: str | None) -> None:
     """The Cloud Run job mounts only the backend's bucket: the steps' files (under the pipeline root) and
     the checkpoints it reads must lie there."""
     from petqlora.cloud.storage import local_path
