@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from petqlora.data.entries import Item, PrepareDataError, listed
+from petqlora.data.entries import Item, refuse_listed
 from petqlora.data.hamming import near_duplicates
 
 
@@ -73,10 +73,8 @@ def conflict_line(pair: dict) -> str:
 
 
 def refuse_conflicts(conflicts: list[dict]) -> None:
-    if conflicts:
-        raise PrepareDataError(
-            f"{len(conflicts)} picture(s) appear under two labels (the same bytes, or a re-encoded copy): "
-            "a labelling error the model would learn both ways. Keep each picture under its one right label "
-            "(remove or relabel the other copy); if near-duplicates are distinct pictures, lower "
-            "near_duplicate_distance:\n" + listed([conflict_line(p) for p in conflicts])
-        )
+    refuse_listed([conflict_line(p) for p in conflicts],
+                  f"{len(conflicts)} picture(s) appear under two labels (the same bytes, or a re-encoded copy): "
+                  "a labelling error the model would learn both ways. Keep each picture under its one right label "
+                  "(remove or relabel the other copy); if near-duplicates are distinct pictures, lower "
+                  "near_duplicate_distance")

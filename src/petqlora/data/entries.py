@@ -86,6 +86,12 @@ def no_bytes(max_bytes: int) -> bytes:
     return b""
 
 
+def refuse_listed(lines: list[str], message: str) -> None:
+    """One PrepareDataError for every line at once: ``message``, then the lines (see :func:`listed`)."""
+    if lines:
+        raise PrepareDataError(f"{message}:\n{listed(lines)}")
+
+
 def listed(lines: list[str]) -> str:
     """At most MAX_LISTED lines as a bulleted list for an error message, and how many more there are."""
     shown = "\n".join(f"  - {line}" for line in lines[:MAX_LISTED])

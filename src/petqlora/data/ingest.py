@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from petqlora.data.dataset import FORMAT_EXTENSIONS, check_pixels, pixel_limit, to_rgb
-from petqlora.data.entries import BadEntry, Entry, Item, PathEscape, PrepareDataError, listed, make_id
+from petqlora.data.entries import BadEntry, Entry, Item, PathEscape, PrepareDataError, make_id, refuse_listed
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,11 @@ def ingest_all(
 
 def refuse_escapes(escapes: list[str]) -> None:
     """Paths that leave the source's folder: a wrong source, refused under every on_bad_input policy."""
-    if escapes:
-        raise PrepareDataError(
-            f"{len(escapes)} image path(s) resolve outside the source's folder (by '..', an absolute path or a "
-            "symlink); a source that points elsewhere is a wrong source, not a bad image, so this is refused "
-            "whatever on_bad_input says. Fix the paths (or copy the images into the folder), or pass "
-            "allow_outside_root=True if the source is meant to point outside its folder:\n" + listed(escapes)
-        )
+    refuse_listed(escapes,
+                  f"{len(escapes)} image path(s) resolve outside the source's folder (by '..', an absolute path or "
+                  "a symlink); a source that points elsewhere is a wrong source, not a bad image, so this is "
+                  "refused whatever on_bad_input says. Fix the paths (or copy the images into the folder), or pass "
+                  "allow_outside_root=True if the source is meant to point outside its folder")
 
 
 def _decode(data: bytes, max_image_pixels: int) -> tuple[str, Image.Image, int]:

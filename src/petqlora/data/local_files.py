@@ -88,7 +88,12 @@ def read_index(path: Path) -> str:
         raw = read_local(path, INDEX_MAX_BYTES)
     except BadEntry as exc:
         raise PrepareDataError(f"cannot read {path}: {exc}") from None
+    return decode_index(raw, str(path))
+
+
+def decode_index(raw: bytes, name: str) -> str:
+    """An index file's bytes as text; -sig because spreadsheet exports start with a byte-order mark."""
     try:
-        return raw.decode("utf-8-sig")  # -sig: spreadsheet exports start with a byte-order mark
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise PrepareDataError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8") from None
+        raise PrepareDataError(f"{name} is not UTF-8 text ({exc}); save it as UTF-8") from None

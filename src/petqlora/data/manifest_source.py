@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from petqlora.cloud import storage
 from petqlora.data.entries import BadEntry, Entry, Listing, PrepareDataError, no_bytes, split_name
-from petqlora.data.local_files import INDEX_MAX_BYTES, read_index, read_local, resolve_inside
+from petqlora.data.local_files import INDEX_MAX_BYTES, decode_index, read_index, read_local, resolve_inside
 
 if TYPE_CHECKING:
     from google.cloud import storage as gcs
@@ -78,10 +78,7 @@ def _read_manifest_text(uri: str, gcs: GcsReader) -> str:
             raw = gcs.read(uri, INDEX_MAX_BYTES)
         except BadEntry as exc:
             raise PrepareDataError(f"cannot read manifest: {exc}") from None
-        try:
-            return raw.decode("utf-8-sig")  # -sig: spreadsheet exports start with a byte-order mark
-        except UnicodeDecodeError as exc:
-            raise PrepareDataError(f"manifest {uri!r} is not UTF-8 text ({exc}); save it as UTF-8") from None
+        return decode_index(raw, f"manifest {uri!r}")
     if not Path(uri).is_file():
         raise PrepareDataError(f"manifest {uri!r} is not a file; pass a .csv or .jsonl file of uri,label rows")
     return read_index(Path(uri))
