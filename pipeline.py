@@ -174,27 +174,8 @@ def _pipeline_parameters(pairs: list) -> dict:
     return {name: getattr(parsed, name) for name in given}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python pipeline.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback too")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("run-local", help="run the whole pipeline on this machine with kfp.local")
-    p.add_argument("--output-dir", required=True, help="where the run writes: its outputs, the local registry, "
-                   "run_summary.json and report.html")
-    p.add_argument("--config", default="configs/local.yaml",
-                   help="the local run's dataset, models and parameters (default: %(default)s)")
-    p.add_argument("--dataset", default=None, help="a dataset path: Oxford layout, image folder, manifest, saved HF")
-    p.add_argument("--no-cache", dest="enable_caching", action="store_false",
-                   help="run every step; by default the steps the pipeline caches (prepare_data, "
-                   "validate_token_boundaries) are reused from OUTPUT_DIR/kfp_cache while their inputs are unchanged")
-
-    sub.add_parser("params", help="print every pipeline parameter: type, default, allowed values, description")
-
-    p = sub.add_parser("compile", help="write the KFP IR YAML")
-    p.add_argument("--output", required=True, help="the path of the compiled pipeline YAML to write")
-    _image_registry_option(p)
-
+def _add_submit_and_schedule(sub) -> None:
+    """The two commands that create runs on Vertex AI Pipelines share their options."""
     for name in ("submit", "schedule"):
         p = sub.add_parser(name, help="submit a run to Vertex AI Pipelines" if name == "submit"
                            else "create, list, pause, resume or delete a retraining schedule")
@@ -240,6 +221,30 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", metavar="SCHEDULE", help="resume a paused schedule (its ID or full name)")
             p.add_argument("--delete", metavar="SCHEDULE",
                            help="delete the schedule (its ID or full name); runs it started are kept")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python pipeline.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback too")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run-local", help="run the whole pipeline on this machine with kfp.local")
+    p.add_argument("--output-dir", required=True, help="where the run writes: its outputs, the local registry, "
+                   "run_summary.json and report.html")
+    p.add_argument("--config", default="configs/local.yaml",
+                   help="the local run's dataset, models and parameters (default: %(default)s)")
+    p.add_argument("--dataset", default=None, help="a dataset path: Oxford layout, image folder, manifest, saved HF")
+    p.add_argument("--no-cache", dest="enable_caching", action="store_false",
+                   help="run every step; by default the steps the pipeline caches (prepare_data, "
+                   "validate_token_boundaries) are reused from OUTPUT_DIR/kfp_cache while their inputs are unchanged")
+
+    sub.add_parser("params", help="print every pipeline parameter: type, default, allowed values, description")
+
+    p = sub.add_parser("compile", help="write the KFP IR YAML")
+    p.add_argument("--output", required=True, help="the path of the compiled pipeline YAML to write")
+    _image_registry_option(p)
+
+    _add_submit_and_schedule(sub)
 
     p = sub.add_parser("register", help="register an adapter as a new Vertex Model Registry version")
     p.add_argument("--project", required=True, help="Google Cloud project ID")
