@@ -461,3 +461,13 @@ def test_a_37_breed_oxford_layout_passes_validation_with_the_local_config(tmp_pa
     longest = max(r["sequence_length"] for r in checked)
     assert f"failed for 12 of 12 example(s)" in str(info.value)
     assert f"Fix: set max_length >= {longest} (the longest sequence checked)" in str(info.value)
+
+
+def test_the_default_cloud_source_a_hub_name_is_read_as_a_hugging_face_dataset():
+    from petqlora.data.sources import detect_kind
+    from petqlora.params import DEFAULTS
+
+    assert detect_kind(DEFAULTS.source) == "hf"  # timm/oxford-iiit-pet: no local path, an OWNER/NAME
+    for missing in ("/data/pets", "./pets/x", "pets"):
+        with pytest.raises(PrepareDataError, match="does not exist; pass an existing folder or file, or a Hugging"):
+            detect_kind(missing)

@@ -32,6 +32,10 @@ def list_source(
     return hf_source(source, use_source_split, stack, allow_outside_root)
 
 
+# A Hugging Face Hub dataset name, OWNER/NAME: what a source that is no local path may be.
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
 def detect_kind(source: str) -> str:
     if source.startswith("gs://"):
         if source.lower().endswith((".csv", ".jsonl", ".json")):
@@ -42,9 +46,11 @@ def detect_kind(source: str) -> str:
         )
     path = Path(source)
     if not path.exists():
+        if HUB_NAME.match(source):  # the pipeline's default, timm/oxford-iiit-pet: only the cloud reaches the Hub
+            return "hf"
         raise PrepareDataError(
-            f"source {source!r} does not exist; pass an existing folder or file "
-            "(for a Hugging Face Hub name, pass source_kind='hf')"
+            f"source {source!r} does not exist; pass an existing folder or file, or a Hugging Face Hub name "
+            "(OWNER/NAME)"
         )
     if path.is_file():
         return _file_kind(source, path)
