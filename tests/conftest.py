@@ -62,3 +62,29 @@ def pets_dataset(tmp_path_factory):
         return built[per_class]
 
     return build
+
+
+@pytest.fixture
+def cloud_run_api(monkeypatch):
+    """The real run_v2 REST clients, pointed at the local fake of the Cloud Run Admin API (tests/fakes): code that
+    builds its own `run_v2.JobsClient()` / `ExecutionsClient()` talks to the fake."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import run_v2
+
+    from fakes.cloud_run_api import FakeCloudRunApi
+
+    made = []
+    with FakeCloudRunApi() as fake:
+        def towards_the_fake(real):
+            def construct(*args, **kwargs):
+                client = real(*args, **{**kwargs, "credentials": AnonymousCredentials(), "transport": "rest",
+                                        "client_options": {"api_endpoint": fake.endpoint}})
+                made.append(client)
+                return client
+            return construct
+
+        monkeypatch.setattr(run_v2, "JobsClient", towards_the_fake(run_v2.JobsClient))
+        monkeypatch.setattr(run_v2, "ExecutionsClient", towards_the_fake(run_v2.ExecutionsClient))
+        yield fake
+        for client in made:  # close keep-alive sessions before the server goes
+            client.transport.close()

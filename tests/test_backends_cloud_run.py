@@ -21,10 +21,7 @@ import time
 
 import pytest
 from google.api_core import exceptions as core_exceptions
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import run_v2
 
-from fakes.cloud_run_api import FakeCloudRunApi
 from petqlora.backends import Backend
 from petqlora.cloud.cloud_run import CloudRunExecutionError, ExecutionState, execution_state
 
@@ -54,22 +51,8 @@ def train_args(backend: Backend) -> list[str]:
 
 
 @pytest.fixture
-def api(monkeypatch):
-    made = []
-    with FakeCloudRunApi() as fake:
-        def towards_the_fake(real):
-            def construct(*args, **kwargs):
-                client = real(*args, **{**kwargs, "credentials": AnonymousCredentials(), "transport": "rest",
-                                        "client_options": {"api_endpoint": fake.endpoint}})
-                made.append(client)
-                return client
-            return construct
-
-        monkeypatch.setattr(run_v2, "JobsClient", towards_the_fake(run_v2.JobsClient))
-        monkeypatch.setattr(run_v2, "ExecutionsClient", towards_the_fake(run_v2.ExecutionsClient))
-        yield fake
-        for client in made:  # close keep-alive sessions before the server goes
-            client.transport.close()
+def api(cloud_run_api):
+    return cloud_run_api
 
 
 # ---- path_arg -------------------------------------------------------------------------------------------

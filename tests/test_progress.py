@@ -12,11 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import run_v2
 
 import petqlora
-from fakes.cloud_run_api import FakeCloudRunApi
 from petqlora import backends
 from petqlora.backends import Backend
 from petqlora.cloud.storage import local_path
@@ -116,26 +113,6 @@ def test_a_local_run_logs_the_fake_trainer_s_progress_while_it_runs(tmp_path, mo
     last_write = messages.index("wrote step 3")
     assert all(messages.index(line) < last_write for line in _progress_lines(caplog)[:2])
     assert not [t for t in threading.enumerate() if t.name.startswith("progress:")]  # the thread ended
-
-
-@pytest.fixture
-def cloud_run_api(monkeypatch):
-    """The real run_v2 REST clients, pointed at the local fake of the Cloud Run Admin API."""
-    made = []
-    with FakeCloudRunApi() as fake:
-        def towards_the_fake(real):
-            def construct(*args, **kwargs):
-                client = real(*args, **{**kwargs, "credentials": AnonymousCredentials(), "transport": "rest",
-                                        "client_options": {"api_endpoint": fake.endpoint}})
-                made.append(client)
-                return client
-            return construct
-
-        monkeypatch.setattr(run_v2, "JobsClient", towards_the_fake(run_v2.JobsClient))
-        monkeypatch.setattr(run_v2, "ExecutionsClient", towards_the_fake(run_v2.ExecutionsClient))
-        yield fake
-        for client in made:
-            client.transport.close()
 
 
 def test_a_cloud_run_step_logs_the_job_s_progress_from_the_shared_mount(tmp_path, monkeypatch, caplog,
