@@ -32,7 +32,8 @@ def decide_training(
     hash) with this training config (same fingerprint), so the GPU would train the same adapter again;
     "train" otherwise, or always with force_training. The reason is in the summary. Takes the same training
     values as train_adapter; run_id keeps it out of any cache (the registry changes between runs)."""
-    from petqlora.steps import run_decide_training, train_config_values
+    from petqlora.steps import run_decide_training
+    from petqlora.train.config import train_config_values
 
     # as check_parameters built it: a pipeline parameter repeated in train_options is refused, not overridden
     config = train_config_values(

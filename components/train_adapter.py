@@ -33,7 +33,8 @@ def train_adapter(
 
     from petqlora.backends import Backend
     from petqlora.logs import setup_logging
-    from petqlora.steps import run_train_adapter, train_config_values
+    from petqlora.steps import run_train_adapter
+    from petqlora.train.config import train_config_values
 
     setup_logging(os.environ)
 

@@ -374,7 +374,7 @@ def test_lineage_of_a_registry_in_a_read_only_folder():
 
 @pytest.mark.parametrize("component", ["train_adapter", "decide_training"])
 def test_the_train_steps_build_the_config_as_the_check_does(component, tmp_path):
-    """train_adapter and decide_training build the training config with steps.train_config_values, as
+    """train_adapter and decide_training build the training config with train.config.train_config_values, as
     check_run does: a pipeline parameter repeated in train_options fails there too, never silently loses."""
     import importlib
 

@@ -27,7 +27,11 @@ from petqlora.train.progress import PROGRESS_FILE, ProgressWatcher
 if TYPE_CHECKING:  # the Cloud Run client library is imported only when a job is built
     from petqlora.cloud.cloud_run_spec import CloudRunJobConfig
 
-__all__ = ["Backend", "LocalRunError", "run_local"]
+__all__ = ["EVALUATE_MODULE", "TRAIN_MODULE", "Backend", "LocalRunError", "run_local"]
+
+# The entrypoints a Backend runs (on the GPU in the cloud); run_checks builds their Cloud Run jobs up front.
+TRAIN_MODULE = "petqlora.train.train_adapter"
+EVALUATE_MODULE = "petqlora.evaluation.evaluate"
 
 log = logging.getLogger("petqlora.backends")
 

@@ -119,7 +119,7 @@ def _train_fields() -> tuple[str, ...]:
 
 def _check_training(p: Problems, run: PipelineParams, bad: set[str]) -> None:
     """The TrainConfig built from train_options and the pipeline's fields, as the train step builds it."""
-    from petqlora.steps import train_config_values
+    from petqlora.train.config import train_config_values
     from petqlora.train.config import TrainConfig, parse_train_config
 
     shared = _train_fields()
@@ -174,7 +174,7 @@ def _check_backend(p: Problems, run: PipelineParams, bad: set[str], context: str
         p.add("backend", values, str(exc))
         return None
     if backend.kind == "cloud_run":
-        from petqlora.steps import EVALUATE_MODULE, TRAIN_MODULE
+        from petqlora.backends import EVALUATE_MODULE, TRAIN_MODULE
 
         for module in (TRAIN_MODULE, EVALUATE_MODULE):
             try:

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from petqlora import schema
 
-from petqlora.backends import Backend
-from petqlora.problems import Problems
+from petqlora.backends import EVALUATE_MODULE, TRAIN_MODULE, Backend
 
 log = logging.getLogger("petqlora.steps")
 
@@ -28,9 +27,6 @@ APPROACHES = {
     "gemma3_baseline": "Gemma 3 baseline (zero-shot)",
     "champion": "Current registered version",
 }
-# The entrypoints a Backend runs (on the GPU in the cloud); run_checks builds their Cloud Run jobs up front.
-TRAIN_MODULE = "petqlora.train.train_adapter"
-EVALUATE_MODULE = "petqlora.evaluation.evaluate"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -112,18 +108,6 @@ def run_validate_token_boundaries(dataset_dir: str, out_dir: str, report_path: s
 
 
 # ---- train_adapter
-
-def train_config_values(train_options: dict, **pipeline_fields) -> dict:
-    """The training config's values as the train step builds them: ``train_options`` (any other TrainConfig
-    field) and the pipeline parameters that are TrainConfig fields. A parameter repeated in train_options is
-    refused, not silently overridden."""
-    p = Problems("train_options")
-    for key in sorted(set(train_options) & set(pipeline_fields)):
-        p.add(f"train_options.{key}", train_options[key], f"repeats the pipeline parameter {key}, which sets it",
-              f"drop it from train_options and set the parameter {key}")
-    p.raise_if_any()
-    return {**train_options, **pipeline_fields}
-
 
 def run_train_adapter(dataset_dir: str, out_dir: str, train_config: dict, backend: Backend, task_id: str) -> dict:
     """Write the config next to the outputs, run the entrypoint, and return the training metrics."""

@@ -102,6 +102,18 @@ def _is_device(name: object) -> bool:
     return True
 
 
+def train_config_values(train_options: dict, **pipeline_fields) -> dict:
+    """The training config's values as the train step builds them: ``train_options`` (any other TrainConfig
+    field) and the pipeline parameters that are TrainConfig fields. A parameter repeated in train_options is
+    refused, not silently overridden."""
+    p = Problems("train_options")
+    for key in sorted(set(train_options) & set(pipeline_fields)):
+        p.add(f"train_options.{key}", train_options[key], f"repeats the pipeline parameter {key}, which sets it",
+              f"drop it from train_options and set the parameter {key}")
+    p.raise_if_any()
+    return {**train_options, **pipeline_fields}
+
+
 def run_fingerprint(cfg: TrainConfig, dataset_hash: str | None) -> dict:
     """What must match for a checkpoint or a finished output to belong to this run."""
     values = {k: v for k, v in asdict(cfg).items() if k not in _BOOKKEEPING_FIELDS}
