@@ -23,7 +23,7 @@ import bench_model  # noqa: E402
 
 from petqlora.data import dataset as data_lib  # noqa: E402
 from petqlora.gemma.encoding import PromptEncoder  # noqa: E402
-from petqlora.evaluation.evaluate import candidate_ids, score_classes, score_classes_packed  # noqa: E402
+from petqlora.evaluation.scorers import candidate_ids, score_classes, score_classes_packed  # noqa: E402
 
 
 @torch.no_grad()

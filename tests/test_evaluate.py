@@ -26,13 +26,12 @@ from petqlora.gemma.encoding import PromptEncoder
 from petqlora.evaluation.evaluate import (
     UNPARSEABLE,
     EvalConfig,
-    candidate_ids,
     evaluate,
     generate_answer,
     match_answer,
     normalize_answer,
-    score_classes,
 )
+from petqlora.evaluation.scorers import candidate_ids, score_classes
 from petqlora.gemma.masking import IGNORE_INDEX
 from petqlora.gemma.modeling import load_model_and_processor
 from petqlora.gemma.processors import load_processor
@@ -147,7 +146,7 @@ def test_score_classes_equals_the_full_sequence_log_likelihood(variant, checkpoi
 def test_packed_scorer_equals_the_full_sequence_log_likelihood(variant, checkpoints, manifest, images):
     """One forward for a batch of images, every class packed after each prompt: the same scores as running
     each training sequence on its own (float64, so only the algorithm could differ)."""
-    from petqlora.evaluation.evaluate import score_classes_packed
+    from petqlora.evaluation.scorers import score_classes_packed
 
     base = variant.split("+")[0]
     model, processor, family = _load(str(checkpoints[base]), torch.float64)
@@ -164,7 +163,7 @@ def test_packed_scorer_equals_the_full_sequence_log_likelihood(variant, checkpoi
 
 
 def test_packed_scorer_refuses_gemma3(checkpoints, manifest, images):
-    from petqlora.evaluation.evaluate import score_classes_packed
+    from petqlora.evaluation.scorers import score_classes_packed
 
     model, processor, family = _load(str(checkpoints["gemma3"]), torch.float32)
     encoder = PromptEncoder(processor, family, manifest["instruction"])
