@@ -1,7 +1,10 @@
 """Data-parallel training (train/distributed.py): the real entrypoint under torchrun with two CPU processes
 (gloo) trains the adapter one process trains, from the same global batches.
 
-- The step's shares (shard_step), torchrun's variables, and the world-size rule (a world size that does not
+- The collectives with two gloo processes (torch.multiprocessing, tests/distributed_worker.py): a gradient
+  missing on one rank counts as zero, one missing on every rank stays missing, buckets and dtypes, sums,
+  every rank's RNG state for rank 0's checkpoint, ranks that disagree found.
+- The step's shares (shard_step), torchrun's variables, each rank's device, and the world-size rule (a world size that does not
   divide batch_size x grad_accum is refused in one message, before any model is loaded).
 - `python -m petqlora.train.train_adapter` alone, and under `python -m torch.distributed.run --standalone
   --nproc-per-node 2`, on the tiny Gemma 4 and 12 synthetic images, LoRA dropout 0 (with dropout the ranks
@@ -33,7 +36,7 @@ import torch
 from safetensors.torch import load_file
 
 from petqlora.train.config import TrainConfig, check_world_size
-from petqlora.train.distributed import SINGLE, Ranks, ranks_from_environment, shard_step
+from petqlora.train.distributed import SINGLE, Ranks, rank_device, ranks_from_environment, shard_step
 from petqlora.train.train_adapter import train_adapter
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -89,6 +92,36 @@ def test_ranks_come_from_torchruns_variables():
         ranks_from_environment({**env, "WORLD_SIZE": "2", "RANK": "2"})
     with pytest.raises(ValueError, match="LOCAL_RANK='x': must be a whole number"):
         ranks_from_environment({**env, "LOCAL_RANK": "x"})
+
+
+def test_rank_devices():
+    assert rank_device(SINGLE, "cpu") == torch.device("cpu")
+    two = Ranks(1, 1, 2)
+    assert rank_device(two, "cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device='cuda:1' under torchrun: each rank trains on cuda:LOCAL_RANK"):
+        rank_device(two, "cuda:1")
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(ValueError, match="LOCAL_RANK=1 but this machine shows"):
+            rank_device(two, "cuda")
+
+
+def test_collectives_over_two_gloo_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    from distributed_worker import collectives
+
+    mp.spawn(collectives, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for g in got:
+        grads = g["grads"]
+        torch.testing.assert_close(grads[0], torch.full((3,), 3.0), rtol=0, atol=0)  # 1 + 2
+        torch.testing.assert_close(grads[1], torch.ones(2, 2), rtol=0, atol=0)  # rank 1's missing one counts 0
+        assert grads[2] is None  # missing on every rank: stays missing, as with one process
+        torch.testing.assert_close(grads[3], torch.arange(4, dtype=torch.float64) * 3, rtol=0, atol=0)
+        torch.testing.assert_close(grads[4], 2 * torch.arange(6.0) + 10, rtol=0, atol=0)
+        assert tuple(g["sums"]) == (1.5, 14.0)
+        assert g["rng_keys"] == ["torch", "torch.rank1"] and g["rng_differ"]
+        assert "the ranks disagree on the rank: [0, 1]" in g["disagreement"]
 
 
 def test_a_world_size_that_does_not_divide_the_step_is_refused_before_loading(dataset, tmp_path):

@@ -28,10 +28,9 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
-
-from petqlora.gemma.modeling import resolve_device
 
 __all__ = ["SINGLE", "Ranks", "barrier", "broadcast_from_main", "check_agree", "gather_objects", "seed_rank",
            "gather_rng_states", "ranks_from_environment", "reduce_gradients", "session", "shard_step",
@@ -40,6 +39,7 @@ __all__ = ["SINGLE", "Ranks", "barrier", "broadcast_from_main", "check_agree", "
 ENV_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # Elements per all-reduce of gradients: the flat copy is at most this big (256 MiB of fp32).
 BUCKET_ELEMENTS = 64 * 2**20
+COLLECTIVE_TIMEOUT_MIN = 30
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,8 @@ def ranks_from_environment(environ: Mapping[str, str]) -> Ranks:
 
 def rank_device(ranks: Ranks, device_name: str) -> torch.device:
     """The device of this rank: cuda:LOCAL_RANK when the config's device is a GPU ("auto" with one, "cuda")."""
+    from petqlora.gemma.modeling import resolve_device  # here: the module needs no transformers to import
+
     device = resolve_device(device_name)
     if not ranks.parallel or device.type != "cuda":
         return device
@@ -116,8 +118,10 @@ def session(environ: Mapping[str, str], device_name: str) -> Iterator[Ranks]:
     device = rank_device(ranks, device_name)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    # The other ranks wait in a collective while rank 0 writes a checkpoint or the adapter, on a bucket
+    # mount possibly: a longer wait than the 10-minute default is not a hang.
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ranks.rank,
-                            world_size=ranks.world_size)
+                            world_size=ranks.world_size, timeout=timedelta(minutes=COLLECTIVE_TIMEOUT_MIN))
     ranks = Ranks(ranks.rank, ranks.local_rank, ranks.world_size, device)
     quiet = _quiet_other_ranks(ranks)
     try:

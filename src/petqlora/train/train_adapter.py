@@ -119,24 +119,20 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
         distributed.barrier(ranks)
         return {"stopped_at_step": state.global_step}
 
-    peaks = distributed.gather_objects(ranks, _peak_memory_gib(run.device))
+    peaks = distributed.gather_objects(ranks, _peak_memory_gib(run.device))  # each GPU's, for the metrics
+    if ranks.main:
+        adapter_dir = _write_adapter(output, trainer.model, run.processor, cfg, run.targets)
+        try:
+            loss_curve_png([tuple(x) for x in state.losses], output / "loss_curve.png")
+        except Exception as exc:  # a missing plot must not lose a trained adapter
+            log.warning("could not draw the loss curve: %s", exc)
     metrics = _metrics(run, cfg, state, started, task_attempt, fingerprint, ranks, peaks)
     if ranks.main:
-        _write_outputs(output, run, cfg, state, metrics)
+        write_json_atomically(output / "metrics.json", metrics)  # last: its presence marks a finished run
+        log.info("adapter written to %s (%d steps, final loss %s, %.1fs training)", adapter_dir, state.global_step,
+                 metrics["final_loss"], state.elapsed_s)
     distributed.barrier(ranks)  # every rank returns once the outputs are there
     return metrics
-
-
-def _write_outputs(output: Path, run: _Run, cfg: TrainConfig, state: TrainState, metrics: dict) -> None:
-    """The adapter, loss_curve.png, then metrics.json (last: its presence marks a finished run)."""
-    adapter_dir = _write_adapter(output, run.trainer.model, run.processor, cfg, run.targets)
-    try:
-        loss_curve_png([tuple(x) for x in state.losses], output / "loss_curve.png")
-    except Exception as exc:  # a missing plot must not lose a trained adapter
-        log.warning("could not draw the loss curve: %s", exc)
-    write_json_atomically(output / "metrics.json", metrics)
-    log.info("adapter written to %s (%d steps, final loss %s, %.1fs training)", adapter_dir, state.global_step,
-             metrics["final_loss"], state.elapsed_s)
 
 
 @dataclass
