@@ -1,6 +1,7 @@
 """The QLoRA training loop: the optimizer, the model made ready for training (LoRA, gradient checkpointing,
 fused kernels), one optimizer step's forward and backward over its micro-batches, and the steps from a
-TrainState to the last one, with progress logging and checkpoints."""
+TrainState to the last one, with progress logging and checkpoints. Under data parallelism each rank runs its
+share of every step and the sums go through train/distributed.py."""
 
 from __future__ import annotations
 
