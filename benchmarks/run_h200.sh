@@ -21,6 +21,8 @@
 #   check       entrypoint_check.py on the tiny gemma4-31b, eager kernels (tag h200_entrypoint_tiny),
 #               pytest tests/test_gpu.py, eval_benchmark.py (tag h200_31b_packed, as the eval stage) and a
 #               steady-state train_benchmark.py of two variants (tag h200_31b_steady)
+#   ddp         ddp_benchmark.py, 60 + 27 layers, on 1 then 2 GPUs under torchrun (the nvidia-h200-x2 machine):
+#               samples/s, scaling and peak memory per GPU (TAG, default h200x2_31b_ddp; STEPS, default 4)
 #   (no stage: bench)
 #
 # Results: each run writes its JSON to $OUT/<tag>/ (train.json, eval.json, entrypoint.json,
@@ -61,6 +63,10 @@ stage() {
       --variants reference,ours_as_was_b8,ours_bf16_b8,ours_bf16_b8_frozen_vision,ours_bf16_b16_frozen_vision
     timeout 150 python3 benchmarks/eval_benchmark.py --out "$OUT" --tag h200_31b --text-layers 60 --vision-layers 27
     ;;
+  ddp)
+    timeout 560 python3 benchmarks/ddp_benchmark.py --out "$OUT" --tag "${TAG:-h200x2_31b_ddp}" \
+      --text-layers 60 --vision-layers 27 --gpus 1,2 --steps "${STEPS:-4}" --timeout-s 270
+    ;;
   check)
     timeout 330 python3 benchmarks/entrypoint_check.py --models tiny --eager --out "$OUT" --tag h200_entrypoint_tiny
     timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
@@ -79,7 +85,8 @@ eval)       LOG=$OUT/h200_31b_packed/eval.log ;;
 agreement)  LOG=$OUT/h200_scorer_agreement/scorer_agreement.log ;;
 bench)      LOG=$OUT/h200_31b/bench.log ;;
 check)      LOG=$OUT/h200_entrypoint_tiny/check.log ;;
-*) echo "unknown stage '$STAGE': train, gpu, entrypoint, eval, agreement, bench or check" >&2; exit 2 ;;
+ddp)        LOG=$OUT/${TAG:-h200x2_31b_ddp}/ddp.log ;;
+*) echo "unknown stage '$STAGE': train, gpu, entrypoint, eval, agreement, bench, check or ddp" >&2; exit 2 ;;
 esac
 mkdir -p "$(dirname "$LOG")"
 stage 2>&1 | grep --line-buffered -v -E 'Warning:|warnings\.warn|it/s\]' | tee "$LOG"

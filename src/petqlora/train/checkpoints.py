@@ -54,10 +54,11 @@ def remove_partial_checkpoints(output: Path) -> None:
 
 
 def save_checkpoint(output: Path, model, optimizer, scheduler, state: TrainState, keep: int,
-                    fingerprint: dict | None = None) -> Path:
+                    fingerprint: dict | None = None, rng: dict[str, torch.Tensor] | None = None) -> Path:
     """Write checkpoints/step-N atomically (into step-N.tmp, then one rename) and keep the newest `keep`.
 
     Called after the optimizer step, so the RNG state saved is the one the *next* step starts from.
+    `rng`: the RNG states to save (data-parallel rank 0 passes every rank's); None: this process's.
     """
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -72,9 +73,10 @@ def save_checkpoint(output: Path, model, optimizer, scheduler, state: TrainState
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
     # Only torch's generators drive training randomness (LoRA dropout); the data order comes from
     # batch_plan(seed, epoch) and the position in state.json, so Python's and numpy's RNGs need no saving.
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
+    if rng is None:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, str(tmp / "rng.safetensors"))
     (tmp / "state.json").write_text(json.dumps({**asdict(state), "run": fingerprint}))
     shutil.rmtree(final, ignore_errors=True)
@@ -98,26 +100,37 @@ def read_checkpoint(path: Path) -> dict:
     }
 
 
-def restore_checkpoint(ckpt: dict, model, optimizer, scheduler) -> TrainState:
-    """Put a read checkpoint's adapter, optimizer, scheduler and RNG state in place; returns the position."""
+def restore_checkpoint(ckpt: dict, model, optimizer, scheduler, rank: int = 0) -> TrainState:
+    """Put a read checkpoint's adapter, optimizer, scheduler and RNG state in place; returns the position.
+
+    `rank`: a data-parallel rank other than 0 takes its own RNG state (`torch.rankN`), when the checkpoint
+    holds one (it does not after a change of world size: that rank's dropout stream then starts afresh).
+    """
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(model, ckpt["adapter"])
     optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
     scheduler.load_state_dict(ckpt["optimizer"]["scheduler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    suffix = "" if rank == 0 else f".rank{rank}"
+    if "torch" + suffix in ckpt["rng"]:
+        torch.set_rng_state(ckpt["rng"]["torch" + suffix])
+    else:
+        log.warning("the checkpoint holds no RNG state for rank %d (saved with fewer processes): its LoRA "
+                    "dropout stream starts afresh", rank)
+    if "cuda" + suffix in ckpt["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda" + suffix])
     return ckpt["state"]
 
 
 def resume_latest(output: Path, fingerprint: dict, model, optimizer, scheduler, total_steps: int,
-                  task_attempt: int) -> TrainState:
+                  task_attempt: int, rank: int = 0) -> TrainState:
     """Restore the newest readable checkpoint of this run in `output`; a fresh TrainState when there is none.
 
     A checkpoint of a different run is an error (see check_same_run); a damaged one is skipped for an older.
+    Every data-parallel rank reads the same checkpoint; only rank 0 cleans up partial ones.
     """
-    remove_partial_checkpoints(output)
+    if rank == 0:
+        remove_partial_checkpoints(output)
     checkpoints = checkpoint_dirs(output)
     for path in reversed(checkpoints):
         try:
@@ -129,7 +142,7 @@ def resume_latest(output: Path, fingerprint: dict, model, optimizer, scheduler, 
                         type(exc).__name__, exc)
             continue
         check_same_run(ckpt["run"], fingerprint, path)  # a different run's checkpoint is an error, not damage
-        state = restore_checkpoint(ckpt, model, optimizer, scheduler)
+        state = restore_checkpoint(ckpt, model, optimizer, scheduler, rank)
         log.info("resuming from %s (step %d/%d, epoch %d, task attempt %d)", path.name, state.global_step,
                  total_steps, state.epoch, task_attempt)
         return state

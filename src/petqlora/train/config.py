@@ -3,6 +3,7 @@ or a finished output to the config and dataset that made it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -100,6 +101,28 @@ def _is_device(name: object) -> bool:
     except (RuntimeError, TypeError):
         return False
     return True
+
+
+def check_world_size(cfg: TrainConfig, world_size: int, problems: Problems | None = None) -> None:
+    """Data parallelism over `world_size` processes (GPUs) shares each optimizer step's batch_size x grad_accum
+    samples evenly: refuses a world size that does not divide them. With `problems`, adds to them instead
+    of raising (the run checks gather every problem of a run)."""
+    p = problems if problems is not None else Problems("data-parallel training")
+    per_step = cfg.batch_size * cfg.grad_accum
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        p.add("world_size", world_size, "must be a whole number of processes >= 1", "run 1 or more processes")
+    else:
+        divisors = [d for d in range(2, per_step + 1) if per_step % d == 0 and d <= 8]
+        every = world_size // math.gcd(world_size, cfg.batch_size)  # grad_accum must be a multiple of this
+        grad_accum = -(-cfg.grad_accum // every) * every
+        p.check(per_step % world_size == 0, "world_size", world_size,
+                f"must divide batch_size x grad_accum = {cfg.batch_size} x {cfg.grad_accum} = {per_step}, the "
+                "samples of one optimizer step that the processes share evenly",
+                f"make batch_size x grad_accum a multiple of {world_size} (e.g. grad_accum={grad_accum}), or run "
+                f"on a number of GPUs that divides {per_step}"
+                + (f" ({', '.join(map(str, divisors))})" if divisors else ""))
+    if problems is None:
+        p.raise_if_any()
 
 
 def train_config_values(train_options: dict, **pipeline_fields) -> dict:

@@ -1,6 +1,7 @@
 """The QLoRA training loop: the optimizer, the model made ready for training (LoRA, gradient checkpointing,
 fused kernels), one optimizer step's forward and backward over its micro-batches, and the steps from a
-TrainState to the last one, with progress logging and checkpoints."""
+TrainState to the last one, with progress logging and checkpoints. Under data parallelism each rank runs its
+share of every step and the sums go through train/distributed.py."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from petqlora.gemma.masking import IGNORE_INDEX
 from petqlora.gemma.modeling import fuse_elementwise, has_gemma4_norms, supervised_logits
 from petqlora.train.checkpoints import TrainState
 from petqlora.train.config import TrainConfig
+from petqlora.train.distributed import SINGLE, Ranks, reduce_gradients, shard_step, sum_numbers
 from petqlora.train.examples import TrainingExamples, micro_batches
 from petqlora.train.feature_cache import ImageFeatureCache
 from petqlora.train.progress import TrainProgress
@@ -70,15 +72,20 @@ def uses_autocast(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.autocast_bf16 if cfg.autocast_bf16 is not None else device.type == "cuda"
 
 
+def supervised_tokens(encoded: list[dict]) -> int:
+    return sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in encoded)
+
+
 def forward_backward(model, encoded: list[dict], device: torch.device, autocast: bool,
-                     cache: ImageFeatureCache | None = None) -> tuple[float, int]:
+                     cache: ImageFeatureCache | None = None, n_tokens: int | None = None) -> tuple[float, int]:
     """Forward and backward over one optimizer step's micro-batches; returns (loss, tokens attended).
 
     The loss is the mean over every supervised token of the step, however they fall into micro-batches.
     With a `cache`, each micro-batch carries `image_keys` (its record ids) and the cache stands in for the
-    vision tower.
+    vision tower. `n_tokens`: the step's supervised tokens over all data-parallel ranks (None: those of
+    `encoded`), so that the ranks' losses and gradients add up to the one-process ones.
     """
-    n_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in encoded)
+    n_tokens = supervised_tokens(encoded) if n_tokens is None else n_tokens
     total, seen = 0.0, 0
     for b in encoded:
         batch = {k: v.to(device) for k, v in b.items() if k not in ("labels", "image_keys")}
@@ -104,11 +111,23 @@ class Trainer:
     device: torch.device
     autocast: bool
     cache: ImageFeatureCache | None = None
+    ranks: Ranks = SINGLE  # data parallelism: this process's rank and the world size
 
 
 def optimizer_step(trainer: Trainer, encoded: list[dict], max_grad_norm: float) -> tuple[float, int]:
-    """Forward, backward, clip and step over one step's micro-batches; returns (loss, tokens attended)."""
-    total, seen = forward_backward(trainer.model, encoded, trainer.device, trainer.autocast, trainer.cache)
+    """Forward, backward, clip and step over one step's micro-batches; returns (loss, tokens attended).
+
+    Data-parallel: `encoded` is this rank's share; the loss, the tokens and the LoRA gradients are summed
+    over the ranks before clipping, so every rank takes the same step.
+    """
+    ranks = trainer.ranks
+    n_tokens = int(sum_numbers(ranks, supervised_tokens(encoded))[0]) if ranks.parallel else None
+    total, seen = forward_backward(trainer.model, encoded, trainer.device, trainer.autocast, trainer.cache,
+                                   n_tokens=n_tokens)
+    if ranks.parallel:
+        reduce_gradients(ranks, trainer.trainable)
+        total, seen = sum_numbers(ranks, total, seen)
+        seen = int(seen)
     torch.nn.utils.clip_grad_norm_(trainer.trainable, max_grad_norm)
     trainer.optimizer.step()
     trainer.scheduler.step()
@@ -131,7 +150,8 @@ def train_steps(trainer: Trainer, examples: TrainingExamples, state: TrainState,
     while state.global_step < total_steps:
         step_started = time.perf_counter()
         group = [next(stream) for _ in range(cfg.grad_accum)]
-        encoded = [examples.encode(idx, with_image_keys=trainer.cache is not None) for _, _, idx in group]
+        mine = shard_step([idx for _, _, idx in group], trainer.ranks)  # all of it with one process
+        encoded = [examples.encode(idx, with_image_keys=trainer.cache is not None) for idx in mine]
         total, seen = optimizer_step(trainer, encoded, cfg.max_grad_norm)
         state.tokens_seen += seen
         samples_here += sum(len(idx) for _, _, idx in group)

@@ -20,6 +20,12 @@ on CPU). A re-run of a *finished* output (metrics.json and the adapter present) 
 metrics without training again. Either way the checkpoint or output must have been made with the same
 training config and dataset; otherwise the run stops and says which fields differ.
 
+Data parallelism. Under `torchrun --nproc-per-node N` the same entrypoint trains on N processes (one GPU
+each; gloo on a CPU), each holding the whole model: every optimizer step's batch_size x grad_accum samples,
+in the one-process order, are shared evenly, the LoRA gradients summed, and the loss stays the mean over
+the step's supervised tokens (train/distributed.py). N must divide batch_size x grad_accum. Rank 0 alone
+writes the checkpoints, progress, adapter and metrics and logs; every rank resumes from the same checkpoint.
+
 No checkpoint is written at the final step: the adapter and metrics.json are the final state, and a kill
 before metrics.json is written only repeats the steps after the last checkpoint.
 
@@ -50,7 +56,9 @@ from petqlora.gemma.encoding import PromptEncoder
 from petqlora.gemma.modeling import load_model_and_processor, resolve_device
 from petqlora.train.checkpoints import (TrainState, finished_metrics, resume_latest, save_checkpoint,
                                        write_json_atomically)
-from petqlora.train.config import TrainConfig, check_same_run, run_fingerprint
+from petqlora.train import distributed
+from petqlora.train.config import TrainConfig, check_same_run, check_world_size, run_fingerprint
+from petqlora.train.distributed import SINGLE, Ranks
 from petqlora.train.examples import TrainingExamples, select_examples
 from petqlora.train.feature_cache import ImageFeatureCache
 from petqlora.train.loop import Trainer, build_optimizer, prepare_for_training, train_steps, uses_autocast
@@ -61,20 +69,23 @@ log = logging.getLogger("petqlora.train.train_adapter")
 
 
 def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainConfig,
-                  stop_after_steps: int | None = None, task_attempt: int = 0) -> dict:
+                  stop_after_steps: int | None = None, task_attempt: int = 0, ranks: Ranks = SINGLE) -> dict:
     """Train the LoRA adapter; writes OUTPUT/adapter, loss_curve.png and metrics.json; returns the metrics.
 
     Resumes from the newest checkpoint in OUTPUT, and returns the existing metrics when OUTPUT already
     holds a finished run of the same config and dataset (see the module docstring). `task_attempt` is
     the Cloud Run task attempt, for the log and the metrics. `stop_after_steps` ends the run early (as a
     kill would) after that many optimizer steps in this call, leaving its checkpoints: tests use it to
-    show that resuming gives the same adapter.
+    show that resuming gives the same adapter. `ranks`: this process's place in a data-parallel run
+    (distributed.session); every rank calls this, and rank 0 alone writes.
     """
     if stop_after_steps is not None and stop_after_steps < 1:
         raise ValueError(f"stop_after_steps={stop_after_steps} must be >= 1 or None")
+    check_world_size(cfg, ranks.world_size)
     started = time.perf_counter()
     output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    if ranks.main:
+        output.mkdir(parents=True, exist_ok=True)
     manifest = data_lib.read_manifest(dataset_dir)
     fingerprint = run_fingerprint(cfg, manifest.get("dataset_hash"))
 
@@ -85,29 +96,42 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
                  "training again", output, done["steps"], done["final_loss"])
         return done
 
-    run = _prepare_run(dataset_dir, manifest["instruction"], cfg)
+    run = _prepare_run(dataset_dir, manifest["instruction"], cfg, ranks)
     trainer = run.trainer
     state = resume_latest(output, fingerprint, trainer.model, trainer.optimizer, trainer.scheduler,
-                          run.total_steps, task_attempt)
-    log.info("training %d steps (%d examples, %d per step) from step %d with %s on %s", run.total_steps,
-             len(run.examples.records), cfg.batch_size * cfg.grad_accum, state.global_step, run.optimizer_name,
-             run.device)
+                          run.total_steps, task_attempt, rank=ranks.rank)
+    distributed.check_agree(ranks, state.global_step, "the step to resume from")
+    log.info("training %d steps (%d examples, %d per step%s) from step %d with %s on %s", run.total_steps,
+             len(run.examples.records), cfg.batch_size * cfg.grad_accum,
+             f" over {ranks.world_size} processes" if ranks.parallel else "", state.global_step,
+             run.optimizer_name, run.device)
+
+    def save(s: TrainState) -> None:
+        rng = distributed.gather_rng_states(ranks)  # every rank's, for rank 0 to save: all take part
+        if ranks.main:
+            save_checkpoint(output, trainer.model, trainer.optimizer, trainer.scheduler, s, cfg.keep_checkpoints,
+                            fingerprint, rng=rng)
+
+    on_log = (lambda progress: _write_progress(output, progress)) if ranks.main else None
     finished = train_steps(trainer, run.examples, state, cfg, run.total_steps, stop_after_steps=stop_after_steps,
-                           save=lambda s: save_checkpoint(output, trainer.model, trainer.optimizer, trainer.scheduler,
-                                                          s, cfg.keep_checkpoints, fingerprint),
-                           on_log=lambda progress: _write_progress(output, progress))
+                           save=save, on_log=on_log)
     if not finished:
+        distributed.barrier(ranks)
         return {"stopped_at_step": state.global_step}
 
-    adapter_dir = _write_adapter(output, trainer.model, run.processor, cfg, run.targets)
-    try:
-        loss_curve_png([tuple(x) for x in state.losses], output / "loss_curve.png")
-    except Exception as exc:  # a missing plot must not lose a trained adapter
-        log.warning("could not draw the loss curve: %s", exc)
-    metrics = _metrics(run, cfg, state, started, task_attempt, fingerprint)
-    write_json_atomically(output / "metrics.json", metrics)  # last: its presence marks a finished run
-    log.info("adapter written to %s (%d steps, final loss %s, %.1fs training)", adapter_dir, state.global_step,
-             metrics["final_loss"], state.elapsed_s)
+    peaks = distributed.gather_objects(ranks, _peak_memory_gib(run.device))  # each GPU's, for the metrics
+    if ranks.main:
+        adapter_dir = _write_adapter(output, trainer.model, run.processor, cfg, run.targets)
+        try:
+            loss_curve_png([tuple(x) for x in state.losses], output / "loss_curve.png")
+        except Exception as exc:  # a missing plot must not lose a trained adapter
+            log.warning("could not draw the loss curve: %s", exc)
+    metrics = _metrics(run, cfg, state, started, task_attempt, fingerprint, ranks, peaks)
+    if ranks.main:
+        write_json_atomically(output / "metrics.json", metrics)  # last: its presence marks a finished run
+        log.info("adapter written to %s (%d steps, final loss %s, %.1fs training)", adapter_dir, state.global_step,
+                 metrics["final_loss"], state.elapsed_s)
+    distributed.barrier(ranks)  # every rank returns once the outputs are there
     return metrics
 
 
@@ -128,11 +152,11 @@ class _Run:
     total_steps: int
 
 
-def _prepare_run(dataset_dir: str | Path, instruction: str, cfg: TrainConfig) -> _Run:
+def _prepare_run(dataset_dir: str | Path, instruction: str, cfg: TrainConfig, ranks: Ranks = SINGLE) -> _Run:
     """Seed, load the base model, select the examples, wrap the model with LoRA, and build the optimizer."""
     from transformers import get_cosine_schedule_with_warmup
 
-    device = resolve_device(cfg.device)
+    device = ranks.device or resolve_device(cfg.device)
     quantize = cfg.quantize == "4bit" or (cfg.quantize == "auto" and device.type == "cuda")
     if not quantize:
         log.info("training without 4-bit quantization on %s (quantize=%s): the same LoRA, full-precision base",
@@ -166,9 +190,11 @@ def _prepare_run(dataset_dir: str | Path, instruction: str, cfg: TrainConfig) ->
     batches_per_epoch = math.ceil(len(records) / cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
     trainable = [p for p in model.parameters() if p.requires_grad]
+    distributed.broadcast_from_main(ranks, trainable)  # one initial adapter on every rank
+    distributed.seed_rank(ranks, cfg.seed)  # then a dropout stream of each rank's own
     optimizer, opt_name = build_optimizer(trainable, cfg, device)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    trainer = Trainer(model, trainable, optimizer, scheduler, device, autocast, cache)
+    trainer = Trainer(model, trainable, optimizer, scheduler, device, autocast, cache, ranks)
     return _Run(device, quantize, n_4bit, family, processor, TrainingExamples(dataset_dir, encoder, records, lengths),
                 dropped, targets, trainer, opt_name, total_steps)
 
@@ -191,7 +217,7 @@ def _write_adapter(output: Path, model, processor, cfg: TrainConfig, targets: li
 
 
 def _metrics(run: _Run, cfg: TrainConfig, state: TrainState, started: float, task_attempt: int,
-             fingerprint: dict) -> dict:
+             fingerprint: dict, ranks: Ranks = SINGLE, peaks: list[float] | None = None) -> dict:
     """metrics.json of a finished run, as JSON reads it back."""
     train_time, device, cache = state.elapsed_s, run.device, run.trainer.cache
     metrics = {
@@ -203,7 +229,9 @@ def _metrics(run: _Run, cfg: TrainConfig, state: TrainState, started: float, tas
         "tokens_per_s": state.tokens_seen / train_time if train_time else None,
         "train_time_s": train_time,  # time in training steps, summed over attempts
         "wall_time_s": time.perf_counter() - started,  # this attempt, model loading and checkpoints included
-        "peak_memory_gib": _peak_memory_gib(device), "memory_kind": "GPU" if device.type == "cuda" else "CPU RSS",
+        "peak_memory_gib": peaks[0] if peaks else _peak_memory_gib(device),
+        "memory_kind": "GPU" if device.type == "cuda" else "CPU RSS",
+        "world_size": ranks.world_size, "peak_memory_gib_per_rank": peaks,  # tokens_per_s: all ranks together
         "lora_target_modules": run.targets, "config": asdict(cfg), "task_attempt": task_attempt,
         "image_feature_cache": None if cache is None else {
             "images": len(cache), "host_gib": cache.nbytes / 2**30, "hits": cache.hits, "misses": cache.misses},
@@ -236,7 +264,9 @@ def _peak_memory_gib(device: torch.device) -> float:
 def _train_this_attempt(dataset: str, output: str, cfg: TrainConfig) -> dict:
     # The runtime contract is read here, not in the library: Cloud Run numbers a task's retries from 0.
     attempt = int(os.environ.get("CLOUD_RUN_TASK_ATTEMPT", "0") or 0)
-    return train_adapter(dataset, output, cfg, task_attempt=attempt)
+    # torchrun's variables make this process one rank of a data-parallel run; without them, the only one.
+    with distributed.session(os.environ, cfg.device) as ranks:
+        return train_adapter(dataset, output, cfg, task_attempt=attempt, ranks=ranks)
 
 
 def main(argv: list[str] | None = None) -> int:
