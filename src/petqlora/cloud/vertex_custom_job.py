@@ -133,10 +133,10 @@ class CustomJobConfig:
             return
         p.check(self.accelerator_type == machine.accelerator_type, "accelerator_type", self.accelerator_type,
                 f"is not the GPU of {self.machine_type}", f"use {machine.accelerator_type!r}")
-        p.check(self.accelerator_count == machine.accelerator_count, "accelerator_count", self.accelerator_count,
-                f"is not the number of GPUs of {self.machine_type}", f"use {machine.accelerator_count}")
-        p.check(_positive_int(self.processes, machine.accelerator_count), "processes", self.processes,
-                f"must be 1..{machine.accelerator_count} (one process per GPU of {self.machine_type})")
+        if p.check(self.accelerator_count == machine.accelerator_count, "accelerator_count", self.accelerator_count,
+                   f"is not the number of GPUs of {self.machine_type}", f"use {machine.accelerator_count}"):
+            p.check(_positive_int(self.processes, machine.accelerator_count), "processes", self.processes,
+                    f"must be 1..{machine.accelerator_count} (one process per GPU of {self.machine_type})")
         p.check(self.replica_count == 1, "replica_count", self.replica_count,
                 "must be 1: the training runs on the GPUs of one machine (torchrun --standalone)",
                 "for more GPUs, pick a machine type with more (e.g. a3-highgpu-8g)")
