@@ -1,4 +1,5 @@
-"""The command line of `python pipeline.py`: run-local, params, compile, submit, schedule, register, lineage.
+"""The command line of `python pipeline.py`: run-local, params, compile, submit, schedule, register, lineage,
+gpu-job.
 
 pipeline.py holds the DAG; this module parses the commands and calls the library. The pipeline function is
 imported when a command needs it (run-local, compile), so importing this module builds no pipeline.
@@ -145,6 +146,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--region", default=None, help="Vertex AI region (with --vertex)")
     p.add_argument("--dry-run", action="store_true",
                    help="with --vertex: print the requests the client would send, as JSON; needs no credentials")
+
+    from petqlora.cloud import gpu_job
+
+    gpu_job.add_parser(sub)  # gpu-job: one GPU step on a cloud backend, or its requests (--dry-run)
     return parser
 
 
@@ -200,6 +205,10 @@ def _command(args) -> int:
             labels=_labels(args.label), run_id=args.run_id, dry_run=args.dry_run,
             evaluation=json.loads(Path(args.evaluation).read_text()) if args.evaluation else None)
         return 0
+    if args.command == "gpu-job":
+        from petqlora.cloud import gpu_job
+
+        return gpu_job.command(args)
     if args.command == "lineage" and args.dry_run and not args.vertex:
         raise ValueError("--dry-run needs --vertex: the local lineage reads the SQLite registry and sends no request")
     if args.command == "lineage" and args.vertex:

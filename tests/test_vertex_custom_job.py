@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
+import sys
 import threading
 import time
 
@@ -27,6 +29,8 @@ from petqlora.cloud.vertex_custom_job import MACHINES, build_custom_job
 from petqlora.cloud.vertex_custom_job_launcher import CustomJobError, CustomJobLauncher
 
 from fakes.vertex_custom_jobs import FakeCustomJobs
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # cli.py, at the repository root
 
 IMAGE = "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0"
 SA = "petqlora-job@my-proj.iam.gserviceaccount.com"
@@ -336,3 +340,48 @@ def test_the_entrypoint_reads_the_token_from_the_secret_it_is_given_by_name():
         export_secret_env({"HF_TOKEN_SECRET": "projects/my-proj/secrets/other/versions/1"}, session=service)
     with pytest.raises(SecretAccessError, match="is not a secret version name"):
         export_secret_env({"HF_TOKEN_SECRET": "hf-token"}, session=service)
+
+
+# ---- gpu-job --dry-run ----------------------------------------------------------------------------------
+
+def _gpu_job(*extra: str) -> list[str]:
+    values = {k: v for k, v in VERTEX.items() if k not in ("project", "region")}
+    return ["gpu-job", "--project", "my-proj", "--region", "us-central1", "--backend", json.dumps(values),
+            "--dataset", f"gs://{BUCKET}/data/pets", "--output", f"gs://{BUCKET}/manual/adapter",
+            "--config", f"gs://{BUCKET}/manual/train_config.json", "--task-id", "manual-1", *extra]
+
+
+def test_the_dry_run_prints_the_requests_the_run_then_sends(api, capsys):
+    import cli
+
+    assert cli.main(_gpu_job("--dry-run")) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert api.requests == []  # a dry run sends nothing
+    lookup, create = printed["requests"]
+    assert lookup["http"] == f"GET /v1/{PARENT}/customJobs"
+    assert create["http"] == f"POST /v1/{PARENT}/customJobs"
+    assert create["body"]["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["args"] == [
+        "--dataset", f"/gcs/{BUCKET}/data/pets", "--output", f"/gcs/{BUCKET}/manual/adapter",
+        "--config", f"/gcs/{BUCKET}/manual/train_config.json"]
+
+    api.plan_next_job("succeed", pending_polls=0, running_polls=0)
+    assert cli.main(_gpu_job()) == 0  # the real run, through the real client, against the fake
+    sent = [r for r in api.requests if not re.search(GETS, r["path"])]
+    assert [(r["verb"], r["path"], r["query"], r["body"]) for r in sent] == [
+        ("GET", lookup["http"].split(" ", 1)[1], lookup["query"], {}),
+        ("POST", create["http"].split(" ", 1)[1], create["query"], create["body"])]
+
+
+def test_gpu_job_refuses_a_bad_backend_in_one_message(capsys):
+    import cli
+
+    argv = _gpu_job("--dry-run")
+    argv[argv.index("--backend") + 1] = json.dumps({**json.loads(argv[argv.index("--backend") + 1]),
+                                                    "accelerator_count": 2, "replicas": 2})
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid gpu-job arguments:\n  - backend.replicas=2: is not a backend field"), err
+    argv = _gpu_job("--dry-run")
+    argv[argv.index("--output") + 1] = "gs://elsewhere/out"
+    assert cli.main(argv) == 2
+    assert "--output gs://elsewhere/out: must be a gs:// URI in the backend's bucket" in capsys.readouterr().err
