@@ -291,8 +291,8 @@ def _cloud(args) -> int:
     manages = args.command == "schedule" and (args.list or args.pause or args.resume or args.delete)
     template = None if manages else _template(args.template, registry)
     backend = values.get("backend", params.DEFAULTS.backend)
-    if registry and backend.get("kind") == "cloud_run" and not backend.get("image"):
-        values["backend"] = {**backend, "image": images.image("trainer", registry)}  # the Cloud Run Job's image
+    if registry and backend.get("kind") in ("cloud_run", "vertex_custom_job") and not backend.get("image"):
+        values["backend"] = {**backend, "image": images.image("trainer", registry)}  # the GPU job's image
     if registry and not values.get("serving_image"):  # the trainer image serves too: python -m petqlora.serve
         values["serving_image"] = images.image("trainer", registry)
     common = dict(project=args.project, region=args.region, dry_run=args.dry_run)
