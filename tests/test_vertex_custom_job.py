@@ -277,7 +277,8 @@ def test_a_job_of_the_task_running_other_code_is_cancelled_not_reused(api):
                       log=lines.append).run(TRAIN_ARGS, "run-7-train")
     first, second = api.jobs
     assert api.cancelled == [first] and api.jobs[second]["state"] == "JOB_STATE_SUCCEEDED"
-    assert any("not reusing" in line and "its container_spec differs" in line for line in lines)
+    assert any(f"not reusing {first} for petqlora-train-adapter-run-7-train: it runs image_uri "
+               f"'{IMAGE.replace('0.1.0', '0.0.9')}' instead of '{IMAGE}'" in line for line in lines), lines
 
 
 def test_evaluation_runs_the_models_as_concurrent_jobs_and_a_failure_cancels_the_others(api):

@@ -50,17 +50,23 @@ def logs_url(name: str) -> str:
             f"resource.labels.job_id%3D%22{job_id}%22?project={project}")
 
 
+def _what_runs(pool: aiplatform_v1.WorkerPoolSpec) -> dict:
+    """What a worker pool runs, field by field: the fields this launcher sets (Vertex may fill in others)."""
+    c, m = pool.container_spec, pool.machine_spec
+    return {"image_uri": c.image_uri, "command": list(c.command), "args": list(c.args),
+            "machine_type": m.machine_type, "accelerator_type": m.accelerator_type,
+            "accelerator_count": m.accelerator_count}
+
+
 def job_problem(job: aiplatform_v1.CustomJob, wanted: aiplatform_v1.CustomJob) -> str | None:
     """Why an existing job of the task's name is not the job this run asks for (another image, command,
     arguments or machine), or None. A job of the same name that runs other code is never reused."""
     have, want = job.job_spec.worker_pool_specs, wanted.job_spec.worker_pool_specs
     if len(have) != 1:
         return f"it has {len(have)} worker pools, not 1"
-    for part in ("container_spec", "machine_spec"):
-        if getattr(have[0], part) != getattr(want[0], part):
-            return (f"its {part} differs: {type(have[0]).to_dict(have[0])[part]} instead of "
-                    f"{type(want[0]).to_dict(want[0])[part]}")
-    return None
+    have, want = _what_runs(have[0]), _what_runs(want[0])
+    differ = [f"{key} {have[key]!r} instead of {want[key]!r}" for key in want if have[key] != want[key]]
+    return f"it runs {', '.join(differ)}" if differ else None
 
 
 class CustomJobLauncher:
