@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", required=True, metavar="JSON", help=f"the backend parameter's value, e.g. '{_EXAMPLE}'")
     p.add_argument("--project", required=True, help="Google Cloud project ID")
     p.add_argument("--region", required=True, help="region of the jobs, e.g. us-central1")
-    p.add_argument("--step", choices=sorted(STEPS), default="train_adapter", help="the entrypoint (default: %(default)s)")
+    p.add_argument("--step", choices=sorted(STEPS), default="train_adapter",
+                   help="the entrypoint (default: %(default)s)")
     p.add_argument("--dataset", required=True, metavar="GS_URI", help="the prepared dataset, in the backend's bucket")
     p.add_argument("--output", required=True, metavar="GS_URI", help="where the step writes, in the backend's bucket")
     p.add_argument("--config", required=True, metavar="GS_URI", help="the step's JSON config, in the backend's bucket")

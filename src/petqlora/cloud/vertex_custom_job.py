@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from petqlora.cloud.names import PROJECT_RE, check_entrypoint_module
+from petqlora.cloud.names import BUCKET_RE, PROJECT_RE, REGION_RE, SERVICE_ACCOUNT_RE, check_entrypoint_module
 from petqlora.cloud.secrets import SECRET_ENV
 from petqlora.problems import Problems
 
@@ -59,9 +59,6 @@ MACHINES: dict[str, Machine] = {
     **_family("g4-standard-", "NVIDIA_RTX_PRO_6000", {"48": 1, "96": 2, "192": 4, "384": 8}, "hyperdisk-balanced"),
 }
 
-_REGION_RE = re.compile(r"^[a-z]+(?:-[a-z]+)+[0-9]+$")
-_SA_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*@[a-z0-9.-]+\.gserviceaccount\.com$")
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 MAX_DISPLAY_NAME = 128  # Vertex's limit on a CustomJob's display name
@@ -105,17 +102,17 @@ class CustomJobConfig:
         p.check(isinstance(self.project, str) and PROJECT_RE.match(self.project), "project", self.project,
                 "is not a project ID (6-30 chars: lowercase letters, digits, '-')",
                 "pass the ID that `gcloud projects list` shows")
-        p.check(isinstance(self.region, str) and _REGION_RE.match(self.region), "region", self.region,
+        p.check(isinstance(self.region, str) and REGION_RE.match(self.region), "region", self.region,
                 "is not a region such as 'us-central1'", "pick a region that offers the machine type")
         p.check(isinstance(self.display_prefix, str) and _PREFIX_RE.match(self.display_prefix), "job_prefix",
                 self.display_prefix, "must be lowercase letters, digits and '-', starting with a letter",
                 "e.g. 'petqlora'")
         check_pinned_image(p, "image", self.image)
         check_entrypoint_module(p, self.module)
-        p.check(isinstance(self.service_account, str) and _SA_RE.match(self.service_account), "service_account",
-                self.service_account, "must be a service account email",
+        p.check(isinstance(self.service_account, str) and SERVICE_ACCOUNT_RE.match(self.service_account),
+                "service_account", self.service_account, "must be a service account email",
                 "use '<name>@<project>.iam.gserviceaccount.com'")
-        p.check(isinstance(self.bucket, str) and _BUCKET_RE.match(self.bucket), "bucket", self.bucket,
+        p.check(isinstance(self.bucket, str) and BUCKET_RE.match(self.bucket), "bucket", self.bucket,
                 "is not a bucket name (3-63 chars: lowercase letters, digits, '-', '_', '.')",
                 "give the bare name, e.g. 'my-bucket' (no gs://, no path)")
         if self.hf_token_secret is not None:
