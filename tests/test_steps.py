@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -405,3 +406,21 @@ def test_run_evaluate_names_the_model_whose_run_failed(evaluation_inputs, tmp_pa
     with pytest.raises(GpuRunsError, match=r"1 of 3 runs failed \(gemma3_baseline\); the others were stopped:\n"
                                            r"  - gemma3_baseline: CUDA out of memory"):
         _evaluate(evaluation_inputs, tmp_path, Failing())
+
+
+@pytest.mark.integration
+def test_run_evaluate_on_the_local_backend_runs_each_model_in_its_own_subprocess_at_once(evaluation_inputs,
+                                                                                        tmp_path, caplog):
+    """The real local backend: three `python -m petqlora.evaluation.evaluate` subprocesses. Their log records
+    (relayed with the child's own time, prefixed by the model) show the three ran over one common interval."""
+    caplog.set_level("INFO", logger="petqlora.backends")
+    summary = _evaluate(evaluation_inputs, tmp_path, Backend())
+    assert {m["n_eval"] for m in summary["models"].values()} == {6}
+    spans = {}
+    for record in caplog.records:
+        model = re.match(r"^\[(\w+)\] ", record.getMessage())
+        if model:
+            start, end = spans.get(model[1], (record.created, record.created))
+            spans[model[1]] = (min(start, record.created), max(end, record.created))
+    assert set(spans) == {"finetuned", "gemma4_baseline", "gemma3_baseline"}
+    assert max(start for start, _ in spans.values()) < min(end for _, end in spans.values()), spans
