@@ -1,5 +1,5 @@
 """Backend.run_many: independent GPU entrypoints at once (evaluation's models), through the local backend's real
-subprocesses. The runs rendezvous (each waits until all have started): run one after another, they would time
+subprocesses (and once through the Cloud Run launcher and its fake). The runs rendezvous (each waits until all have started): run one after another, they would time
 out, so a pass means they overlapped. A failure names its run and stops the others; SIGTERM stops them all."""
 
 from __future__ import annotations
@@ -110,3 +110,23 @@ def test_sigterm_stops_every_run_and_exits_143(meet):
         assert signal.getsignal(signal.SIGTERM) is ours  # run_many put the handler back
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_on_cloud_run_a_failed_execution_cancels_the_running_one(cloud_run_api):
+    """The same through the Cloud Run launcher and the fake Cloud Run API: the running execution's 5 s poll sleep
+    ends at once and its execution is cancelled. Which run's execution is created first is up to the threads."""
+    cloud_run_api.plan_next_execution("fail", polls=1)
+    cloud_run_api.plan_next_execution("slow")
+    backend = Backend(kind="cloud_run", project="my-proj", region="us-central1", bucket="my-bucket",
+                      image="us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0",
+                      service_account="petqlora-job@my-proj.iam.gserviceaccount.com")
+    runs = {name: ("petqlora.evaluation.evaluate", ["--name", name], f"run-1-evaluate-{name}")
+            for name in ("finetuned", "gemma3_baseline")}
+    started = time.monotonic()
+    with pytest.raises(GpuRunsError) as info:
+        backend.run_many(runs)
+    assert time.monotonic() - started < 4  # not a single 5 s poll sleep was waited out
+    (failed,) = info.value.failures
+    assert str(info.value).startswith(f"1 of 2 runs failed ({failed}); the others were stopped:\n  - {failed}: "
+                                      "Cloud Run execution projects/my-proj/")
+    assert len(cloud_run_api.executions) == 2 and len(cloud_run_api.cancelled) == 1
