@@ -1,6 +1,7 @@
 """Backend.run_many: independent GPU entrypoints at once (evaluation's models), through the local backend's real
-subprocesses (and once through the Cloud Run launcher and its fake). The runs rendezvous (each waits until all have started): run one after another, they would time
-out, so a pass means they overlapped. A failure names its run and stops the others; SIGTERM stops them all."""
+subprocesses (and once through the Cloud Run launcher and its fake). The runs rendezvous (each waits until all
+have started): run one after another, they would time out, so a pass means they overlapped. A failure names its
+run and stops the others; SIGTERM stops them all."""
 
 from __future__ import annotations
 
