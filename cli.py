@@ -1,4 +1,5 @@
-"""The command line of `python pipeline.py`: run-local, params, compile, submit, schedule, register, lineage.
+"""The command line of `python pipeline.py`: run-local, params, compile, submit, schedule, register, lineage,
+gpu-job.
 
 pipeline.py holds the DAG; this module parses the commands and calls the library. The pipeline function is
 imported when a command needs it (run-local, compile), so importing this module builds no pipeline.
@@ -145,6 +146,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--region", default=None, help="Vertex AI region (with --vertex)")
     p.add_argument("--dry-run", action="store_true",
                    help="with --vertex: print the requests the client would send, as JSON; needs no credentials")
+
+    from petqlora.cloud import gpu_job
+
+    gpu_job.add_parser(sub)  # gpu-job: one GPU step on a cloud backend, or its requests (--dry-run)
     return parser
 
 
@@ -200,6 +205,10 @@ def _command(args) -> int:
             labels=_labels(args.label), run_id=args.run_id, dry_run=args.dry_run,
             evaluation=json.loads(Path(args.evaluation).read_text()) if args.evaluation else None)
         return 0
+    if args.command == "gpu-job":
+        from petqlora.cloud import gpu_job
+
+        return gpu_job.command(args)
     if args.command == "lineage" and args.dry_run and not args.vertex:
         raise ValueError("--dry-run needs --vertex: the local lineage reads the SQLite registry and sends no request")
     if args.command == "lineage" and args.vertex:
@@ -282,8 +291,8 @@ def _cloud(args) -> int:
     manages = args.command == "schedule" and (args.list or args.pause or args.resume or args.delete)
     template = None if manages else _template(args.template, registry)
     backend = values.get("backend", params.DEFAULTS.backend)
-    if registry and backend.get("kind") == "cloud_run" and not backend.get("image"):
-        values["backend"] = {**backend, "image": images.image("trainer", registry)}  # the Cloud Run Job's image
+    if registry and backend.get("kind") in ("cloud_run", "vertex_custom_job") and not backend.get("image"):
+        values["backend"] = {**backend, "image": images.image("trainer", registry)}  # the GPU job's image
     if registry and not values.get("serving_image"):  # the trainer image serves too: python -m petqlora.serve
         values["serving_image"] = images.image("trainer", registry)
     common = dict(project=args.project, region=args.region, dry_run=args.dry_run)

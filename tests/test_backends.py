@@ -51,7 +51,7 @@ def test_cloud_run_backend_mounts_its_bucket_where_vertex_does():
 
 
 def test_backend_kind_is_a_config_value():
-    with pytest.raises(ValueError, match="must be 'local' or 'cloud_run'"):
+    with pytest.raises(ValueError, match="must be one of 'local', 'cloud_run', 'vertex_custom_job'"):
         Backend(kind="k8s")
     with pytest.raises(ValueError, match=r"needs \['image', 'service_account', 'bucket'\]"):
         Backend(kind="cloud_run", project="my-proj", region="us-central1")

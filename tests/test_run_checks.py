@@ -99,7 +99,7 @@ def test_every_problem_is_listed_in_one_error():
 
 @pytest.mark.parametrize("backend, expected", [
     ({"image": BACKEND["image"]}, "backend.kind=None: is required"),
-    ({**BACKEND, "kind": "gpu"}, "backend.kind='gpu': must be one of local, cloud_run"),
+    ({**BACKEND, "kind": "gpu"}, "backend.kind='gpu': must be one of local, cloud_run, vertex_custom_job"),
     ({**BACKEND, "imag": "x"}, "backend.imag='x': is not a backend field; fix: use kind, job_prefix, image"),
     ({**BACKEND, "project": "my-proj"}, "backend.project='my-proj': is set by the pipeline parameter project"),
     ({"kind": "cloud_run"}, "backend kind cloud_run needs ['image', 'service_account', 'bucket']"),

@@ -10,13 +10,15 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import re
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from petqlora.backends import Backend
+from petqlora.backends import Backend, GpuRunsError
 from petqlora.cloud import vertex_models
 from petqlora.registry.lineage import format_lineage
 from petqlora.registry.local import LocalRegistry
@@ -311,9 +313,10 @@ def test_run_evaluate_scores_every_model_and_the_champion_on_the_same_split(eval
     calls = []
 
     class InProcess(Backend):
-        """The local backend's entrypoint, run in this process rather than a subprocess (seconds, not minutes)."""
+        """The local backend's entrypoint, run in this process rather than a subprocess (seconds, not minutes);
+        one at a time (max_parallel=1): in one process, the entrypoints would share the logging set-up."""
 
-        def run(self, module, args, task_id):
+        def run(self, module, args, task_id, **_):
             calls.append((module, task_id, args))
             config = Path(args[args.index("--config") + 1])
             config.write_text(json.dumps({**json.loads(config.read_text()), "device": "cpu", "quantize": "none"}))
@@ -330,7 +333,7 @@ def test_run_evaluate_scores_every_model_and_the_champion_on_the_same_split(eval
         evaluation_inputs["dataset"], evaluation_inputs["train"], str(out), base_model=evaluation_inputs["gemma4"],
         gemma4_baseline=evaluation_inputs["gemma4"], gemma3_baseline=evaluation_inputs["gemma3"],
         image_token_budget=70, mode="score", win_margin=0.02, registry=str(registry), model_name=NAME,
-        backend=InProcess(), task_id="run-2-evaluate", report_html=str(tmp_path / "report.html"),
+        backend=InProcess(max_parallel=1), task_id="run-2-evaluate", report_html=str(tmp_path / "report.html"),
         summary_md=str(tmp_path / "summary.md"))
 
     assert [task for _, task, _ in calls] == [f"run-2-evaluate-{k}" for k in
@@ -362,3 +365,62 @@ def test_run_evaluate_scores_every_model_and_the_champion_on_the_same_split(eval
     page = (tmp_path / "report.html").read_text()
     assert "Current registered version" in page and "<h2>Run details</h2>" in page
     assert (out / "report.html").read_text() == page  # the copy a browser opens by its name
+
+
+def _evaluate(inputs: dict, tmp_path: Path, backend: Backend) -> dict:
+    """run_evaluate of the three models (no registry: no champion) on `backend`."""
+    return run_evaluate(
+        inputs["dataset"], inputs["train"], str(tmp_path / "evaluation"), base_model=inputs["gemma4"],
+        gemma4_baseline=inputs["gemma4"], gemma3_baseline=inputs["gemma3"], image_token_budget=70, mode="score",
+        win_margin=0.02, registry=str(tmp_path / "no-registry.sqlite"), model_name=NAME, backend=backend,
+        task_id="run-3-evaluate", report_html=str(tmp_path / "report.html"), summary_md=str(tmp_path / "summary.md"))
+
+
+def test_run_evaluate_runs_the_models_at_once(evaluation_inputs, tmp_path):
+    barrier, one_at_a_time, started = threading.Barrier(3, timeout=60), threading.Lock(), []
+
+    class Overlapping(Backend):
+        """Each model's run waits until all three have started (run one after another, the first would wait out
+        the barrier and fail), then runs the real entrypoint in this process, one at a time."""
+
+        def run(self, module, args, task_id, **_):
+            started.append(task_id)
+            barrier.wait()
+            with one_at_a_time:
+                config = Path(args[args.index("--config") + 1])
+                config.write_text(json.dumps({**json.loads(config.read_text()), "device": "cpu", "quantize": "none"}))
+                assert importlib.import_module(module).main(args) == 0
+
+    summary = _evaluate(evaluation_inputs, tmp_path, Overlapping())
+    assert sorted(started) == [f"run-3-evaluate-{k}" for k in ("finetuned", "gemma3_baseline", "gemma4_baseline")]
+    assert set(summary["models"]) == {"finetuned", "gemma4_baseline", "gemma3_baseline"}
+    assert {m["n_eval"] for m in summary["models"].values()} == {6}
+
+
+def test_run_evaluate_names_the_model_whose_run_failed(evaluation_inputs, tmp_path):
+    class Failing(Backend):
+        def run(self, module, args, task_id, **_):
+            if task_id.endswith("-gemma3_baseline"):
+                raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(GpuRunsError, match=r"1 of 3 runs failed \(gemma3_baseline\); the others were stopped:\n"
+                                           r"  - gemma3_baseline: CUDA out of memory"):
+        _evaluate(evaluation_inputs, tmp_path, Failing())
+
+
+@pytest.mark.integration
+def test_run_evaluate_on_the_local_backend_runs_each_model_in_its_own_subprocess_at_once(evaluation_inputs,
+                                                                                        tmp_path, caplog):
+    """The real local backend: three `python -m petqlora.evaluation.evaluate` subprocesses. Their log records
+    (relayed with the child's own time, prefixed by the model) show the three ran over one common interval."""
+    caplog.set_level("INFO", logger="petqlora.backends")
+    summary = _evaluate(evaluation_inputs, tmp_path, Backend())
+    assert {m["n_eval"] for m in summary["models"].values()} == {6}
+    spans = {}
+    for record in caplog.records:
+        model = re.match(r"^\[(\w+)\] ", record.getMessage())
+        if model:
+            start, end = spans.get(model[1], (record.created, record.created))
+            spans[model[1]] = (min(start, record.created), max(end, record.created))
+    assert set(spans) == {"finetuned", "gemma4_baseline", "gemma3_baseline"}
+    assert max(start for start, _ in spans.values()) < min(end for _, end in spans.values()), spans

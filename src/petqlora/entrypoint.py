@@ -49,10 +49,13 @@ def run_step(argv: list[str] | None, *, prog: str, description: str, config_cls:
     setup_logging(os.environ)
     name = prog.rsplit(".", 1)[-1]
     log = logging.getLogger(prog)
+    from petqlora.cloud.secrets import SecretAccessError, export_secret_env
+
     try:
+        export_secret_env()  # a Vertex CustomJob passes the HF token by reference (petqlora.cloud.secrets)
         fixed = {dataset_field: args.dataset} if dataset_field else {}
         config = read_config(config_cls, args.config, **fixed)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SecretAccessError) as exc:
         log.error("%s: bad arguments: %s", name, exc)
         return 2
     try:

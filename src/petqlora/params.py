@@ -22,7 +22,7 @@ from petqlora.schema import field
 IMAGE_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
 BAD_INPUT_POLICIES = ("fail", "skip")
 SCORING_MODES = ("score", "generate")
-BACKEND_KINDS = ("local", "cloud_run")
+BACKEND_KINDS = ("local", "cloud_run", "vertex_custom_job")
 PIPELINE_NAME = "petqlora-gemma4-pets"
 # HOST[:PORT]/PATH[:TAG][@sha256:DIGEST], as docker reads an image reference (lowercase path).
 _IMAGE_RE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+"
@@ -94,7 +94,8 @@ class PipelineParams:
     backend: dict = field({"kind": "cloud_run", "image": "", "service_account": "", "bucket": "",
                            "hf_token_secret": ""},
                           "Where the GPU steps run: {\"kind\": \"cloud_run\", image, service_account, bucket, "
-                          "hf_token_secret} or {\"kind\": \"local\"}.")
+                          "hf_token_secret} (one GPU), {\"kind\": \"vertex_custom_job\", the same and machine_type, "
+                          "accelerator_type, accelerator_count} (the GPUs of one machine) or {\"kind\": \"local\"}.")
     serving_image: str = field("", "Serving container image of a version registered to Vertex (required "
                                "there), pinned by version tag or digest; the local registry does not use it.",
                                fix="pass an image with a version tag or @sha256 digest, e.g. "

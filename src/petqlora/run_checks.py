@@ -48,7 +48,7 @@ def check_run(values: Mapping[str, Any], *, text: bool = False, pipeline_root: s
     run, bad = _parse_each(p, values, text)
     _check_training(p, run, bad)
     backend = _check_backend(p, run, bad, context)
-    if backend is not None and backend.kind == "cloud_run":
+    if backend is not None and backend.kind != "local":
         _check_in_bucket(p, run, backend, pipeline_root)
     _check_registry(p, run, bad, context)
     p.raise_if_any()
@@ -143,8 +143,9 @@ def _check_training(p: Problems, run: PipelineParams, bad: set[str]) -> None:
 
 
 def _check_backend(p: Problems, run: PipelineParams, bad: set[str], context: str) -> Backend | None:
-    """The Backend the GPU steps build (``Backend(project=, region=, **backend)``) and, on Cloud Run, the
-    job of each GPU entrypoint; returns the Backend, or None when it cannot be built."""
+    """The Backend the GPU steps build (``Backend(project=, region=, **backend)``) and, in the cloud, the
+    job of each GPU entrypoint (a Cloud Run job or a CustomJob); returns the Backend, or None when it cannot be
+    built."""
     from petqlora.backends import Backend
 
     if "backend" in bad:
@@ -165,7 +166,8 @@ def _check_backend(p: Problems, run: PipelineParams, bad: set[str], context: str
     if "kind" in values:
         ok = p.check(values["kind"] in pipeline_params.BACKEND_KINDS, "backend.kind", values["kind"],
                      f"must be one of {', '.join(pipeline_params.BACKEND_KINDS)}",
-                     "cloud_run (a Cloud Run GPU job) or local (a subprocess of the step)") and ok
+                     "cloud_run (a Cloud Run GPU job), vertex_custom_job (a Vertex AI CustomJob on the GPUs of one "
+                     "machine) or local (a subprocess of the step)") and ok
     if not ok or context == "template" or bad & {"project", "region"}:
         return None  # a template's backend is given at submit
     try:
@@ -173,7 +175,7 @@ def _check_backend(p: Problems, run: PipelineParams, bad: set[str], context: str
     except ValueError as exc:
         p.add("backend", values, str(exc))
         return None
-    if backend.kind == "cloud_run":
+    if backend.kind != "local":
         from petqlora.backends import EVALUATE_MODULE, TRAIN_MODULE
 
         for module in (TRAIN_MODULE, EVALUATE_MODULE):
@@ -185,12 +187,14 @@ def _check_backend(p: Problems, run: PipelineParams, bad: set[str], context: str
 
 
 def _check_in_bucket(p: Problems, run: PipelineParams, backend: Backend, pipeline_root: str | None) -> None:
-    """The Cloud Run job mounts only the backend's bucket: the steps' files (under the pipeline root) and
-    the checkpoints it reads must lie there."""
+    """The GPU job sees the backend's bucket only (a Cloud Run job mounts it; a CustomJob's /gcs could see
+    others, but its service account is granted this one): the steps' files (under the pipeline root) and the
+    checkpoints it reads must lie there."""
     from petqlora.cloud.storage import local_path
 
-    where = (f"the Cloud Run job mounts only gs://{backend.bucket} (at {backend.mount_path}), so the files it "
-             "reads and writes must lie in that bucket")
+    sees = "Cloud Run job mounts only" if backend.kind == "cloud_run" else "Vertex CustomJob works in"
+    where = (f"the {sees} gs://{backend.bucket} (at {backend.mount_path}), so the files it reads and writes "
+             "must lie in that bucket")
     if pipeline_root is not None:
         try:
             backend.path_arg(f"{local_path(pipeline_root).rstrip('/')}/run")  # where the steps' outputs go

@@ -220,8 +220,8 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
     champion = champion_adapter(registry, model_name, backend.project, backend.region)
     if champion:
         models["champion"] = (base_model, champion)
-    results = {}
     out.mkdir(parents=True, exist_ok=True)
+    runs = {}
     for name, (model, adapter) in models.items():
         cfg = EvalConfig(name=name, base_model=model, adapter=backend.path_arg(adapter) if adapter else None,
                          mode=mode, image_token_budget=image_token_budget)
@@ -229,8 +229,9 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
         config_path.write_text(json.dumps(schema.to_json_dict(cfg), indent=1))
         args = ["--dataset", backend.path_arg(dataset_dir), "--output", backend.path_arg(str(out / name)),
                 "--config", backend.path_arg(str(config_path))]
-        backend.run(EVALUATE_MODULE, args, f"{task_id}-{name}")
-        results[name] = json.loads((out / name / "result.json").read_text())
+        runs[name] = (EVALUATE_MODULE, args, f"{task_id}-{name}")
+    backend.run_many(runs)  # the models are independent: at once, each its own GPU job (Backend.max_parallel)
+    results = {name: json.loads((out / name / "result.json").read_text()) for name in models}
 
     register, reason = registration_decision({k: r["accuracy"] for k, r in results.items()}, win_margin)
     rows = [ModelRow(approach=APPROACHES[k], accuracy=r["accuracy"], macro_f1=r["macro_f1"],

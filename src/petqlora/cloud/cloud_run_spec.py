@@ -20,7 +20,10 @@ from google.api import launch_stage_pb2
 from google.cloud import run_v2
 from google.protobuf import duration_pb2
 
+from petqlora.cloud.names import BUCKET_RE as _BUCKET_RE
 from petqlora.cloud.names import LABEL_KEY_RE, LABEL_VALUE_RE, PROJECT_RE, check_entrypoint_module
+from petqlora.cloud.names import REGION_RE as _REGION_RE
+from petqlora.cloud.names import SERVICE_ACCOUNT_RE as _SA_RE
 from petqlora.cloud.storage import is_gcs, local_path
 from petqlora.problems import Problems
 
@@ -57,14 +60,11 @@ GPU_MINIMUMS: dict[str, tuple[float, int]] = {
 
 MAX_TASK_TIMEOUT_S = 168 * 3600  # Cloud Run's ceiling for a job task (over 24 h is preview).
 
-_REGION_RE = re.compile(r"^[a-z]+(?:-[a-z]+)+[0-9]+$")
 # Job names are at most 63 characters; the prefix leaves room for "-" and the 8 hex digits of the spec hash.
 SPEC_HASH_LEN = 8
 _MAX_JOB_PREFIX = 63 - 1 - SPEC_HASH_LEN
 _JOB_PREFIX_RE = re.compile(rf"^[a-z](?:[a-z0-9-]{{0,{_MAX_JOB_PREFIX - 2}}}[a-z0-9])?$")
 MAX_KEEP_JOBS = 100
-_SA_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*@[a-z0-9.-]+\.gserviceaccount\.com$")
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _SECRET_RE = re.compile(

@@ -11,6 +11,10 @@ LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
 # Vertex version aliases: "[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]", never all digits (those are version ids).
 ALIAS_RE = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]$")
+# Regions as Cloud Run and Vertex name them ("us-central1"), service account emails, bucket names.
+REGION_RE = re.compile(r"^[a-z]+(?:-[a-z]+)+[0-9]+$")
+SERVICE_ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*@[a-z0-9.-]+\.gserviceaccount\.com$")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 # What `python -m` runs: a dotted Python module path.
 MODULE_RE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
 
