@@ -173,6 +173,19 @@ def test_the_run_checks_refuse_a_bad_custom_job_before_the_run_starts():
     assert message.count("\n  - ") == 2, message  # training's and evaluation's configs report it once
 
 
+def test_the_run_checks_refuse_gpus_that_do_not_share_the_global_batch_evenly():
+    """torchrun starts one training process per GPU: 8 GPUs cannot share batch_size x grad_accum = 3 x 2."""
+    from petqlora.run_checks import check_run
+
+    values = {"project": "my-proj", "region": "us-central1", "registry": "/gcs/my-proj-petqlora/registry.sqlite",
+              "backend": {k: v for k, v in VERTEX.items() if k not in ("project", "region")},
+              "batch_size": 3, "grad_accum": 2}
+    with pytest.raises(ValueError) as info:
+        check_run(values, pipeline_root=f"gs://{BUCKET}/root", context="submit")
+    assert "world_size=8: must divide batch_size x grad_accum = 3 x 2 = 6" in str(info.value)
+    assert check_run({**values, "grad_accum": 8}, pipeline_root=f"gs://{BUCKET}/root", context="submit")
+
+
 # ---- the run, end to end through the fake -----------------------------------------------------------------
 
 def test_a_run_creates_the_job_and_waits_for_its_success(api, capsys):

@@ -46,10 +46,14 @@ def check_run(values: Mapping[str, Any], *, text: bool = False, pipeline_root: s
         raise ValueError(f"context={context!r}: must be one of {', '.join(CONTEXTS)}")
     p = Problems("run parameters")
     run, bad = _parse_each(p, values, text)
-    _check_training(p, run, bad)
+    train_cfg = _check_training(p, run, bad)
     backend = _check_backend(p, run, bad, context)
     if backend is not None and backend.kind != "local":
         _check_in_bucket(p, run, backend, pipeline_root)
+    if backend is not None and backend.kind == "vertex_custom_job" and train_cfg is not None:
+        from petqlora.train.config import check_world_size
+
+        check_world_size(train_cfg, backend.accelerator_count, p)  # torchrun: one process per GPU
     _check_registry(p, run, bad, context)
     p.raise_if_any()
     return run
@@ -117,14 +121,15 @@ def _train_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name in pipeline_params.NAMES)
 
 
-def _check_training(p: Problems, run: PipelineParams, bad: set[str]) -> None:
-    """The TrainConfig built from train_options and the pipeline's fields, as the train step builds it."""
+def _check_training(p: Problems, run: PipelineParams, bad: set[str]):
+    """The TrainConfig built from train_options and the pipeline's fields, as the train step builds it
+    (None when it cannot be built: its problems are added to ``p``)."""
     from petqlora.train.config import train_config_values
     from petqlora.train.config import TrainConfig, parse_train_config
 
     shared = _train_fields()
     if "train_options" in bad:
-        return  # reported already
+        return None  # reported already
     # A refused shared field (reported already) has its default standing in: only train_options' own
     # problems are kept then, since one about the stand-in would mislead.
     stand_in = bool(bad & set(shared))
@@ -137,9 +142,10 @@ def _check_training(p: Problems, run: PipelineParams, bad: set[str]) -> None:
         return None if stand_in and not item.startswith("train_options.") else item
 
     try:
-        parse_train_config(train_config_values(options, **{name: getattr(run, name) for name in shared}))
+        return parse_train_config(train_config_values(options, **{name: getattr(run, name) for name in shared}))
     except ValueError as exc:
         _fold(p, exc, rename)
+        return None
 
 
 def _check_backend(p: Problems, run: PipelineParams, bad: set[str], context: str) -> Backend | None:
