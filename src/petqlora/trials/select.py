@@ -49,8 +49,9 @@ class TrialResult:
         bad = [name for name in ("validation_accuracy", "validation_macro_f1")
                if getattr(self, name) is not None and not 0 <= getattr(self, name) <= 1]
         if bad or not (0 <= self.index < self.count) or not math.isfinite(self.gpu_seconds) or self.gpu_seconds < 0:
-            raise ValueError(f"trial result {self.index} of {self.count} is not valid ({', '.join(bad) or 'index or '
-                             'gpu_seconds'}): score_trial writes these; rerun the sweep")
+            what = ", ".join(bad) or "index or gpu_seconds"
+            raise ValueError(f"trial result {self.index} of {self.count} is not valid ({what}): score_trial writes "
+                             "these; rerun the sweep")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialResult:
