@@ -1,7 +1,9 @@
 """The pet-breed QLoRA pipeline: the @dsl.pipeline wiring (the command line is cli.py).
 
     python pipeline.py run-local --output-dir runs/latest [--config configs/local.yaml] [--dataset PATH] [--no-cache]
+        [--trial-parallelism N]
     python pipeline.py compile --output pipeline.yaml --image-registry REGION-docker.pkg.dev/PROJECT/REPO
+        [--trial-parallelism N]
     python pipeline.py submit --project P --region R --pipeline-root gs://BUCKET/root --image-registry ... [--watch]
         [--dry-run] [--enable-caching | --no-cache]
     python pipeline.py schedule --cron "TZ=Europe/Paris 0 3 * * 1" --project P --region R --pipeline-root ...
