@@ -174,8 +174,8 @@ def _command(args) -> int:
 
         from pipeline import with_trial_parallelism
 
-        summary = run_local_pipeline(with_trial_parallelism(args.trial_parallelism), Path(args.output_dir), Path(args.config), args.dataset,
-                                     enable_caching=args.enable_caching)
+        summary = run_local_pipeline(with_trial_parallelism(args.trial_parallelism), Path(args.output_dir),
+                                     Path(args.config), args.dataset, enable_caching=args.enable_caching)
         return 0 if summary.get("status") == "succeeded" else 1
     if args.command == "params":
         print(params.table())

@@ -32,8 +32,10 @@ def select_trial(
                               summary.path)
     adapter.uri = chosen["adapter"]["uri"]  # the winner's own adapter: what evaluate and register_model read
     adapter.metadata.update(chosen["adapter"]["metadata"])
-    winner_token_report.uri = (chosen["token_report"] or {"uri": token_report.uri})["uri"]
-    winner_token_report.metadata.update((chosen["token_report"] or {"metadata": dict(token_report.metadata)})["metadata"])
+    # the token report of the winner's budget: plan_trials' for another than the run's, else this run's own
+    mine = chosen["token_report"] or {"uri": token_report.uri, "metadata": dict(token_report.metadata)}
+    winner_token_report.uri = mine["uri"]
+    winner_token_report.metadata.update(mine["metadata"])
     selection.metadata.update({"winner": chosen["winner"], "reason": chosen["reason"]})
     log_metrics(metrics, {"winner": chosen["winner"], "trials": len(chosen["trials"]), **{
         f"trial{t['index']}_{key}": t[key] for t in chosen["trials"] for key in

@@ -35,7 +35,8 @@ def trials_markdown(trials: list[Mapping], winner: int) -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
-    lines = ["| " + " | ".join(HEADERS) + " |", "| --- | --- | " + " | ".join("---:" for _ in HEADERS[2:-1]) + " | --- |"]
+    align = "| --- | --- | " + " | ".join("---:" for _ in HEADERS[2:-1]) + " | --- |"
+    lines = ["| " + " | ".join(HEADERS) + " |", align]
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in trials_rows(trials, winner)]
     return "\n".join(["### Trials (validation split)", "", *lines, "", NOTE]) + "\n"
 

@@ -52,8 +52,8 @@ def run_plan_trials(trials: list, values: dict[str, Any], *, dataset_dir: str, s
     Path(summary_md).write_text(
         f"# Trials planned\n\n{len(items)} trial{'s' if len(items) > 1 else ''}"
         f"{', trained in parallel' if len(items) > 1 else ' (no sweep: the run trains its own fields)'}.\n\n"
-        "| trial | overrides | image_token_budget | lora_r | learning_rate | epochs |\n| --- | --- | ---: | ---: | ---: "
-        f"| ---: |\n{rows}\n\nToken boundaries checked for the trials' other budgets: {checked}.\n")
+        "| trial | overrides | image_token_budget | lora_r | learning_rate | epochs |\n"
+        f"| --- | --- | ---: | ---: | ---: | ---: |\n{rows}\n\nToken boundaries checked for the trials' other budgets: {checked}.\n")
     return items, reports
 
 
