@@ -259,3 +259,27 @@ def test_the_decision_fingerprints_the_sweep(tmp_path):
     fingerprints = [t["config_fingerprint"] for t in plan.plan_trials(trials, RUN)]
     assert decide(trials)["config_fingerprint"] == plan.sweep_fingerprint(fingerprints)
     assert decide([])["config_fingerprint"] == config_fingerprint(_config(RUN))  # no trials: as before
+
+
+def test_a_single_trial_is_not_scored_and_its_figures_come_from_its_training(tmp_path):
+    """A sweep of one pays for no validation evaluation: no job is run (the backend is never called)."""
+    from petqlora.trials.steps import run_score_trial
+
+    class NoJobs:  # any call would be a validation evaluation this case must not pay for
+        def __getattr__(self, name):
+            raise AssertionError(f"backend.{name} called")
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"train_time_s": 40.0, "wall_time_s": 55.0, "final_loss": 0.5}))
+    (tmp_path / "progress.json").write_text(json.dumps({"samples_per_s": 2.5}))
+    [item] = plan.plan_trials([], RUN)
+    kfp_item = json.loads(json.dumps(dict(item, index=0.0, count=1.0, overrides={})))
+    figures = run_score_trial("/data", str(tmp_path), str(tmp_path) + "/", kfp_item, base_model="m", mode="score",
+                              backend=NoJobs(), task_id="t", out_dir=str(tmp_path / "v"))
+    assert figures["validation_accuracy"] is None and figures["gpu_seconds"] == 55.0
+    assert figures["samples_per_s"] == 2.5 and figures["train_seconds"] == 40.0 and figures["index"] == 0
+    assert figures["adapter_uri"] == str(tmp_path) and not (tmp_path / "v").exists()
+
+
+def test_overrides_are_reported_as_their_parameter_types():
+    assert plan.normalized({"lora_r": 8.0, "image_token_budget": 140.0, "epochs": 2}) == {
+        "lora_r": 8, "image_token_budget": 140, "epochs": 2.0}

@@ -12,8 +12,8 @@ from typing import Any
 from petqlora import params as pipeline_params
 from petqlora.problems import Problems
 
-__all__ = ["TUNABLE", "base_values", "check_trials", "plan_trials", "sweep_fingerprint", "token_checks",
-           "trial_config", "trial_values"]
+__all__ = ["TUNABLE", "base_values", "check_trials", "normalized", "plan_trials", "sweep_fingerprint",
+           "token_checks", "trial_config", "trial_values"]
 
 # The training fields a trial may change; every other parameter (data, base model, seed, scoring) is the run's,
 # so that the trials differ only in how they train and their validation scores compare.
@@ -109,7 +109,7 @@ def check_trials(trials: Any, base: Mapping[str, Any], fixed: Mapping[str, Any],
             continue
         if not _check_keys(i, overrides, problems) or not base_ok:
             continue
-        values = trial_values(base, _normalized(overrides))
+        values = trial_values(base, normalized(overrides))
 
         def where(item: str) -> str:  # the base passed: every problem of the trial's config is the trial's
             return f"train_options.{item}" if item.split("=", 1)[0] in values["train_options"] else item
@@ -126,7 +126,7 @@ def check_trials(trials: Any, base: Mapping[str, Any], fixed: Mapping[str, Any],
     return fingerprints
 
 
-def _normalized(overrides: Mapping[str, Any]) -> dict:
+def normalized(overrides: Mapping[str, Any]) -> dict:
     """Each value as its parameter's type (KFP hands JSON numbers over as floats: 140.0 is 140)."""
     return {k: getattr(pipeline_params.parse({k: v}), k) for k, v in overrides.items()}
 
@@ -140,7 +140,7 @@ def plan_trials(trials: list, values: Mapping[str, Any]) -> list[dict]:
     p = Problems("trials")
     fingerprints = check_trials(trials, base, fixed, p)
     p.raise_if_any()
-    overrides = [_normalized(t) for t in trials] or [{}]
+    overrides = [normalized(t) for t in trials] or [{}]
     if not trials:
         from petqlora.registry.champion import config_fingerprint
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from petqlora import schema
 from petqlora.backends import EVALUATE_MODULE, Backend
-from petqlora.trials.plan import base_values, plan_trials, sweep_fingerprint, token_checks
+from petqlora.trials.plan import base_values, normalized, plan_trials, sweep_fingerprint, token_checks
 from petqlora.trials.report import trials_markdown
 from petqlora.trials.select import TrialResult, select_winner
 
@@ -75,7 +75,7 @@ def run_score_trial(dataset_dir: str, adapter_dir: str, adapter_uri: str, trial:
     from petqlora.evaluation.evaluate import EvalConfig
 
     trained = _training_figures(Path(adapter_dir))
-    figures = {"index": trial["index"], "count": trial["count"], "overrides": trial["overrides"],
+    figures = {"index": trial["index"], "count": trial["count"], "overrides": normalized(trial["overrides"]),
                "image_token_budget": trial["image_token_budget"], "lora_r": trial["lora_r"],
                "max_length": trial["max_length"],
                "config_fingerprint": trial["config_fingerprint"], "adapter_uri": adapter_uri.rstrip("/"),
@@ -95,7 +95,7 @@ def run_score_trial(dataset_dir: str, adapter_dir: str, adapter_uri: str, trial:
         figures.update(validation_accuracy=result["accuracy"], validation_macro_f1=result["macro_f1"],
                        validation_examples=result["n_eval"],
                        gpu_seconds=trained["wall_seconds"] + result["seconds"] + result.get("load_seconds", 0.0))
-        log.info("score_trial %s: validation accuracy %.3f, macro-F1 %.3f", trial["index"], result["accuracy"],
+        log.info("score_trial %d: validation accuracy %.3f, macro-F1 %.3f", int(trial["index"]), result["accuracy"],
                  result["macro_f1"])
     return asdict(TrialResult.from_dict(figures))  # checked, as select_trial reads it
 
