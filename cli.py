@@ -113,12 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", dest="enable_caching", action="store_false",
                    help="run every step; by default the steps the pipeline caches (prepare_data, "
                    "validate_token_boundaries) are reused from OUTPUT_DIR/kfp_cache while their inputs are unchanged")
+    _trial_parallelism_option(p)
 
     sub.add_parser("params", help="print every pipeline parameter: type, default, allowed values, description")
 
     p = sub.add_parser("compile", help="write the KFP IR YAML")
     p.add_argument("--output", required=True, help="the path of the compiled pipeline YAML to write")
     _image_registry_option(p)
+    _trial_parallelism_option(p)
 
     _add_submit_and_schedule(sub)
 
@@ -175,10 +177,10 @@ def _command(args) -> int:
     if args.command == "run-local":
         from petqlora.local_run import run_local_pipeline
 
-        from pipeline import pet_breeds_pipeline
+        from pipeline import with_trial_parallelism
 
-        summary = run_local_pipeline(pet_breeds_pipeline, Path(args.output_dir), Path(args.config), args.dataset,
-                                     enable_caching=args.enable_caching)
+        summary = run_local_pipeline(with_trial_parallelism(args.trial_parallelism), Path(args.output_dir),
+                                     Path(args.config), args.dataset, enable_caching=args.enable_caching)
         return 0 if summary.get("status") == "succeeded" else 1
     if args.command == "params":
         print(params.table())
@@ -188,7 +190,7 @@ def _command(args) -> int:
 
         check_run({}, context="template")  # the defaults it carries: a recipe every step accepts
         registry = _image_registry(args)
-        compile_pipeline(args.output, registry)
+        compile_pipeline(args.output, registry, args.trial_parallelism)
         print(f"wrote {args.output}")
         if registry is None:
             print(f"note: its images name the placeholder {images.PLACEHOLDER_REGISTRY}; pass --image-registry "
@@ -253,13 +255,23 @@ def _image_registry(args) -> str | None:
     return args.image_registry or os.environ.get(images.REGISTRY_ENV) or None
 
 
-def compile_pipeline(path: str, registry: str | None) -> str:
-    """Compile the pipeline to `path` with its images in `registry` (the placeholder ones when None)."""
+def _trial_parallelism_option(p: argparse.ArgumentParser) -> None:
+    from pipeline import TRIAL_PARALLELISM
+
+    p.add_argument("--trial-parallelism", type=int, default=TRIAL_PARALLELISM, metavar="N",
+                   help="trials trained at once (default: %(default)s; 0: all): KFP fixes ParallelFor's limit in "
+                   "the compiled pipeline, so it is an option here, not a run parameter")
+
+
+def compile_pipeline(path: str, registry: str | None, trial_parallelism: int | None = None) -> str:
+    """Compile the pipeline to `path` with its images in `registry` (the placeholder ones when None) and at most
+    `trial_parallelism` trials at once (pipeline.TRIAL_PARALLELISM when None)."""
     from kfp import compiler
 
-    from pipeline import pet_breeds_pipeline
+    from pipeline import TRIAL_PARALLELISM, with_trial_parallelism
 
-    compiler.Compiler().compile(pet_breeds_pipeline, path)
+    compiler.Compiler().compile(with_trial_parallelism(
+        TRIAL_PARALLELISM if trial_parallelism is None else trial_parallelism), path)
     if registry is not None:
         images.set_registry_in_file(path, path, registry)
     return path

@@ -27,6 +27,7 @@ def check_parameters(
     image_token_budget: int,
     max_length: int,
     train_options: dict,
+    trials: list,
     force_training: bool,
     scoring: str,
     win_margin: float,
@@ -40,7 +41,7 @@ def check_parameters(
     code_revision: str,
     report: Output[Markdown],
 ):
-    """Check parameters: every parameter against its rule, the training config they make, where the GPU
+    """Check parameters: every parameter against its rule, the training config they make (and each trial's), where the GPU
     steps run (the Cloud Run jobs, the bucket of the outputs and checkpoints) and the registry, in seconds,
     before any data is read or GPU asked for. Fails the run listing every problem and its fix."""
     values = dict(locals())  # every parameter above, by name: taken before the import binds another name

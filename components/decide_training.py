@@ -19,6 +19,7 @@ def decide_training(
     max_length: int,
     seed: int,
     train_options: dict,
+    trials: list,
     force_training: bool,
     registry: str,
     model_name: str,
@@ -29,7 +30,8 @@ def decide_training(
     summary: Output[Markdown],
 ) -> str:
     """Train or skip: returns "skip" when the registry's default version was trained on this dataset (same
-    hash) with this training config (same fingerprint), so the GPU would train the same adapter again;
+    hash) with this training config (same fingerprint; for a sweep, the same trials), so the GPU would train
+    the same adapter again;
     "train" otherwise, or always with force_training. The reason is in the summary. Takes the same training
     values as train_adapter; run_id keeps it out of any cache (the registry changes between runs)."""
     from petqlora.steps import run_decide_training
@@ -40,7 +42,7 @@ def decide_training(
         train_options, base_model=base_model, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum,
         image_token_budget=image_token_budget, max_length=max_length, seed=seed)
-    result = run_decide_training(dataset.path, config, force_training=force_training, registry=registry,
+    result = run_decide_training(dataset.path, config, trials=trials, force_training=force_training, registry=registry,
                                  model_name=model_name, project=project, region=region,
                                  decision_json=decision.path, summary_md=summary.path)
     print(f"run {run_id}: {result['reason']}")

@@ -25,11 +25,12 @@ def evaluate(
     confusion_matrix: Output[ClassificationMetrics],
     report: Output[HTML],
     summary: Output[Markdown],
+    selection: Input[Artifact] = None,
 ) -> str:
     """Evaluate the fine-tuned model, the Gemma 4 baseline and the Gemma 3 baseline (and the current
     registered version, if any) on the same held-out split. Returns "register" or "skip"; the reason is in
     the report and the evaluation artifact. The HTML report is also saved as report.html in the evaluation
-    artifact, to open in a browser."""
+    artifact, to open in a browser. selection: select_trial's; a sweep's trials table joins the report."""
     import os
 
     from petqlora.backends import Backend
@@ -42,7 +43,8 @@ def evaluate(
         dataset.path, adapter.path, evaluation.path, base_model=base_model, gemma4_baseline=gemma4_baseline,
         gemma3_baseline=gemma3_baseline, image_token_budget=image_token_budget, mode=scoring,
         win_margin=win_margin, registry=registry, model_name=model_name, backend=Backend(project=project, region=region, **backend),
-        task_id=f"{run_id}-evaluate", report_html=report.path, summary_md=summary.path, run_id=run_id)
+        task_id=f"{run_id}-evaluate", report_html=report.path, summary_md=summary.path, run_id=run_id,
+        selection_json=selection.path if selection is not None else None)
     for name, values in result["models"].items():
         metrics.log_metric(f"{name}_accuracy", values["accuracy"])
         metrics.log_metric(f"{name}_macro_f1", values["macro_f1"])

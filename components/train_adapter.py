@@ -25,10 +25,12 @@ def train_adapter(
     run_id: str,
     adapter: Output[Model],
     metrics: Output[Metrics],
+    trial: int = 0,
 ):
     """Train adapter: QLoRA (4-bit NF4, LoRA) on an NVIDIA RTX PRO 6000 as a Cloud Run Job execution, or a
     local subprocess of the same entrypoint. Resumes from its checkpoints when retried. train_options
-    holds any other TrainConfig field (e.g. checkpoint_every, adapt_vision)."""
+    holds any other TrainConfig field (e.g. checkpoint_every, adapt_vision). trial: the trial's index in a sweep
+    (its own Cloud Run task id, so parallel trials never re-attach to each other's execution)."""
     import os
 
     from petqlora.backends import Backend
@@ -44,7 +46,7 @@ def train_adapter(
         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum,
         image_token_budget=image_token_budget, max_length=max_length, seed=seed)
     values = run_train_adapter(dataset.path, adapter.path, config, Backend(project=project, region=region, **backend),
-                               task_id=f"{run_id}-train")
+                               task_id=f"{run_id}-train" + (f"-trial{trial}" if trial else ""))
     adapter.metadata.update({"sha256": values["adapter_sha256"], "base_model": base_model, "lora_r": lora_r,
                              "config_fingerprint": values["config_fingerprint"],
                              "lora_target_modules": len(values["lora_target_modules"])})

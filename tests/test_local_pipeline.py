@@ -57,6 +57,41 @@ def test_default_run_trains_a_winner_and_registers_it(default_run):
     assert "Registered as model version petqlora-gemma4-pets@1: fine-tuned accuracy" in result.stdout
 
 
+def test_default_run_trains_both_trials_and_registers_the_winner(default_run):
+    """configs/local.yaml's two trials: both trained and scored on the validation split, the best (a tie to the
+    cheaper) alone evaluated on the test split and registered; every trial in the report."""
+    from petqlora.registry.local import LocalRegistry
+    from petqlora.trials.plan import sweep_fingerprint
+    from petqlora.trials.select import TrialResult, select_winner
+
+    out, result, summary = default_run
+    trials = summary["trials"]
+    assert [t["index"] for t in trials] == [0, 1]
+    assert [t["image_token_budget"] for t in trials] == [70, 140] and [t["lora_r"] for t in trials] == [16, 8]
+    for t in trials:
+        assert 0 <= t["validation_accuracy"] <= 1 and t["validation_examples"] > 0 and t["gpu_seconds"] > 0
+        assert t["samples_per_s"] > 0 and Path(t["adapter_uri"], "adapter", "adapter_model.safetensors").is_file()
+    winner, _ = select_winner([TrialResult.from_dict(t) for t in trials])
+    assert summary["winner"] == winner.index
+    # the winner's own adapter went on to the test split and the registry (not a loser's, not a copy)
+    assert summary["artifacts"]["adapter"] == str(Path(winner.adapter_uri) / "adapter")
+    evaluation = json.loads((Path(summary["artifacts"]["evaluation"]) / "evaluation.json").read_text())
+    assert evaluation["details"]["image token budget"].startswith(f"{winner.image_token_budget} soft tokens")
+    assert evaluation["trials"]["winner"] == winner.index
+    version = LocalRegistry(summary["registry"]).default_version("petqlora-gemma4-pets")
+    assert version.artifact_uri == summary["artifacts"]["adapter"]
+    # the token report of the winner's budget: plan_trials' for the trial's 140, validate_token_boundaries' for 70
+    token_report = version.lineage["token_boundary_report"]["uri"]
+    assert token_report.endswith("budget140-max_length1024" if winner.image_token_budget == 140 else "/records")
+    # decide_training compares the sweep's fingerprint next time
+    assert version.labels["config_fingerprint"] == sweep_fingerprint([t["config_fingerprint"] for t in trials])[:63]
+    # every trial, the losers too, in the report and the console
+    html = (out / "report.html").read_text()
+    assert "<h2>Trials (validation split)</h2>" in html and html.count("image_token_budget") >= 1
+    assert "### Trials (validation split)" in result.stdout and result.stdout.count("| winner |") == 1
+    assert "&quot;lora_r&quot;: 8" in html  # the losing trial's overrides too, whichever lost
+
+
 def test_default_run_artifacts(default_run):
     out, _, summary = default_run
     art = summary["artifacts"]
@@ -90,7 +125,7 @@ def test_a_run_that_does_not_win_registers_nothing_and_says_why(default_run, tmp
 
     out, _, _ = default_run
     oxford = generate_synthetic_pets(tmp_path / "oxford", per_class=16, seed=7, layout="oxford")
-    config = small_config(tmp_path, "no_win.yaml", learning_rate=1e-7,
+    config = small_config(tmp_path, "no_win.yaml", learning_rate=1e-7, trials=[],  # one run: no sweep
                           train_options={"max_steps": 1, "checkpoint_every": 0})
     result, summary = run_local(out, config, "--dataset", str(oxford))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -98,6 +133,10 @@ def test_a_run_that_does_not_win_registers_nothing_and_says_why(default_run, tmp
     assert "champion" in summary["models"]  # the registered version was evaluated on the same split
     assert summary["decision_reason"].startswith("not registered")
     assert "\nNot registered: fine-tuned accuracy" in result.stdout
+    # a run of one trial is not scored on the validation split: nothing to choose
+    [trial] = summary["trials"]
+    assert trial["validation_accuracy"] is None and trial["overrides"] == {}
+    assert "Trials (validation split)" not in Path(summary["artifacts"]["evaluation_report"]).read_text()
 
 
 def test_a_broken_example_fails_validation_before_training(tmp_path):

@@ -34,30 +34,36 @@ def compiled(tmp_path_factory) -> dict:
 
 def test_steps_in_order_with_training_and_registration_under_conditions(compiled):
     tasks = compiled["root"]["dag"]["tasks"]
-    assert {"fingerprint-source", "prepare-data", "validate-token-boundaries", "decide-training",
+    assert {"fingerprint-source", "prepare-data", "validate-token-boundaries", "plan-trials", "decide-training",
             "condition-1"} <= set(tasks)
     deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
     assert "fingerprint-source" in deps["prepare-data"]
     assert "prepare-data" in deps["validate-token-boundaries"]
-    assert {"validate-token-boundaries", "prepare-data"} <= deps["decide-training"]
+    # the trials' other budgets are checked (plan_trials) after the run's own, before the decision
+    assert {"validate-token-boundaries", "prepare-data"} <= deps["plan-trials"]
+    assert {"plan-trials", "prepare-data"} <= deps["decide-training"]
     # the GPU steps run under a condition on the decision, after validation: never on unvalidated data
-    assert {"decide-training", "validate-token-boundaries", "prepare-data"} <= deps["condition-1"]
+    assert {"decide-training", "validate-token-boundaries", "plan-trials", "prepare-data"} <= deps["condition-1"]
     condition = tasks["condition-1"]["triggerPolicy"]["condition"]
     assert "decide-training-Output" in condition and "'train'" in condition
     gpu = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(gpu) == {"train-adapter", "evaluate", "condition-2"}
-    assert "train-adapter" in gpu["evaluate"]["dependentTasks"]
-    condition = gpu["condition-2"]["triggerPolicy"]["condition"]
+    assert set(gpu) == {"for-loop-2", "select-trial", "evaluate", "condition-3"}
+    # each trial trains and is scored in its own branch; the winner alone goes on to the test split
+    assert set(compiled["components"]["comp-for-loop-2"]["dag"]["tasks"]) == {"train-adapter", "score-trial"}
+    assert "for-loop-2" in gpu["select-trial"]["dependentTasks"]
+    assert "select-trial" in gpu["evaluate"]["dependentTasks"]
+    condition = gpu["condition-3"]["triggerPolicy"]["condition"]
     assert "evaluate-Output" in condition and "'register'" in condition
-    assert set(compiled["components"]["comp-condition-2"]["dag"]["tasks"]) == {"register-model"}
+    assert set(compiled["components"]["comp-condition-3"]["dag"]["tasks"]) == {"register-model"}
 
 
 def test_side_effecting_steps_are_not_cached(compiled):
     tasks = compiled["root"]["dag"]["tasks"]
     gpu = compiled["components"]["comp-condition-1"]["dag"]["tasks"]
-    inner = compiled["components"]["comp-condition-2"]["dag"]["tasks"]
-    for task in (tasks["fingerprint-source"], tasks["decide-training"], gpu["train-adapter"], gpu["evaluate"],
-                 inner["register-model"]):
+    trial = compiled["components"]["comp-for-loop-2"]["dag"]["tasks"]
+    inner = compiled["components"]["comp-condition-3"]["dag"]["tasks"]
+    for task in (tasks["fingerprint-source"], tasks["decide-training"], trial["train-adapter"], trial["score-trial"],
+                 gpu["evaluate"], inner["register-model"]):
         assert not task.get("cachingOptions", {}).get("enableCache", False)
     assert tasks["prepare-data"]["cachingOptions"].get("enableCache") is True
 

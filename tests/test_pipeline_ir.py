@@ -35,10 +35,10 @@ def ir(tmp_path_factory) -> dict:
 
 
 def _tasks(ir: dict) -> dict:
-    """Every step of every DAG (root and conditions), by task name; the condition groups left out."""
+    """Every step of every DAG (root, conditions, the trials loop), by task name; the groups left out."""
     dags = [ir["root"]["dag"], *(c["dag"] for c in ir["components"].values() if "dag" in c)]
     return {name: task for dag in dags for name, task in dag["tasks"].items()
-            if not task["componentRef"]["name"].startswith("comp-condition")}
+            if not task["componentRef"]["name"].startswith(("comp-condition", "comp-for-loop"))}
 
 
 def _executor(ir: dict, task: dict) -> dict:
@@ -85,22 +85,66 @@ def test_the_fingerprint_feeds_prepare_data_and_is_never_cached(ir):
 def test_steps_that_must_run_every_time_take_the_run_id(ir):
     """The SDK's enable_caching=True (--enable-caching) turns the cache on for every task; a per-run input
     keeps these from ever matching an earlier run's cache entry."""
-    for name in ("fingerprint-source", "decide-training", "train-adapter", "evaluate", "register-model"):
+    for name in ("fingerprint-source", "decide-training", "train-adapter", "score-trial", "evaluate", "register-model"):
         task = _tasks(ir)[name]
         assert task["inputs"]["parameters"]["run_id"] == {"runtimeValue": {"constant": RUN_ID}}, name
         assert not task.get("cachingOptions", {}).get("enableCache", False), name
 
 
 def test_the_decision_sees_every_training_value_train_adapter_gets(ir):
-    """The skip decision fingerprints the same config train_adapter trains with: same inputs, same sources."""
+    """The skip decision fingerprints the configs train_adapter trains with: plan_trials makes each trial's
+    from the run's values and the trials, the same inputs decide_training gets; train_adapter takes the
+    tunable ones from its trial (the loop item), the others from the run."""
+    from petqlora.trials.plan import TUNABLE
+
     tasks = _tasks(ir)
     train = tasks["train-adapter"]["inputs"]["parameters"]
+    plan = tasks["plan-trials"]["inputs"]["parameters"]
     decide = tasks["decide-training"]["inputs"]["parameters"]
-    for name in set(train) - {"backend", "run_id"}:
-        assert name in decide, name
-        source = train[name].get("componentInputParameter", "").removeprefix("pipelinechannel--")
-        assert decide[name].get("componentInputParameter") == source, name
+    for name in set(plan) - {"sample"}:
+        assert decide[name] == plan[name] == {"componentInputParameter": name}, name
+    item = "pipelinechannel--plan-trials-Output-loop-item"
+    for name in set(train) - {"backend", "run_id", "project", "region"}:
+        if name in TUNABLE or name == "trial":
+            field = "index" if name == "trial" else name
+            assert train[name] == {"componentInputParameter": item,
+                                   "parameterExpressionSelector": f'parseJson(string_value)["{field}"]'}, name
+        else:
+            assert name in plan and train[name]["componentInputParameter"] == f"pipelinechannel--{name}", name
     assert decide["force_training"] == {"componentInputParameter": "force_training"}
+
+
+def test_the_trials_fan_out_in_a_parallel_for_and_are_collected(ir):
+    """One branch per plan_trials item, at most pipeline.TRIAL_PARALLELISM at once; select_trial takes every
+    branch's figures and adapter; evaluate and register_model take the winner's."""
+    gpu = ir["components"]["comp-condition-1"]["dag"]["tasks"]
+    loop = gpu["for-loop-2"]
+    assert loop["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--plan-trials-Output"}
+    assert loop["iteratorPolicy"] == {"parallelismLimit": pipeline.TRIAL_PARALLELISM}
+    assert loop["taskInfo"]["name"] == "trials"
+    outputs = ir["components"]["comp-for-loop-2"]["outputDefinitions"]
+    assert outputs["parameters"]["pipelinechannel--score-trial-Output"]["parameterType"] == "LIST"
+    assert outputs["artifacts"]["pipelinechannel--train-adapter-adapter"]["isArtifactList"] is True
+    select = gpu["select-trial"]["inputs"]
+    assert select["parameters"]["results"]["taskOutputParameter"]["producerTask"] == "for-loop-2"
+    assert select["artifacts"]["adapters"]["taskOutputArtifact"]["producerTask"] == "for-loop-2"
+    assert gpu["evaluate"]["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"] == {
+        "producerTask": "select-trial", "outputArtifactKey": "adapter"}
+    assert gpu["evaluate"]["inputs"]["parameters"]["image_token_budget"]["taskOutputParameter"] == {
+        "producerTask": "select-trial", "outputParameterKey": "image_token_budget"}
+    register = ir["components"]["comp-condition-3"]["dag"]["tasks"]["register-model"]["inputs"]["artifacts"]
+    assert register["adapter"]["componentInputArtifact"] == "pipelinechannel--select-trial-adapter"
+    assert register["token_report"]["componentInputArtifact"] == "pipelinechannel--select-trial-winner_token_report"
+
+
+def test_the_trial_parallelism_is_a_compile_option(tmp_path):
+    path = tmp_path / "p.yaml"
+    assert pipeline.main(["compile", "--output", str(path), "--trial-parallelism", "5"]) == 0
+    loop = yaml.safe_load(path.read_text())["components"]["comp-condition-1"]["dag"]["tasks"]["for-loop-2"]
+    assert loop["iteratorPolicy"] == {"parallelismLimit": 5}
+    assert pipeline.main(["compile", "--output", str(path), "--trial-parallelism", "-1"]) == 2
+    assert pipeline.pet_breeds_pipeline.pipeline_spec.components["comp-condition-1"].dag.tasks[
+        "for-loop-2"].iterator_policy.parallelism_limit == pipeline.TRIAL_PARALLELISM  # a copy was changed
 
 
 def test_images_are_the_user_s_pinned_by_the_package_version(ir):

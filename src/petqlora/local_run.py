@@ -27,8 +27,8 @@ log = logging.getLogger("petqlora.local_run")
 REPORT_HTML = "report.html"
 
 TASK_DIRS = {"dataset": ("prepare-data", "dataset"), "token_boundary_report": ("validate-token-boundaries", "records"),
-             "adapter": ("train-adapter", "adapter"), "evaluation_report": ("evaluate", "report"),
-             "evaluation": ("evaluate", "evaluation")}
+             "adapter": ("select-trial", "adapter"), "evaluation_report": ("evaluate", "report"),
+             "evaluation": ("evaluate", "evaluation"), "selection": ("select-trial", "selection")}
 
 
 def load_local_config(path: Path) -> dict:
@@ -120,7 +120,8 @@ def _not_started(error: str, output_dir: Path) -> dict:
     """The summary of a run refused before any step ran: failed, nothing registered, and why."""
     return {"status": "failed", "error": error, "failed_step": None, "run": None, "wall_time_s": 0.0,
             "models": {}, "registered": False, "model_version": None, "decision_reason": None, "table": None,
-            "training": None, "cached": [], "dataset_hash": None, "source_fingerprint": None,
+            "training": None, "cached": [], "dataset_hash": None, "source_fingerprint": None, "trials": None,
+            "winner": None,
             "artifacts": {key: None for key in TASK_DIRS}, "registry": str(output_dir / "registry.sqlite"),
             "parameters": None}
 
@@ -201,8 +202,9 @@ def summarize(run_dir: Path, registry: Path, params: dict, status: str, error: s
         if not path.exists() and (path := _reused(key, task, output, decision)) is not None:
             cached.append(task)
         artifacts[key] = str(path) if path is not None and path.exists() else None
-    if artifacts["adapter"]:
-        artifacts["adapter"] = str(Path(artifacts["adapter"]) / "adapter")
+    selection = json.loads(Path(artifacts["selection"]).read_text()) if artifacts["selection"] else None
+    # select_trial's adapter is the winning trial's own (its URI, not a copy): the folder lies in that trial's branch
+    artifacts["adapter"] = str(Path(selection["adapter"]["uri"]) / "adapter") if selection else None
     if artifacts["token_boundary_report"]:
         artifacts["token_boundary_report"] = str(Path(artifacts["token_boundary_report"]) / "records.jsonl")
     evaluation, models = None, {}
@@ -225,6 +227,7 @@ def summarize(run_dir: Path, registry: Path, params: dict, status: str, error: s
         "decision_reason": evaluation["reason"] if evaluation else (decision or {}).get("reason"),
         "table": evaluation["table"] if evaluation else None,
         "training": decision, "cached": cached, **_dataset_identity(artifacts["dataset"]),
+        "trials": selection["trials"] if selection else None, "winner": selection["winner"] if selection else None,
         "artifacts": artifacts, "registry": str(registry), "parameters": params,
     }
 
@@ -243,6 +246,10 @@ def print_summary(summary: dict, output_dir: Path) -> None:
     print()
     if summary["table"]:
         print(summary["table"])
+    if summary.get("trials") and len(summary["trials"]) > 1:
+        from petqlora.trials.report import trials_markdown
+
+        print(trials_markdown(summary["trials"], summary["winner"]))
     if summary["status"] != "succeeded":
         print(f"\nThe pipeline FAILED: {summary['error']}")
     elif summary["training"] and not summary["training"]["train"]:

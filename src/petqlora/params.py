@@ -78,6 +78,11 @@ class PipelineParams:
                             "truncated.", low=1)
     train_options: dict = field({"checkpoint_every": 50}, "Any other training-config field as a JSON object, "
                                 "e.g. {\"checkpoint_every\": 50, \"adapt_vision\": false}.")
+    trials: list = field([], "Trials trained in parallel, each a JSON object overriding some of the training fields "
+                         "above (image_token_budget, lora_r, lora_alpha, lora_dropout, learning_rate, epochs, "
+                         "batch_size, grad_accum, max_length, train_options), e.g. [{\"image_token_budget\": 140}, "
+                         "{\"lora_r\": 32}]: the best on the validation split is evaluated on the test split and may "
+                         "be registered; empty: one run of the fields above.")
     force_training: bool = field(False, "Train even when the registered default version was trained on the "
                                  "same dataset with the same training config (otherwise the run skips the GPU).")
     scoring: str = field("score", "How evaluation reads an answer: score (class likelihoods, deterministic) or "

@@ -47,6 +47,7 @@ def check_run(values: Mapping[str, Any], *, text: bool = False, pipeline_root: s
     p = Problems("run parameters")
     run, bad = _parse_each(p, values, text)
     train_cfg = _check_training(p, run, bad)
+    _check_trials(p, run, bad)
     backend = _check_backend(p, run, bad, context)
     if backend is not None and backend.kind != "local":
         _check_in_bucket(p, run, backend, pipeline_root)
@@ -146,6 +147,17 @@ def _check_training(p: Problems, run: PipelineParams, bad: set[str]):
     except ValueError as exc:
         _fold(p, exc, rename)
         return None
+
+
+def _check_trials(p: Problems, run: PipelineParams, bad: set[str]) -> None:
+    """Each trial's overrides and the training config it makes (trials.plan.check_trials); a trial's config is
+    built only when the run's own training values passed (else its problem would be theirs)."""
+    from petqlora.trials.plan import FIXED, TUNABLE, base_values, check_trials
+
+    if "trials" in bad:
+        return
+    own_ok = not bad & {*TUNABLE, *FIXED} and not any(item.startswith("train_options.") for item in p.items)
+    check_trials(run.trials, base_values(run), {k: getattr(run, k) for k in FIXED}, p, base_ok=own_ok)
 
 
 def _check_backend(p: Problems, run: PipelineParams, bad: set[str], context: str) -> Backend | None:

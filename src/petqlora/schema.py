@@ -99,10 +99,12 @@ def _type_problem(tp: Any, value: Any) -> str | None:
             return None
         if base is dict and isinstance(value, Mapping):
             return None
+        if base is list and isinstance(value, list):
+            return None
         if base is tuple and isinstance(value, tuple) and all(isinstance(v, str) for v in value):
             return None
     names = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false",
-             dict: "a JSON object", tuple: "a list of strings", type(None): "null"}
+             dict: "a JSON object", list: "a JSON list", tuple: "a list of strings", type(None): "null"}
     return "must be " + " or ".join(names.get(typing.get_origin(o) or o, str(o)) for o in _options(tp))
 
 

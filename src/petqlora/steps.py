@@ -132,14 +132,17 @@ def run_train_adapter(dataset_dir: str, out_dir: str, train_config: dict, backen
 # ---- decide_training
 
 def run_decide_training(dataset_dir: str, train_config: dict, *, force_training: bool, registry: str,
-                        model_name: str, project: str, region: str, decision_json: str, summary_md: str) -> dict:
+                        model_name: str, project: str, region: str, decision_json: str, summary_md: str,
+                        trials: list | None = None) -> dict:
     """Train, or skip because the registry's default version was trained on this dataset with this
-    config (registry.champion); the decision and its reason go to `decision_json` and `summary_md`."""
+    config (registry.champion; with `trials`, the sweep's fingerprint: trials.plan.sweep_fingerprint); the
+    decision and its reason go to `decision_json` and `summary_md`."""
     from petqlora.data.dataset import read_manifest
     from petqlora.registry.champion import config_fingerprint, find_champion, training_decision
+    from petqlora.trials.plan import sweep_fingerprint, trial_config
 
     dataset_hash = read_manifest(dataset_dir)["dataset_hash"]
-    fingerprint = config_fingerprint(train_config)
+    fingerprint = sweep_fingerprint([config_fingerprint(trial_config(train_config, t)) for t in trials or [{}]])
     champion = None if force_training else find_champion(registry, model_name, project=project, region=region)
     train, reason = training_decision(dataset_hash=dataset_hash, fingerprint=fingerprint, champion=champion,
                                       force_training=force_training, model_name=model_name)
@@ -205,8 +208,9 @@ def champion_adapter(registry: str, model_name: str, project: str = "", region: 
 def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model: str, gemma4_baseline: str,
                  gemma3_baseline: str, image_token_budget: int, mode: str, win_margin: float, registry: str,
                  model_name: str, backend: Backend, task_id: str, report_html: str, summary_md: str,
-                 run_id: str = "") -> dict:
-    """Evaluate the three models (and the champion) on the test split; write the report; decide."""
+                 run_id: str = "", selection_json: str | None = None) -> dict:
+    """Evaluate the three models (and the champion) on the test split; write the report; decide. A sweep's
+    trials (select_trial's `selection_json`, more than one trial) are shown in the report."""
     check_win_margin(win_margin)  # before any GPU time is spent
     from petqlora.evaluation.evaluate import EvalConfig
     from petqlora.evaluation.report_table import ModelRow, results_table, run_details
@@ -243,8 +247,10 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
     details = run_details(run_id=run_id, base_model=base_model, image_token_budget=image_token_budget, scoring=mode,
                           n_eval=ft["n_eval"], manifest=json.loads(Path(dataset_dir, "manifest.json").read_text()),
                           training=training, source_fingerprint=_source_fingerprint(dataset_dir))
+    trials = json.loads(Path(selection_json).read_text()) if selection_json else None
+    trials = trials if trials and len(trials["trials"]) > 1 else None
     _write_evaluation_reports(out, report_html, summary_md, rows=rows, finetuned=ft, training=training,
-                              register=register, reason=reason, details=details)
+                              register=register, reason=reason, details=details, trials=trials)
     table = results_table(rows)
     print(table, flush=True)
     summary = {"models": {k: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "n_eval": r["n_eval"],
@@ -253,7 +259,7 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
                "register": register, "reason": reason, "classes": classes,
                "confusion_matrix": ft["result"]["confusion_matrix"], "table": table,
                # what register_model's summary repeats, with the version it creates
-               "rows": [asdict(r) for r in rows], "details": details}
+               "rows": [asdict(r) for r in rows], "details": details, "trials": trials}
     (out / "evaluation.json").write_text(json.dumps(summary, indent=1))
     summary["evaluation_sha256"] = sha256_file(out / "evaluation.json")
     return summary
@@ -266,7 +272,7 @@ def _source_fingerprint(dataset_dir: str) -> str | None:
 
 
 def _write_evaluation_reports(out: Path, report_html: str, summary_md: str, *, rows: list, finetuned: dict,
-                              training: dict, register: bool, reason: str, details: dict) -> None:
+                              training: dict, register: bool, reason: str, details: dict, trials: dict | None) -> None:
     """The HTML report at `report_html` (the HTML artifact, which the Vertex UI renders from its content) and a
     copy at OUT/report.html, a name a browser opens; the Markdown summary at `summary_md`. A winner's version
     does not exist yet: both say its registration is pending, and register_model's summary names it."""
@@ -279,11 +285,11 @@ def _write_evaluation_reports(out: Path, report_html: str, summary_md: str, *, r
         loss_curve=[tuple(x) for x in training.get("loss", [])],
         val_loss_curve=[tuple(x) for x in training.get("val_loss", [])],
         title="Pet breeds: Gemma 4 QLoRA vs baselines", registered=register, reason=reason, model_version=None,
-        extra=details)
+        extra=details, trials=trials)
     Path(report_html).write_text(page)
     (out / "report.html").write_text(page)
     Path(summary_md).write_text(markdown_summary(rows, registered=register, model_version=None, reason=reason,
-                                                 details=details))
+                                                 details=details, trials=trials))
 
 
 def registration_summary(evaluation_dir: str, model_version: str) -> str:
@@ -292,7 +298,8 @@ def registration_summary(evaluation_dir: str, model_version: str) -> str:
 
     evaluation = json.loads(Path(evaluation_dir, "evaluation.json").read_text())
     return markdown_summary([ModelRow(**row) for row in evaluation["rows"]], registered=evaluation["register"],
-                            model_version=model_version, reason=evaluation["reason"], details=evaluation["details"])
+                            model_version=model_version, reason=evaluation["reason"], details=evaluation["details"],
+                            trials=evaluation.get("trials"))
 
 
 # ---- register_model

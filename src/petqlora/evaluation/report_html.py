@@ -135,6 +135,14 @@ def _details_html(extra: dict | None) -> str:
     return f'<h2>Run details</h2><table class="data details"><tbody>{body}</tbody></table>'
 
 
+def _trials_html(trials: dict | None) -> str:
+    if not trials:
+        return ""
+    from petqlora.trials.report import trials_html
+
+    return trials_html(trials["trials"], trials["winner"])
+
+
 def html_report(
     *,
     rows: list[ModelRow],
@@ -147,8 +155,10 @@ def html_report(
     model_version: str | None = None,
     val_loss_curve: list[tuple[int, float]] | None = None,
     extra: dict | None = None,
+    trials: dict | None = None,
 ) -> str:
-    """One self-contained HTML page: the decision in one sentence, comparison table, run details (``extra``,
+    """One self-contained HTML page: the decision in one sentence, comparison table, a sweep's trials table
+    (``trials``: select_trial's selection), run details (``extra``,
     key -> value), loss curve (validation loss too when given), confusion matrix heat map and per-class scores
     of the fine-tuned model.
 
@@ -172,6 +182,7 @@ def html_report(
         _comparison_html(rows),
         f'<p class="muted">Fine-tuned model: {finetuned.n} examples, accuracy {format_percent(finetuned.accuracy)}, '
         f"macro-F1 {format_f1(finetuned.macro_f1)}{top3}. Peak memory is the process peak of the kind shown.</p>",
+        _trials_html(trials),
         _details_html(extra),
         "<h2>Loss</h2>",
         _loss_html(train, val),

@@ -232,8 +232,10 @@ def markdown_summary(
     reason: str,
     dataset_hash: str | None = None,
     details: dict[str, str] | None = None,
+    trials: dict | None = None,
 ) -> str:
-    """A Markdown comparison table, the registration decision in one sentence and the run details.
+    """A Markdown comparison table, the registration decision in one sentence, the run details and, for a
+    sweep, the trials table (``trials``: select_trial's selection).
 
     ``model_version`` is the registry version that was created, or None: for a model that was not
     registered, and for a winner whose registration (the register_model step) is still to come, which the
@@ -262,4 +264,8 @@ def markdown_summary(
         out += ["", f"Dataset hash: `{dataset_hash}`"]
     if details:
         out += ["", "### Run details", ""] + [f"- {_md(k)}: {_md(v)}" for k, v in details.items()]
+    if trials:
+        from petqlora.trials.report import trials_markdown
+
+        out += ["", trials_markdown(trials["trials"], trials["winner"]).rstrip("\n")]
     return "\n".join(out) + "\n"
