@@ -1,4 +1,5 @@
-"""The command line of `python pipeline.py`: run-local, params, compile, submit, schedule, register, lineage.
+"""The command line of `python pipeline.py`: run-local, params, compile, submit, schedule, register, lineage, deploy,
+batch-predict.
 
 pipeline.py holds the DAG; this module parses the commands and calls the library. The pipeline function is
 imported when a command needs it (run-local, compile), so importing this module builds no pipeline.
@@ -15,6 +16,7 @@ from petqlora.cloud.vertex_common import VertexAuthError
 from petqlora.logs import setup_logging
 from petqlora.registry.local import UnknownModelError
 
+from cli_serving import SERVING_COMMANDS, add_serving_commands, run_serving
 from components import images
 
 PIPELINE_NAME = params.PIPELINE_NAME
@@ -145,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--region", default=None, help="Vertex AI region (with --vertex)")
     p.add_argument("--dry-run", action="store_true",
                    help="with --vertex: print the requests the client would send, as JSON; needs no credentials")
+    add_serving_commands(sub)
     return parser
 
 
@@ -200,6 +203,8 @@ def _command(args) -> int:
             labels=_labels(args.label), run_id=args.run_id, dry_run=args.dry_run,
             evaluation=json.loads(Path(args.evaluation).read_text()) if args.evaluation else None)
         return 0
+    if args.command in SERVING_COMMANDS:
+        return run_serving(args, _labels(args.label))
     if args.command == "lineage" and args.dry_run and not args.vertex:
         raise ValueError("--dry-run needs --vertex: the local lineage reads the SQLite registry and sends no request")
     if args.command == "lineage" and args.vertex:
