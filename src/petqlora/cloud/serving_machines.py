@@ -19,7 +19,8 @@ from petqlora import schema
 from petqlora.problems import Problems
 from petqlora.schema import field
 
-__all__ = ["ACCELERATOR_MEMORY_GB", "FIELDS", "GPUS_OF_MACHINE", "MIN_GPU_MEMORY_GB", "ServingMachine", "parse_machine"]
+__all__ = ["ACCELERATOR_MEMORY_GB", "FIELDS", "GPUS_OF_MACHINE", "MIN_GPU_MEMORY_GB", "ServingMachine", "machine_problems",
+           "parse_machine"]
 
 # machine type -> (accelerator type, GPUs attached). Vertex prediction attaches GPUs only in these
 # fixed pairs for the A3/G2/G4 families (the GPU count is part of the machine type).
@@ -95,6 +96,15 @@ def parse_machine(values: Mapping[str, Any], what: str = "serving machine") -> S
         gpu, count = GPUS_OF_MACHINE[values["machine_type"]]
         values = {**values, "accelerator_type": gpu, "accelerator_count": count}
     return schema.from_mapping(ServingMachine, values, what)
+
+
+def machine_problems(values: Mapping[str, Any]) -> list[str]:
+    """What parse_machine refuses in `values`, one line each (none: a machine it accepts)."""
+    try:
+        parse_machine(values)
+    except ValueError as exc:
+        return list(getattr(exc, "problems", None) or (str(exc),))
+    return []
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(ServingMachine))

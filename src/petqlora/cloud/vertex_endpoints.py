@@ -39,6 +39,7 @@ __all__ = [
     "create_endpoint_request",
     "deploy_model_request",
     "deploy_model_version",
+    "deploy_registered",
     "deploy_requests",
     "endpoint_id_for",
     "parse_model_ref",
@@ -315,3 +316,18 @@ def deploy_model_version(ref: str, *, project: str, region: str, machine: Any = 
 def _deploy_summary(endpoint: str, deployed_id: str, model: str, version_id: str, reused: bool) -> dict:
     return {"endpoint": endpoint, "deployed_model_id": deployed_id, "model": model, "version_id": version_id,
             "reused": reused}
+
+
+def deploy_registered(model_version: str, deploy: Mapping[str, Any], *, project: str, region: str, run_id: str,
+                      endpoint_artifact: Any = None, **cloud: Any) -> str:
+    """The pipeline's deploy_model step: deploy the version register_model created on the `deploy` machine
+    (the pipeline parameter; {} deploys nothing and returns "off"), labelled with the run; fills
+    `endpoint_artifact` (a google.VertexEndpoint) and returns the endpoint's resource name."""
+    if not deploy:
+        return "off"
+    result = deploy_model_version(model_version, project=project, region=region, machine=deploy,
+                                  labels={"run_id": run_id}, **cloud)
+    if endpoint_artifact is not None:
+        endpoint_artifact.uri = f"https://{region}-aiplatform.googleapis.com/v1/{result['endpoint']}"
+        endpoint_artifact.metadata.update({"resourceName": result["endpoint"], **result})
+    return result["endpoint"]

@@ -1,0 +1,28 @@
+from kfp import dsl
+from kfp.dsl import Output
+
+from components.images import PIPELINE_IMAGE
+from petqlora.cloud.vertex_artifacts import VertexEndpoint
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def deploy_model(
+    model_version: str,
+    deploy: dict,
+    project: str,
+    region: str,
+    run_id: str,
+    endpoint: Output[VertexEndpoint],
+) -> str:
+    """Deploy model: serve the version just registered on its own Vertex AI endpoint (created when missing,
+    100% of its traffic) on the machine the `deploy` parameter names; a retried step finds the endpoint and
+    the version already there. The output links to the endpoint (google.VertexEndpoint). With deploy={}
+    nothing is deployed and the step returns "off"."""
+    import os
+
+    from petqlora.cloud.vertex_endpoints import deploy_registered
+    from petqlora.logs import setup_logging
+
+    setup_logging(os.environ)
+    return deploy_registered(model_version, deploy, project=project, region=region, run_id=run_id,
+                             endpoint_artifact=endpoint)
