@@ -49,7 +49,8 @@ def test_steps_in_order_with_training_and_registration_under_conditions(compiled
     assert "train-adapter" in gpu["evaluate"]["dependentTasks"]
     condition = gpu["condition-2"]["triggerPolicy"]["condition"]
     assert "evaluate-Output" in condition and "'register'" in condition
-    assert set(compiled["components"]["comp-condition-2"]["dag"]["tasks"]) == {"register-model"}
+    assert set(compiled["components"]["comp-condition-2"]["dag"]["tasks"]) == {"register-model", "condition-3"}
+    assert set(compiled["components"]["comp-condition-3"]["dag"]["tasks"]) == {"deploy-model"}  # Vertex only
 
 
 def test_side_effecting_steps_are_not_cached(compiled):
