@@ -223,3 +223,36 @@ def test_bad_inputs_end_in_one_message_and_exit_2(argv, words, no_credentials, c
     assert pipeline.main([*argv, "--project", PROJECT, "--region", REGION, "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and err.startswith("error: invalid arguments for")
+
+
+def test_a_folder_of_images_becomes_the_file_list_the_job_reads(fake, monkeypatch):
+    """The folder listed through the real storage client (against gcp-storage-emulator), its images written as
+    a file list under the output, and the job pointed at that list."""
+    from gcp_storage_emulator.server import create_server
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    server = create_server("127.0.0.1", 0, in_memory=True, default_bucket="pets-bkt")
+    server.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server._api._httpd.server_address[1]}")
+        client = gcs.Client(project="test-project", credentials=AnonymousCredentials())
+        bucket = client.bucket("pets-bkt")
+        for name in ("test/a.jpg", "test/sub/b.PNG", "test/notes.txt", "other/c.jpg"):
+            bucket.blob(name).upload_from_string(b"x")
+        version = _registered(fake)
+        result = vertex_batch.batch_predict(version, project=PROJECT, region=REGION, input_uri="gs://pets-bkt/test/",
+                                            output_uri_prefix="gs://pets-bkt/out", storage_client=client,
+                                            **QUIET, **cloud(fake))
+        written = bucket.blob("out/inputs/file-list.txt").download_as_text()
+        with pytest.raises(ValueError, match="no image .* under this folder"):
+            vertex_batch.batch_predict(version, project=PROJECT, region=REGION, input_uri="gs://pets-bkt/other/sub/",
+                                       output_uri_prefix="gs://pets-bkt/out2", storage_client=client,
+                                       **QUIET, **cloud(fake))
+    finally:
+        server.stop()
+    assert written == "gs://pets-bkt/test/a.jpg\ngs://pets-bkt/test/sub/b.PNG\n"
+    (job,) = fake.batch_jobs.values()
+    assert job["inputConfig"] == {"instancesFormat": "file-list",
+                                  "gcsSource": {"uris": ["gs://pets-bkt/out/inputs/file-list.txt"]}}
+    assert result["format"] == "file-list" and result["input"] == "gs://pets-bkt/out/inputs/file-list.txt"

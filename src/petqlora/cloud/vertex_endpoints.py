@@ -233,7 +233,8 @@ def deploy_requests(ref: str, *, project: str, region: str, machine: Any = None,
         create = create_endpoint_request(project, region, endpoint_id, _endpoint_labels(base, version_id, final))
     requests.append({**rest_request("endpoint_service", "GetEndpoint",
                                     endpoint_service.GetEndpointRequest(name=endpoint_name)),
-                     "then": "CreateEndpoint when it answers 404; DeployModel unless the version is deployed there"})
+                     "then": ("CreateEndpoint when it answers 404; " if creates else "")
+                     + "DeployModel unless the version is deployed there"})
     if creates:
         requests.append(rest_request("endpoint_service", "CreateEndpoint", create))
     requests.append(rest_request("endpoint_service", "DeployModel", deploy_model_request(endpoint_name, pinned, spec)))
