@@ -38,8 +38,11 @@ def add_serving_commands(sub) -> None:
     p = sub.add_parser("deploy", help="deploy a registered version to a Vertex endpoint (100%% of its traffic)")
     _add_common(p)
     p.add_argument("--endpoint", default=None, metavar="ENDPOINT",
-                   help="an existing endpoint (ID or resource name); default: the version's own, "
-                   "petqlora-<model id>-v<version>, created when missing")
+                   help="an existing endpoint (ID or resource name); default: the model's own, petqlora-<model id>, "
+                   "created when missing")
+    p.add_argument("--endpoint-display-name", default=None, help="the created endpoint's name (default: the model's)")
+    p.add_argument("--keep-previous", action="store_true", help="keep the model's earlier versions deployed on the "
+                   "endpoint (at 0%% traffic, still billed); by default they are undeployed once the new one serves")
     p = sub.add_parser("batch-predict", help="run a Vertex batch prediction job of a registered version")
     _add_common(p)
     p.add_argument("--input", required=True, metavar="GS_URI", help="gs://.../instances.jsonl (one {\"b64\": ...} a "
@@ -57,7 +60,8 @@ def run_serving(args, labels: dict) -> int:
     if args.command == "deploy":
         from petqlora.cloud.vertex_endpoints import deploy_model_version
 
-        deploy_model_version(args.model, endpoint=args.endpoint, **common)
+        deploy_model_version(args.model, endpoint=args.endpoint, endpoint_display_name=args.endpoint_display_name,
+                             keep_previous=args.keep_previous, **common)
         return 0
     from petqlora.cloud.vertex_batch import batch_predict
 

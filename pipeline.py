@@ -104,8 +104,8 @@ def _train_evaluate_register(p, data, check, run_id) -> None:
         # KFP conditions compare primitives only, so deploy={} (off) is the step's own first check; a local
         # registry never deploys (run_checks refuses deploy with it)
         with dsl.If(p.registry == "vertex", name="registered to Vertex"):
-            _sized(deploy_model(model_version=registered.outputs["Output"], deploy=p.deploy, project=p.project,
-                                region=p.region, run_id=run_id), "deploy_model"
+            _sized(deploy_model(model_version=registered.outputs["Output"], model_name=p.model_name, deploy=p.deploy,
+                                project=p.project, region=p.region, run_id=run_id), "deploy_model"
                    ).set_display_name("Deploy to endpoint (when deploy is set)").set_caching_options(False)
 
 

@@ -73,15 +73,18 @@ def test_the_step_deploys_the_registered_version_or_nothing(fake, tmp_path, monk
         out=lambda _: None, **cloud(fake))
     version = f"{r['resource_name']}@{r['version_id']}"
     before = len(fake.requests)
-    assert deploy_registered(version, {}, project=PROJECT, region=REGION, run_id="run-1", **cloud(fake)) == "off"
+    assert deploy_registered(version, {}, project=PROJECT, region=REGION, run_id="run-1", model_name="m",
+                             **cloud(fake)) == "off"
     assert len(fake.requests) == before  # off: no request at all
     artifact = Artifact(uri=str(tmp_path / "endpoint"))
     # the component's body as the step runs it, its one library call pointed at the fake
     monkeypatch.setattr(vertex_endpoints, "deploy_registered", functools.partial(deploy_registered, **cloud(fake)))
-    endpoint = deploy_model.python_func(model_version=version, deploy={"machine_type": "a3-highgpu-1g"}, project=PROJECT,
-                                        region=REGION, run_id="petqlora-gemma4-pets-20261202", endpoint=artifact)
+    endpoint = deploy_model.python_func(model_version=version, model_name="petqlora-gemma4-pets", project=PROJECT,
+                                        deploy={"machine_type": "a3-highgpu-1g"}, region=REGION,
+                                        run_id="petqlora-gemma4-pets-20261202", endpoint=artifact)
     stored = fake.endpoints[endpoint]
     assert stored["labels"]["run_id"] == "petqlora-gemma4-pets-20261202"
+    assert stored["displayName"] == "petqlora-gemma4-pets"
     assert stored["deployedModels"][0]["dedicatedResources"]["machineSpec"]["machineType"] == "a3-highgpu-1g"
     assert artifact.metadata["resourceName"] == endpoint and artifact.uri == f"https://{REGION}-aiplatform.googleapis.com/v1/{endpoint}"
     assert endpoint.startswith(f"{LOCATION}/endpoints/petqlora-")

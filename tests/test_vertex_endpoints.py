@@ -56,56 +56,68 @@ def test_machine_pairs_are_checked(values, words):
 # ------------------------------------------------------------------------------------------ deploy
 
 
+NOTE = "; a dry run makes no live lookup, so this request is not built"
+UNDEPLOY = {"method": "UndeployModel", "needs_lookup": "one per deployed model of another version of this model that "
+            "GetEndpoint lists (0% of the traffic once the new one takes it all), after DeployModel" + NOTE}
+
+
 def test_deploy_requests_are_built_purely():
     version = f"{LOCATION}/models/42@3"
-    payload = vertex_endpoints.deploy_requests(version, project=PROJECT, region=REGION, machine=H100)
-    endpoint = f"{LOCATION}/endpoints/petqlora-42-v3"
+    payload = vertex_endpoints.deploy_requests(version, project=PROJECT, region=REGION, machine=H100,
+                                               endpoint_display_name="petqlora-gemma4-pets")
+    endpoint = f"{LOCATION}/endpoints/petqlora-42"
     assert payload == {"requests": [
         {"method": "GetModel", "http": f"GET /v1/{LOCATION}/models/42%403", "query": ALT},
         {"method": "GetEndpoint", "http": f"GET /v1/{endpoint}", "query": ALT,
          "then": "CreateEndpoint when it answers 404; DeployModel unless the version is deployed there"},
-        {"method": "CreateEndpoint", "http": f"POST /v1/{LOCATION}/endpoints", "query": {**ALT, "endpointId": "petqlora-42-v3"},
-         "body": {"displayName": "petqlora-42-v3", "labels": {"model_id": "42", "model_version": "3"}}},
+        {"method": "CreateEndpoint", "http": f"POST /v1/{LOCATION}/endpoints", "query": {**ALT, "endpointId": "petqlora-42"},
+         "body": {"displayName": "petqlora-gemma4-pets", "labels": {"model_id": "42"}}},
         {"method": "DeployModel", "http": f"POST /v1/{endpoint}:deployModel", "query": ALT, "body": {
             "deployedModel": {
-                "model": version, "displayName": "petqlora-42-v3", "serviceAccount": SA,
+                "model": version, "displayName": "v3", "serviceAccount": SA,
                 "dedicatedResources": {
                     "machineSpec": {"machineType": "a3-highgpu-1g", "acceleratorType": H100_ENUM, "acceleratorCount": 1},
                     "minReplicaCount": 1, "maxReplicaCount": 2}},
             "trafficSplit": {"0": 100}}},
+        UNDEPLOY,
     ]}
+    # without a display name, CreateEndpoint's comes from GetModel; with --keep-previous nothing is undeployed
+    kept = vertex_endpoints.deploy_requests(version, project=PROJECT, region=REGION, keep_previous=True)["requests"]
+    assert [r["method"] for r in kept] == ["GetModel", "GetEndpoint", "CreateEndpoint", "DeployModel"]
+    assert kept[2]["needs_lookup"].startswith("endpoint.display_name is the model's, which GetModel returns")
 
 
 def test_a_deploy_by_display_name_says_which_calls_need_a_lookup():
     payload = vertex_endpoints.deploy_requests("petqlora-gemma4-pets@candidate", project=PROJECT, region=REGION)
-    assert [r["method"] for r in payload["requests"]] == ["ListModels", "GetModel", "GetEndpoint", "DeployModel"]
+    assert [r["method"] for r in payload["requests"]] == ["ListModels", "GetModel", "GetEndpoint", "DeployModel",
+                                                          "UndeployModel"]
     assert payload["requests"][0]["query"]["filter"] == 'display_name="petqlora-gemma4-pets"'
     assert all("needs_lookup" in r for r in payload["requests"][1:])
     # what the lookups cannot change is shown: the default machine and the traffic
-    assert payload["requests"][-1]["request"]["deployed_model"]["dedicated_resources"]["machine_spec"] == {
+    assert payload["requests"][3]["request"]["deployed_model"]["dedicated_resources"]["machine_spec"] == {
         "machine_type": "g4-standard-48", "accelerator_type": "NVIDIA_RTX_PRO_6000", "accelerator_count": 1}
 
 
 def test_deploy_creates_the_endpoint_and_deploys_the_exact_machine_as_the_dry_run_prints(fake):
     version = _registered(fake)
     start = len(fake.requests)
-    result = vertex_endpoints.deploy_model_version(version, project=PROJECT, region=REGION, machine=H100,
-                                                   **QUIET, **cloud(fake))
-    dry = vertex_endpoints.deploy_requests(version, project=PROJECT, region=REGION, machine=H100)["requests"]
+    args = dict(project=PROJECT, region=REGION, machine=H100, endpoint_display_name="pets")
+    result = vertex_endpoints.deploy_model_version(version, **args, **QUIET, **cloud(fake))
+    dry = vertex_endpoints.deploy_requests(version, **args)["requests"]
     calls = [c for c in sent(fake, start) if "/operations/" not in c["http"]]  # the SDK polls the operations
     assert calls[0] == as_sent(dry[0])
-    assert calls[1]["http"] == dry[1]["http"]  # answered 404: the endpoint is created
-    assert calls[2:] == [as_sent(dry[2]), as_sent(dry[3])]
-    model_id, version_id = version.rsplit("/", 1)[1].split("@")
+    assert calls[1] == as_sent(dry[1])  # answered 404: the endpoint is created
+    assert calls[2:4] == [as_sent(dry[2]), as_sent(dry[3])]
+    assert calls[4:] == [as_sent(dry[1])]  # the endpoint read again: no earlier version to undeploy
+    model_id = version.rsplit("/", 1)[1].split("@")[0]
     endpoint = fake.endpoints[result["endpoint"]]
     (deployed,) = endpoint["deployedModels"]
     assert deployed["dedicatedResources"] == {
         "machineSpec": {"machineType": "a3-highgpu-1g", "acceleratorType": H100_ENUM, "acceleratorCount": 1},
         "minReplicaCount": 1, "maxReplicaCount": 2}
     assert deployed["serviceAccount"] == SA and endpoint["trafficSplit"] == {deployed["id"]: 100}
-    assert result == {"endpoint": f"{LOCATION}/endpoints/petqlora-{model_id}-v{version_id}",
-                      "deployed_model_id": deployed["id"], "model": version.split("@")[0], "version_id": "1",
-                      "reused": False}
+    assert result == {"endpoint": f"{LOCATION}/endpoints/petqlora-{model_id}", "deployed_model_id": deployed["id"],
+                      "model": version.split("@")[0], "version_id": "1", "reused": False, "undeployed": []}
 
 
 def test_a_retried_deploy_finds_its_endpoint_and_version_and_pays_nothing_twice(fake):
@@ -114,17 +126,25 @@ def test_a_retried_deploy_finds_its_endpoint_and_version_and_pays_nothing_twice(
     again = vertex_endpoints.deploy_model_version(version, project=PROJECT, region=REGION, **QUIET, **cloud(fake))
     assert again == {**first, "reused": True}
     assert fake.count("POST", "/endpoints") == 1 and fake.count("POST", ":deployModel") == 1
+    assert fake.endpoints[first["endpoint"]]["displayName"] == "petqlora-gemma4-pets"  # the model's display name
 
 
-def test_a_new_version_deployed_to_a_named_endpoint_takes_all_the_traffic(fake):
+def test_a_new_version_replaces_the_last_on_the_models_endpoint(fake):
     first = vertex_endpoints.deploy_model_version(_registered(fake), project=PROJECT, region=REGION,
                                                   **QUIET, **cloud(fake))
-    second = _registered(fake, "run-2")  # version 2 of the same model, resolved by display name and alias
+    second = _registered(fake, "run-2")  # version 2 of the same model, here resolved by display name
     result = vertex_endpoints.deploy_model_version("petqlora-gemma4-pets@2", project=PROJECT, region=REGION,
-                                                   endpoint=first["endpoint"].rsplit("/", 1)[1], **QUIET, **cloud(fake))
+                                                   **QUIET, **cloud(fake))
     endpoint = fake.endpoints[first["endpoint"]]
-    assert result["version_id"] == "2" and result["model"] == second.split("@")[0]
-    assert len(endpoint["deployedModels"]) == 2 and endpoint["trafficSplit"] == {result["deployed_model_id"]: 100}
+    assert result["endpoint"] == first["endpoint"] and result["model"] == second.split("@")[0]
+    assert result["undeployed"] == [first["deployed_model_id"]]  # it would bill at 0% traffic
+    assert [d["modelVersionId"] for d in endpoint["deployedModels"]] == ["2"]
+    assert endpoint["trafficSplit"] == {result["deployed_model_id"]: 100}
+    third = _registered(fake, "run-3")
+    kept = vertex_endpoints.deploy_model_version(third, project=PROJECT, region=REGION, keep_previous=True,
+                                                 endpoint=first["endpoint"], **QUIET, **cloud(fake))
+    assert kept["undeployed"] == [] and [d["modelVersionId"] for d in endpoint["deployedModels"]] == ["2", "3"]
+    assert endpoint["trafficSplit"] == {kept["deployed_model_id"]: 100}
 
 
 def test_deploy_refuses_what_cannot_serve(fake):
@@ -134,7 +154,7 @@ def test_deploy_refuses_what_cannot_serve(fake):
     with pytest.raises(ValueError, match="@7: no such version"):
         vertex_endpoints.deploy_model_version(version.replace("@1", "@7"), project=PROJECT, region=REGION,
                                               **QUIET, **cloud(fake))
-    with pytest.raises(ValueError, match="endpoint=.123.: no such endpoint"):
+    with pytest.raises(ValueError, match="endpoint='123': no such endpoint"):
         vertex_endpoints.deploy_model_version(version, project=PROJECT, region=REGION, endpoint="123",
                                               **QUIET, **cloud(fake))
     assert fake.count("POST", ":deployModel") == 0

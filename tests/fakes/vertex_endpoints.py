@@ -3,7 +3,8 @@ It is a fake, not Vertex.
 
 Endpoints    GetEndpoint, CreateEndpoint (``?endpointId=`` as the REST transport sends it; a long-running
              operation done on its first poll), DeployModel (a long-running operation whose response is the
-             DeployedModel with its new ID; the traffic split's "0" becomes that ID).
+             DeployedModel with its new ID; the traffic split's "0" becomes that ID), UndeployModel (refused
+             while the deployed model still has traffic).
 Batch jobs   CreateBatchPredictionJob (answered at once, JOB_STATE_PENDING), GetBatchPredictionJob.
 
 What Vertex refuses, it answers 400/404/409: an endpoint ID outside its rule or taken, a model version that
@@ -55,6 +56,7 @@ class EndpointsFake:
             ("GET", rf"^{LOCATION}/endpoints/(?P<eid>[^/:]+)$", self.get_endpoint),
             ("POST", rf"^{LOCATION}/endpoints$", self.create_endpoint),
             ("POST", rf"^{LOCATION}/endpoints/(?P<eid>[^/:]+):deployModel$", self.deploy_model),
+            ("POST", rf"^{LOCATION}/endpoints/(?P<eid>[^/:]+):undeployModel$", self.undeploy_model),
             ("POST", rf"^{LOCATION}/batchPredictionJobs$", self.create_batch_prediction_job),
             ("GET", rf"^{LOCATION}/batchPredictionJobs/(?P<job>[^/:]+)$", self.get_batch_prediction_job),
         ]
@@ -111,6 +113,19 @@ class EndpointsFake:
         endpoint["trafficSplit"] = traffic
         response = {"@type": TYPE_PREFIX + "DeployModelResponse", "deployedModel": deployed}
         return self._operation(project, location, "DeployModelOperationMetadata", response, done=False)
+
+    def undeploy_model(self, *, project: str, location: str, eid: str, body: dict, **_: Any) -> dict:
+        endpoint = self._endpoint(project, location, eid)
+        deployed_id = body.get("deployedModelId")
+        if deployed_id not in {d["id"] for d in endpoint["deployedModels"]}:
+            raise ApiError(404, "NOT_FOUND", f"deployed model {deployed_id!r} is not on {endpoint['name']}")
+        if endpoint["trafficSplit"].get(deployed_id):
+            raise _bad(f"deployed model {deployed_id} still receives {endpoint['trafficSplit'][deployed_id]}% of the "
+                       "traffic: move it first (traffic_split)")
+        endpoint["deployedModels"] = [d for d in endpoint["deployedModels"] if d["id"] != deployed_id]
+        endpoint["trafficSplit"].pop(deployed_id, None)
+        response = {"@type": TYPE_PREFIX + "UndeployModelResponse"}
+        return self._operation(project, location, "UndeployModelOperationMetadata", response, done=False)
 
     def create_batch_prediction_job(self, *, project: str, location: str, body: dict, **_: Any) -> dict:
         if not body.get("displayName"):

@@ -8,10 +8,11 @@ make, in order, where a call whose names come from an earlier answer says so (``
 version given as a resource name with a version number (what register_model outputs) needs no lookup:
 its dry run is every request, exactly as sent.
 
-Deploy is idempotent per version: the endpoint's ID is derived from the model and version
-(``endpoint_id_for``), so a retried pipeline step finds the endpoint it created (GetEndpoint) and the
-version already deployed there, instead of paying for a second one. The new deployed model takes 100% of
-the traffic.
+One endpoint per model: its ID is derived from the model's (``endpoint_id_for``), so a retried pipeline
+step finds the endpoint (GetEndpoint) and the version already deployed there instead of paying for a
+second one, and each new version replaces the last: it takes 100% of the traffic, then the model's earlier
+versions there are undeployed (a deployed model bills for its machines even at 0% traffic) unless asked
+to keep them.
 """
 
 from __future__ import annotations
@@ -94,10 +95,10 @@ def parse_model_ref(p: Problems, ref: Any, project: Any, region: Any) -> ModelRe
     return ModelRef(name, version)
 
 
-def endpoint_id_for(model: str, version_id: str) -> str:
-    """The ID of the endpoint a version gets when none is named: petqlora-<model id>-v<version>."""
-    model_id = model.rsplit("/", 1)[-1]
-    return re.sub(r"[^a-z0-9-]", "-", f"petqlora-{model_id}-v{version_id}".lower())[:63].rstrip("-")
+def endpoint_id_for(model: str) -> str:
+    """The ID of the endpoint a model's versions are deployed to when none is named: petqlora-<model id>."""
+    model_id = model.split("@", 1)[0].rsplit("/", 1)[-1]
+    return re.sub(r"[^a-z0-9-]", "-", f"petqlora-{model_id}".lower())[:63].rstrip("-")
 
 
 def check_gs_uri(p: Problems, name: str, uri: Any, fix: str) -> None:
@@ -134,13 +135,14 @@ def _endpoint_name(p: Problems, endpoint: Any, project: str, region: str) -> str
 # Pure request builders.
 
 
-def create_endpoint_request(project: str, region: str, endpoint_id: str, labels: Mapping[str, str]) -> Any:
+def create_endpoint_request(project: str, region: str, endpoint_id: str, display_name: str,
+                            labels: Mapping[str, str]) -> Any:
     from google.cloud.aiplatform.compat.types import endpoint as gca_endpoint
     from google.cloud.aiplatform.compat.types import endpoint_service
 
     return endpoint_service.CreateEndpointRequest(
         parent=f"projects/{project}/locations/{region}", endpoint_id=endpoint_id,
-        endpoint=gca_endpoint.Endpoint(display_name=endpoint_id, labels=dict(labels)))
+        endpoint=gca_endpoint.Endpoint(display_name=display_name, labels=dict(labels)))
 
 
 def deploy_model_request(endpoint: str, model_version: str, machine: ServingMachine) -> Any:
@@ -150,7 +152,7 @@ def deploy_model_request(endpoint: str, model_version: str, machine: ServingMach
     from google.cloud.aiplatform.compat.types import endpoint_service, machine_resources
 
     deployed = gca_endpoint.DeployedModel(
-        model=model_version, display_name=endpoint.rsplit("/", 1)[-1] if endpoint else "",
+        model=model_version, display_name=f"v{model_version.split('@')[1]}" if model_version else "",
         dedicated_resources=machine_resources.DedicatedResources(
             machine_spec=machine.machine_spec(), min_replica_count=machine.min_replica_count,
             max_replica_count=machine.max_replica_count),
@@ -183,13 +185,15 @@ def with_lookup(rpc: str, what: str, request: Any) -> dict:
 # Deploy.
 
 
-def _deploy_args(ref: Any, project: Any, region: Any, machine: Any, endpoint: Any, labels: Any
-                 ) -> tuple[ModelRef, ServingMachine, str | None, dict[str, str]]:
+def _deploy_args(ref: Any, project: Any, region: Any, machine: Any, endpoint: Any, labels: Any,
+                 display_name: Any) -> tuple[ModelRef, ServingMachine, str | None, dict[str, str]]:
     p = Problems("arguments for deploy")
     check_project_region(p, project, region)
     model = parse_model_ref(p, ref, project, region)
     spec = checked_machine(p, machine)
     endpoint_name = _endpoint_name(p, endpoint, project, region)
+    p.check(display_name is None or (isinstance(display_name, str) and 0 < len(display_name) <= 128),
+            "endpoint_display_name", display_name, "must be 1-128 characters", "leave it out: the model's")
     final = {}
     if labels is not None and not isinstance(labels, Mapping):
         p.add("labels", labels, "must be a dict", "pass e.g. {'run_id': 'petqlora-20261202'}")
@@ -203,42 +207,49 @@ def _deploy_args(ref: Any, project: Any, region: Any, machine: Any, endpoint: An
     return model, spec, endpoint_name, final
 
 
-def _endpoint_labels(model: str, version_id: str, labels: Mapping[str, str]) -> dict[str, str]:
-    return {**labels, "model_id": model.rsplit("/", 1)[-1].lower()[:63], "model_version": version_id}
+_UNDEPLOY = ("UndeployModel", "one per deployed model of another version of this model that GetEndpoint lists "
+             "(0% of the traffic once the new one takes it all), after DeployModel")
 
 
 def deploy_requests(ref: str, *, project: str, region: str, machine: Any = None, endpoint: str | None = None,
-                    labels: Mapping[str, Any] | None = None) -> dict:
+                    labels: Mapping[str, Any] | None = None, endpoint_display_name: str | None = None,
+                    keep_previous: bool = False) -> dict:
     """The dry run of deploy_model_version: each REST call, in order (see the module docstring)."""
-    model, spec, endpoint_name, final = _deploy_args(ref, project, region, machine, endpoint, labels)
+    model, spec, endpoint_name, final = _deploy_args(ref, project, region, machine, endpoint, labels,
+                                                     endpoint_display_name)
     from google.cloud.aiplatform.compat.types import endpoint_service
 
     requests = lookup_requests(model, project, region)
-    pinned = model.pinned
-    if pinned is None:
-        where = f"the version GetModel finds ({model.name}@{model.version})"
-        if endpoint_name is None:
-            requests.append(needs_lookup("GetEndpoint", f"its ID is endpoint_id_for(model ID, version ID) of {where}"))
-        else:
-            requests.append(rest_request("endpoint_service", "GetEndpoint",
-                                         endpoint_service.GetEndpointRequest(name=endpoint_name)))
-        requests.append(with_lookup("DeployModel", f"deployed_model.model is {where}",
-                                     deploy_model_request(endpoint_name or "", "", spec)))
-        return {"requests": requests}
-    base, version_id = pinned.split("@")
+    undeploy = [] if keep_previous else [needs_lookup(*_UNDEPLOY)]
     creates = endpoint_name is None
-    if creates:
-        endpoint_id = endpoint_id_for(base, version_id)
-        endpoint_name = f"projects/{project}/locations/{region}/endpoints/{endpoint_id}"
-        create = create_endpoint_request(project, region, endpoint_id, _endpoint_labels(base, version_id, final))
+    if not model.is_resource and creates:  # the endpoint's ID is the model's, which ListModels finds
+        where = f"the model GetModel finds ({model.name}@{model.version})"
+        return {"requests": [
+            *requests, needs_lookup("GetEndpoint", f"its ID is endpoint_id_for(the ID of {where})"),
+            with_lookup("DeployModel", f"deployed_model.model is {where}", deploy_model_request("", "", spec)),
+            *undeploy]}
+    endpoint_name = endpoint_name or f"projects/{project}/locations/{region}/endpoints/{endpoint_id_for(model.name)}"
     requests.append({**rest_request("endpoint_service", "GetEndpoint",
                                     endpoint_service.GetEndpointRequest(name=endpoint_name)),
                      "then": ("CreateEndpoint when it answers 404; " if creates else "")
                      + "DeployModel unless the version is deployed there"})
     if creates:
-        requests.append(rest_request("endpoint_service", "CreateEndpoint", create))
-    requests.append(rest_request("endpoint_service", "DeployModel", deploy_model_request(endpoint_name, pinned, spec)))
-    return {"requests": requests}
+        create = create_endpoint_request(project, region, endpoint_name.rsplit("/", 1)[-1],
+                                         endpoint_display_name or "", _endpoint_labels(model.name, final))
+        requests.append(rest_request("endpoint_service", "CreateEndpoint", create) if endpoint_display_name else
+                        with_lookup("CreateEndpoint", "endpoint.display_name is the model's, which GetModel returns",
+                                    create))
+    if model.pinned is None:
+        requests.append(with_lookup("DeployModel", f"deployed_model.model is the version GetModel finds "
+                                    f"({model.name}@{model.version})", deploy_model_request(endpoint_name, "", spec)))
+    else:
+        requests.append(rest_request("endpoint_service", "DeployModel",
+                                     deploy_model_request(endpoint_name, model.pinned, spec)))
+    return {"requests": [*requests, *undeploy]}
+
+
+def _endpoint_labels(model: str, labels: Mapping[str, str]) -> dict[str, str]:
+    return {**labels, "model_id": model.split("@", 1)[0].rsplit("/", 1)[-1].lower()[:63]}
 
 
 def resolve_version(model: ModelRef, *, project: str, region: str, credentials: Any) -> Any:
@@ -275,43 +286,75 @@ def _endpoint_client(region: str, credentials: Any) -> Any:
 
 
 def deploy_model_version(ref: str, *, project: str, region: str, machine: Any = None, endpoint: str | None = None,
-                         labels: Mapping[str, Any] | None = None, dry_run: bool = False, out: Out = print,
+                         labels: Mapping[str, Any] | None = None, endpoint_display_name: str | None = None,
+                         keep_previous: bool = False, dry_run: bool = False, out: Out = print,
                          credentials: Any = None, api_endpoint: str | None = None) -> dict:
     """Deploy the version `ref` (NAME[@VERSION] or a resource name) on `machine` to `endpoint` (an ID or
-    resource name), or to the version's own endpoint, created when missing; it takes 100% of the traffic.
-    Returns {"endpoint", "deployed_model_id", "model", "version_id", "reused"}; a dry run prints and returns
-    the requests (deploy_requests)."""
-    model, spec, endpoint_name, final = _deploy_args(ref, project, region, machine, endpoint, labels)
+    resource name), or to the model's own endpoint (endpoint_id_for; created when missing, named
+    `endpoint_display_name` or the model's display name); it takes 100% of the traffic, and the deployed
+    models of the model's other versions there are undeployed (they would bill at 0% traffic) unless
+    `keep_previous`. Returns {"endpoint", "deployed_model_id", "model", "version_id", "reused", "undeployed"};
+    a dry run prints and returns the requests (deploy_requests)."""
+    model, spec, endpoint_name, final = _deploy_args(ref, project, region, machine, endpoint, labels,
+                                                     endpoint_display_name)
     if dry_run:
-        payload = deploy_requests(ref, project=project, region=region, machine=spec, endpoint=endpoint, labels=labels)
+        payload = deploy_requests(ref, project=project, region=region, machine=spec, endpoint=endpoint, labels=labels,
+                                  endpoint_display_name=endpoint_display_name, keep_previous=keep_previous)
         print_json(out, payload)
         return payload
-    from google.api_core import exceptions
-
     with vertex_session(project, region, credentials, api_endpoint):
         version = resolve_version(model, project=project, region=region, credentials=credentials)
-        base = version.name.split("@", 1)[0]
+        base, version_id = version.name.split("@", 1)[0], version.version_id
         client = _endpoint_client(region, credentials)
-        name = endpoint_name or (f"projects/{project}/locations/{region}/endpoints/"
-                                 f"{endpoint_id_for(base, version.version_id)}")
-        try:
-            target = client.get_endpoint(name=name)
-        except exceptions.NotFound:
-            if endpoint_name is not None:
-                raise ValueError(f"endpoint={endpoint!r}: no such endpoint in {project}/{region}; fix: leave it out "
-                                 "to create one for the version") from None
-            create = create_endpoint_request(project, region, name.rsplit("/", 1)[-1],
-                                             _endpoint_labels(base, version.version_id, final))
-            target = client.create_endpoint(request=create).result(timeout=LRO_TIMEOUT_S)
-        for deployed in target.deployed_models:  # a retried step: the version is there already
-            if deployed.model.split("@", 1)[0] == base and deployed.model_version_id == version.version_id:
-                out(f"{base}@{version.version_id} is deployed on {target.name} already ({deployed.id})")
-                return _deploy_summary(target.name, deployed.id, base, version.version_id, reused=True)
-        request = deploy_model_request(target.name, f"{base}@{version.version_id}", spec)
-        deployed = client.deploy_model(request=request).result(timeout=LRO_TIMEOUT_S).deployed_model
-    out(f"Deployed {base}@{version.version_id} on {target.name} ({spec.machine_type}, "
-        f"{spec.accelerator_count} x {spec.accelerator_type}) as {deployed.id}, 100% of the traffic")
-    return _deploy_summary(target.name, deployed.id, base, version.version_id, reused=False)
+        target = _endpoint_of(client, endpoint_name, base, display_name=endpoint_display_name or version.display_name,
+                              labels=final, project=project, region=region)
+        found = [d for d in target.deployed_models if _is_version(d, base, version_id)]
+        if found:  # a retried step: the version is there already
+            deployed_id = found[0].id
+            out(f"{base}@{version_id} is deployed on {target.name} already ({deployed_id})")
+        else:
+            request = deploy_model_request(target.name, f"{base}@{version_id}", spec)
+            deployed_id = client.deploy_model(request=request).result(timeout=LRO_TIMEOUT_S).deployed_model.id
+            out(f"Deployed {base}@{version_id} on {target.name} ({spec.machine_type}, {spec.accelerator_count} x "
+                f"{spec.accelerator_type}) as {deployed_id}, 100% of the traffic")
+        undeployed = [] if keep_previous else _undeploy_previous(client, target.name, base, version_id, out)
+    return {**_deploy_summary(target.name, deployed_id, base, version_id, reused=bool(found)), "undeployed": undeployed}
+
+
+def _is_version(deployed: Any, model: str, version_id: str) -> bool:
+    return deployed.model.split("@", 1)[0] == model and deployed.model_version_id == version_id
+
+
+def _endpoint_of(client: Any, endpoint_name: str | None, model: str, *, display_name: str, labels: Mapping[str, str],
+                 project: str, region: str) -> Any:
+    """The named endpoint (which must exist), or the model's own, created when missing."""
+    from google.api_core import exceptions
+
+    name = endpoint_name or f"projects/{project}/locations/{region}/endpoints/{endpoint_id_for(model)}"
+    try:
+        return client.get_endpoint(name=name)
+    except exceptions.NotFound:
+        if endpoint_name is not None:
+            raise ValueError(f"endpoint={endpoint_name.rsplit('/', 1)[-1]!r}: no such endpoint in {project}/{region}; "
+                             "fix: leave it out to create one for the model") from None
+    create = create_endpoint_request(project, region, name.rsplit("/", 1)[-1], display_name,
+                                     _endpoint_labels(model, labels))
+    return client.create_endpoint(request=create).result(timeout=LRO_TIMEOUT_S)
+
+
+def _undeploy_previous(client: Any, endpoint: str, model: str, version_id: str, out: Out) -> list[str]:
+    """Undeploy the model's other versions on `endpoint` that get no traffic (the new one has it all): a
+    deployed model bills for its machines whatever its traffic. Other models' deployments are left alone."""
+    from google.cloud.aiplatform.compat.types import endpoint_service
+
+    current = client.get_endpoint(name=endpoint)
+    previous = [d.id for d in current.deployed_models if d.model.split("@", 1)[0] == model
+                and d.model_version_id != version_id and not current.traffic_split.get(d.id)]
+    for deployed_id in previous:
+        request = endpoint_service.UndeployModelRequest(endpoint=endpoint, deployed_model_id=deployed_id)
+        client.undeploy_model(request=request).result(timeout=LRO_TIMEOUT_S)
+        out(f"Undeployed {deployed_id} (an earlier version of {model}) from {endpoint}")
+    return previous
 
 
 def _deploy_summary(endpoint: str, deployed_id: str, model: str, version_id: str, reused: bool) -> dict:
@@ -320,14 +363,15 @@ def _deploy_summary(endpoint: str, deployed_id: str, model: str, version_id: str
 
 
 def deploy_registered(model_version: str, deploy: Mapping[str, Any], *, project: str, region: str, run_id: str,
-                      endpoint_artifact: Any = None, **cloud: Any) -> str:
+                      model_name: str, endpoint_artifact: Any = None, **cloud: Any) -> str:
     """The pipeline's deploy_model step: deploy the version register_model created on the `deploy` machine
-    (the pipeline parameter; {} deploys nothing and returns "off"), labelled with the run; fills
+    (the pipeline parameter; {} deploys nothing and returns "off"), on the model's endpoint named
+    `model_name` (earlier versions there are undeployed), labelled with the run that created it; fills
     `endpoint_artifact` (a google.VertexEndpoint) and returns the endpoint's resource name."""
     if not deploy:
         return "off"
     result = deploy_model_version(model_version, project=project, region=region, machine=deploy,
-                                  labels={"run_id": run_id}, **cloud)
+                                  labels={"run_id": run_id}, endpoint_display_name=model_name, **cloud)
     if endpoint_artifact is not None:
         endpoint_artifact.uri = f"https://{region}-aiplatform.googleapis.com/v1/{result['endpoint']}"
         endpoint_artifact.metadata.update({"resourceName": result["endpoint"], **result})
