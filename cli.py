@@ -1,5 +1,5 @@
 """The command line of `python pipeline.py`: run-local, params, compile, submit, schedule, register, lineage,
-gpu-job.
+gpu-job, deploy, batch-predict.
 
 pipeline.py holds the DAG; this module parses the commands and calls the library. The pipeline function is
 imported when a command needs it (run-local, compile), so importing this module builds no pipeline.
@@ -16,6 +16,7 @@ from petqlora.cloud.vertex_common import VertexAuthError
 from petqlora.logs import setup_logging
 from petqlora.registry.local import UnknownModelError
 
+from cli_serving import SERVING_COMMANDS, add_serving_commands, run_serving
 from components import images
 
 PIPELINE_NAME = params.PIPELINE_NAME
@@ -152,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     from petqlora.cloud import gpu_job
 
     gpu_job.add_parser(sub)  # gpu-job: one GPU step on a cloud backend, or its requests (--dry-run)
+    add_serving_commands(sub)
     return parser
 
 
@@ -211,6 +213,8 @@ def _command(args) -> int:
         from petqlora.cloud import gpu_job
 
         return gpu_job.command(args)
+    if args.command in SERVING_COMMANDS:
+        return run_serving(args, _labels(args.label))
     if args.command == "lineage" and args.dry_run and not args.vertex:
         raise ValueError("--dry-run needs --vertex: the local lineage reads the SQLite registry and sends no request")
     if args.command == "lineage" and args.vertex:

@@ -21,6 +21,7 @@ from petqlora import params
 from components.add_to_experiment import add_to_experiment
 from components.check_parameters import check_parameters
 from components.decide_training import decide_training
+from components.deploy_model import deploy_model
 from components.evaluate import evaluate
 from components.fingerprint_source import fingerprint_source
 from components.plan_trials import plan_trials
@@ -79,6 +80,8 @@ STEP_SETTINGS = {
     "evaluate": StepSettings(retries=2, backoff="60s", cpu="2", memory="4G"),
     # one Model Registry upload (or a SQLite row)
     "register_model": StepSettings(retries=3, backoff="30s", cpu="1", memory="2G"),
+    # creates an endpoint and waits on the deployment (the GPU machine is Vertex's, not this step's)
+    "deploy_model": StepSettings(retries=1, backoff="60s", cpu="1", memory="2G"),
     # two ML Metadata calls
     "add_to_experiment": StepSettings(retries=3, backoff="30s", cpu="1", memory="2G"),
 }
@@ -127,12 +130,18 @@ def _train_evaluate_register(p, data, check, plan, run_id) -> None:
     ), "evaluate").set_display_name("Evaluate vs Gemma 3 / Gemma 4 baselines")
     scores.set_caching_options(False)  # reads the registry's current champion
     with dsl.If(scores.outputs["Output"] == "register", name="fine-tuned model wins"):
-        _sized(register_model(
+        registered = _sized(register_model(
             dataset=data.outputs["dataset"], token_report=best.outputs["winner_token_report"],
             adapter=best.outputs["adapter"], evaluation=scores.outputs["evaluation"], model_name=p.model_name,
             registry=p.registry, project=p.project, region=p.region, serving_image=p.serving_image,
             code_revision=p.code_revision, run_id=run_id,
         ), "register_model").set_display_name("Register model").set_caching_options(False)
+        # KFP conditions compare primitives only, so deploy={} (off) is the step's own first check; a local
+        # registry never deploys (run_checks refuses deploy with it)
+        with dsl.If(p.registry == "vertex", name="registered to Vertex"):
+            _sized(deploy_model(model_version=registered.outputs["Output"], model_name=p.model_name, deploy=p.deploy,
+                                project=p.project, region=p.region, run_id=run_id), "deploy_model"
+                   ).set_display_name("Deploy to endpoint (when deploy is set)").set_caching_options(False)
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Fine-tune Gemma 4 with QLoRA to classify pet breeds; evaluate "
               "against Gemma 3 and Gemma 4 baselines; register the adapter only when it wins.")

@@ -38,6 +38,7 @@ def check_parameters(
     region: str,
     backend: dict,
     serving_image: str,
+    deploy: dict,
     code_revision: str,
     report: Output[Markdown],
 ):

@@ -54,7 +54,8 @@ def test_steps_in_order_with_training_and_registration_under_conditions(compiled
     assert "select-trial" in gpu["evaluate"]["dependentTasks"]
     condition = gpu["condition-3"]["triggerPolicy"]["condition"]
     assert "evaluate-Output" in condition and "'register'" in condition
-    assert set(compiled["components"]["comp-condition-3"]["dag"]["tasks"]) == {"register-model"}
+    assert set(compiled["components"]["comp-condition-3"]["dag"]["tasks"]) == {"register-model", "condition-4"}
+    assert set(compiled["components"]["comp-condition-4"]["dag"]["tasks"]) == {"deploy-model"}  # Vertex only
 
 
 def test_side_effecting_steps_are_not_cached(compiled):

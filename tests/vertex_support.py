@@ -2,6 +2,8 @@
 pipelines, and the REST requests the fake received in the shape a dry run prints them."""
 
 # No `from __future__ import annotations`: kfp reads the components' annotations as real types.
+from urllib.parse import unquote
+
 import pytest
 from google.auth.credentials import AnonymousCredentials
 from kfp import compiler, dsl
@@ -68,8 +70,9 @@ def sent(fake, start: int = 0) -> list[dict]:
 
 
 def as_sent(dry_run_request: dict) -> dict:
-    """A dry run's REST call in the shape of `sent`: its method name and notes dropped, query values as text."""
-    call = {"http": dry_run_request["http"], "query": {k: str(v) for k, v in dry_run_request["query"].items()}}
+    """A dry run's REST call in the shape of `sent`: its method name and notes dropped, query values as text,
+    the path unescaped as the fake reads it ("%40" is "@")."""
+    call = {"http": unquote(dry_run_request["http"]), "query": {k: str(v) for k, v in dry_run_request["query"].items()}}
     if "body" in dry_run_request:
         call["body"] = dry_run_request["body"]
     return call

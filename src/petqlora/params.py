@@ -105,6 +105,10 @@ class PipelineParams:
                                "there), pinned by version tag or digest; the local registry does not use it.",
                                fix="pass an image with a version tag or @sha256 digest, e.g. "
                                "REGION-docker.pkg.dev/PROJECT/REPO/serving:1.0.0")
+    deploy: dict = field({}, "Deploy a version registered to Vertex to its own endpoint (100% of the traffic) on "
+                         "this machine, e.g. {\"machine_type\": \"g4-standard-48\", \"max_replica_count\": 2}: "
+                         "machine_type, accelerator_type, accelerator_count, min/max_replica_count, "
+                         "service_account; {} (the default): no deployment.")
     code_revision: str = field("", "Commit of the code that ran, recorded as a label of the registered version.")
 
     def __post_init__(self) -> None:
@@ -115,6 +119,10 @@ class PipelineParams:
             if problem:
                 problems.add("serving_image", self.serving_image, problem,
                              schema.rule_of(PipelineParams, "serving_image").fix)
+        if "deploy" not in wrong and self.deploy:  # the machine's own rules (cloud/serving_machines.py)
+            from petqlora.cloud.serving_machines import machine_problems
+
+            problems.items.extend(f"deploy.{item}" for item in machine_problems(self.deploy))
         problems.raise_if_any()
 
 

@@ -231,6 +231,9 @@ def _check_registry(p: Problems, run: PipelineParams, bad: set[str], context: st
     if "registry" in bad:
         return
     registry = run.registry
+    if run.deploy and registry != "vertex" and "deploy" not in bad:  # a local registry has no endpoint to serve on
+        p.add("deploy", run.deploy, f"deploys to a Vertex endpoint, which needs registry=vertex (registry is {registry!r})",
+              "pass deploy={} for a local run, or registry=vertex")
     if registry == "vertex":
         if context != "template" and "serving_image" not in bad:
             pipeline_params.check_vertex_registration(run, p)  # a template's serving image is given at submit

@@ -22,6 +22,8 @@ What it models (only what petqlora calls):
                   see RUNNING (default 1).
   Schedules       CreateSchedule, GetSchedule, ListSchedules, PauseSchedule, ResumeSchedule, DeleteSchedule.
   ML Metadata     stores, contexts (experiments), artifacts and lineage: see fakes/vertex_metadata.py.
+  Serving         endpoints (create, get, deploy a version) and batch prediction jobs: see
+                  fakes/vertex_endpoints.py.
   Operations      GetOperation under /v1/ and /ui/ (the SDK's operations client uses /ui/).
 
 Not modelled: pagination (everything fits in one page), IAM, quotas, real pipeline execution.
@@ -42,6 +44,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from fakes.vertex_api_common import LOCATION as _LOCATION
 from fakes.vertex_api_common import TYPE_PREFIX as _TYPE
 from fakes.vertex_api_common import ApiError, match_filter, now
+from fakes.vertex_endpoints import EndpointsFake
 from fakes.vertex_evaluations import EvaluationsFake
 from fakes.vertex_metadata import MetadataFake
 
@@ -50,7 +53,7 @@ _LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
 
 
-class FakeVertexAPI(MetadataFake, EvaluationsFake):
+class FakeVertexAPI(MetadataFake, EvaluationsFake, EndpointsFake):
     """Serve the fake on an ephemeral port; use as a context manager."""
 
     def __init__(self) -> None:
@@ -65,6 +68,7 @@ class FakeVertexAPI(MetadataFake, EvaluationsFake):
         self._ids = itertools.count(1000)
         self._init_metadata()
         self._init_evaluations()
+        self._init_endpoints()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -141,6 +145,7 @@ class FakeVertexAPI(MetadataFake, EvaluationsFake):
             ("GET", rf"^{_LOCATION}/operations/(?P<op>[^/]+)$", self.get_operation),
             *self.metadata_routes(),
             *self.evaluation_routes(),
+            *self.endpoint_routes(),
             ("GET", rf"^{_LOCATION}/models$", self.list_models),
             ("POST", rf"^{_LOCATION}/models:upload$", self.upload_model),
             ("GET", rf"^{_LOCATION}/models/(?P<model>[^/:]+):listVersions$", self.list_model_versions),

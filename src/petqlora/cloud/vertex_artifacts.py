@@ -1,4 +1,5 @@
-"""The KFP artifact type Vertex AI Pipelines links to the Model Registry: ``google.VertexModel``.
+"""The KFP artifact types Vertex AI Pipelines links to the Model Registry and to endpoints: ``google.VertexModel``
+and ``google.VertexEndpoint`` (deploy_model's output, the endpoint the version serves on).
 
 google-cloud-pipeline-components defines it, but it needs aiplatform < 2 and cannot be installed beside
 this project's SDK; a ``dsl.Artifact`` subclass with the same schema title and metadata is what the Vertex
@@ -15,7 +16,7 @@ from typing import Any
 
 from kfp import dsl
 
-__all__ = ["VertexModel", "record_registration", "vertex_model_uri"]
+__all__ = ["VertexEndpoint", "VertexModel", "record_registration", "vertex_model_uri"]
 
 _VERSION_NAME_RE = re.compile(r"^projects/[^/]+/locations/(?P<region>[^/]+)/models/[^/@]+(@[^/]+)?$")
 
@@ -24,6 +25,13 @@ class VertexModel(dsl.Artifact):
     """A model in Vertex AI Model Registry; metadata["resourceName"] names it (with "@version" when one)."""
 
     schema_title = "google.VertexModel"
+    schema_version = "0.0.1"
+
+
+class VertexEndpoint(dsl.Artifact):
+    """An endpoint in Vertex AI; metadata["resourceName"] names it, the URI is its REST URL (as GCPC's)."""
+
+    schema_title = "google.VertexEndpoint"
     schema_version = "0.0.1"
 
 

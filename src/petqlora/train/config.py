@@ -63,6 +63,8 @@ class TrainConfig:
     keep_checkpoints: int = field(2, "Checkpoints kept.", low=1)
     log_every: int = field(5, "Optimizer steps between progress lines.", low=1)
     device: str = field("auto", "auto, cpu, cuda or cuda:N.")
+    export_merged: bool = field(False, "Also write OUTPUT/merged: the base in bf16 with the adapter merged in, as "
+                                "safetensors with the processor, for vLLM and other servers without LoRA.")
 
     def __post_init__(self) -> None:
         problems = Problems("training config")
@@ -72,7 +74,7 @@ class TrainConfig:
 
 
 # Fields that change only bookkeeping, not the trained adapter: a resume may change them.
-_BOOKKEEPING_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every")
+_BOOKKEEPING_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every", "export_merged")
 
 
 def parse_train_config(values: dict) -> TrainConfig:

@@ -127,6 +127,10 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
         except Exception as exc:  # a missing plot must not lose a trained adapter
             log.warning("could not draw the loss curve: %s", exc)
     metrics = _metrics(run, cfg, state, started, task_attempt, fingerprint, ranks, peaks)
+    if ranks.main and cfg.export_merged:  # OUTPUT/merged, bf16 safetensors; before metrics.json marks the run finished
+        from petqlora.gemma.merge import export_merged
+
+        export_merged(cfg.base_model, adapter_dir, output / "merged", device=cfg.device)
     if ranks.main:
         write_json_atomically(output / "metrics.json", metrics)  # last: its presence marks a finished run
         log.info("adapter written to %s (%d steps, final loss %s, %.1fs training)", adapter_dir, state.global_step,
