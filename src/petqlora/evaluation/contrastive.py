@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from petqlora.params import CONTRASTIVE_MODEL_TYPES as MODEL_TYPES
+
 log = logging.getLogger("petqlora.evaluation.contrastive")
 
-# config.json's model_type of the checkpoints this module scores.
-MODEL_TYPES = ("siglip", "siglip2", "clip")
 FAMILY = "contrastive"
 # One prompt per class, as in CLIP's and open_clip's pet evaluations; lowercased, since SigLIP 2 was trained on
 # lowercased text (SigLIP's and CLIP's tokenizers lowercase anyway).
