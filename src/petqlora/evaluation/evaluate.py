@@ -5,7 +5,8 @@
 The default mode scores every class name as a continuation of the prompt and takes the most likely:
 deterministic, and it cannot produce an unparseable answer. The prompt (with its image) is encoded once
 and its key/value cache is shared by all the candidates. `mode: generate` decodes greedily (never
-sampling) and matches the normalized text, for comparison with published numbers.
+sampling) and matches the normalized text, for comparison with published numbers. A SigLIP / CLIP
+checkpoint (the contrastive baseline) is scored by image-text similarity instead (evaluation/contrastive.py).
 """
 
 from __future__ import annotations
