@@ -124,10 +124,11 @@ def _train_evaluate_register(p, data, check, plan, run_id) -> None:
     scores = _sized(evaluate(
         dataset=data.outputs["dataset"], adapter=best.outputs["adapter"], base_model=p.base_model,
         gemma4_baseline=p.gemma4_baseline, gemma3_baseline=p.gemma3_baseline,
+        contrastive_baseline=p.contrastive_baseline, gate_on_contrastive=p.gate_on_contrastive,
         image_token_budget=best.outputs["image_token_budget"], scoring=p.scoring, win_margin=p.win_margin,
         registry=p.registry, model_name=p.model_name, backend=p.backend, project=p.project, region=p.region,
         run_id=run_id, selection=best.outputs["selection"],
-    ), "evaluate").set_display_name("Evaluate vs Gemma 3 / Gemma 4 baselines")
+    ), "evaluate").set_display_name("Evaluate vs Gemma 3 / Gemma 4 / contrastive baselines")
     scores.set_caching_options(False)  # reads the registry's current champion
     with dsl.If(scores.outputs["Output"] == "register", name="fine-tuned model wins"):
         registered = _sized(register_model(

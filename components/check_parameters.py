@@ -10,6 +10,8 @@ def check_parameters(
     base_model: str,
     gemma4_baseline: str,
     gemma3_baseline: str,
+    contrastive_baseline: str,
+    gate_on_contrastive: bool,
     seed: int,
     val_fraction: float,
     test_fraction: float,

@@ -11,6 +11,8 @@ def evaluate(
     base_model: str,
     gemma4_baseline: str,
     gemma3_baseline: str,
+    contrastive_baseline: str,
+    gate_on_contrastive: bool,
     image_token_budget: int,
     scoring: str,
     win_margin: float,
@@ -27,10 +29,11 @@ def evaluate(
     summary: Output[Markdown],
     selection: Input[Artifact] = None,
 ) -> str:
-    """Evaluate the fine-tuned model, the Gemma 4 baseline and the Gemma 3 baseline (and the current
-    registered version, if any) on the same held-out split. Returns "register" or "skip"; the reason is in
-    the report and the evaluation artifact. The HTML report is also saved as report.html in the evaluation
-    artifact, to open in a browser. selection: select_trial's; a sweep's trials table joins the report."""
+    """Evaluate the fine-tuned model, the Gemma 4 baseline, the Gemma 3 baseline, the contrastive (SigLIP /
+    CLIP) baseline when one is named, and the current registered version, if any, on the same held-out split.
+    Returns "register" or "skip"; the reason is in the report and the evaluation artifact. The HTML report is
+    also saved as report.html in the evaluation artifact, to open in a browser. selection: select_trial's; a
+    sweep's trials table joins the report."""
     import os
 
     from petqlora.backends import Backend
@@ -41,7 +44,8 @@ def evaluate(
 
     result = run_evaluate(
         dataset.path, adapter.path, evaluation.path, base_model=base_model, gemma4_baseline=gemma4_baseline,
-        gemma3_baseline=gemma3_baseline, image_token_budget=image_token_budget, mode=scoring,
+        gemma3_baseline=gemma3_baseline, contrastive_baseline=contrastive_baseline,
+        gate_on_contrastive=gate_on_contrastive, image_token_budget=image_token_budget, mode=scoring,
         win_margin=win_margin, registry=registry, model_name=model_name, backend=Backend(project=project, region=region, **backend),
         task_id=f"{run_id}-evaluate", report_html=report.path, summary_md=summary.path, run_id=run_id,
         selection_json=selection.path if selection is not None else None)

@@ -39,7 +39,7 @@ def default_run(tmp_path_factory):
 def test_default_run_trains_a_winner_and_registers_it(default_run):
     out, result, summary = default_run
     models = summary["models"]
-    assert set(models) == {"finetuned", "gemma4_baseline", "gemma3_baseline"}
+    assert set(models) == {"finetuned", "gemma4_baseline", "gemma3_baseline", "contrastive_baseline"}
     for values in models.values():
         assert {"accuracy", "macro_f1", "n_eval"} <= set(values)
         assert values["n_eval"] == models["finetuned"]["n_eval"] > 0  # one held-out split for all
@@ -48,6 +48,9 @@ def test_default_run_trains_a_winner_and_registers_it(default_run):
     assert summary["registered"] is True
     assert summary["model_version"] == "petqlora-gemma4-pets@1"
     assert "Gemma 4 + QLoRA (fine-tuned)" in result.stdout
+    # The tiny random SigLIP is evaluated beside the Gemma baselines, in the table, reported but not gated.
+    assert "Contrastive baseline (SigLIP / CLIP, zero-shot)" in summary["table"]
+    assert "(contrastive_baseline " in summary["decision_reason"] and "not gated" in summary["decision_reason"]
     # The train step logged the trainer's progress.json while it ran; the trainer's own lines, relayed by the
     # step, carry one timestamp each and their own level.
     lines = result.stdout.splitlines()

@@ -282,18 +282,21 @@ def test_champion_adapter_is_the_default_versions_artifact(tmp_path):
 
 @pytest.fixture(scope="module")
 def evaluation_inputs(tmp_path_factory) -> dict:
-    """Tiny Gemma 4 and Gemma 3, a synthetic pets set, and a train step's output with a random LoRA adapter."""
+    """Tiny Gemma 4, Gemma 3 and SigLIP, a synthetic pets set, and a train step's output with a random LoRA
+    adapter."""
     from peft import get_peft_model
 
     from petqlora.gemma.lora import LoraSettings, build_lora_config
     from petqlora.gemma.modeling import load_model
     from petqlora.data.prepare_data import PrepareDataConfig, prepare_data
     from petqlora.data.synthetic import generate_synthetic_pets
+    from petqlora.evaluation.tiny_contrastive import build_tiny_contrastive
     from petqlora.gemma.tiny_models import build_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("evaluate")
     gemma4 = build_tiny_checkpoint("gemma4-31b", root / "gemma4-31b")
     gemma3 = build_tiny_checkpoint("gemma3", root / "gemma3")
+    siglip = build_tiny_contrastive("siglip", root / "siglip")
     source = generate_synthetic_pets(root / "source", per_class=4, seed=0)
     prepare_data(PrepareDataConfig(source=str(source)), root / "dataset")
     model = load_model(gemma4, quantize_4bit=False, device=torch.device("cpu"))
@@ -306,7 +309,8 @@ def evaluation_inputs(tmp_path_factory) -> dict:
     train = root / "train"
     peft_model.save_pretrained(train / "adapter")
     (train / "metrics.json").write_text(json.dumps({"loss": [[1, 2.0], [2, 1.5]], "steps": 2, "wall_time_s": 3.0}))
-    return {"gemma4": str(gemma4), "gemma3": str(gemma3), "dataset": str(root / "dataset"), "train": str(train)}
+    return {"gemma4": str(gemma4), "gemma3": str(gemma3), "siglip": str(siglip), "dataset": str(root / "dataset"),
+            "train": str(train)}
 
 
 def test_run_evaluate_scores_every_model_and_the_champion_on_the_same_split(evaluation_inputs, tmp_path):
@@ -332,19 +336,21 @@ def test_run_evaluate_scores_every_model_and_the_champion_on_the_same_split(eval
     summary = run_evaluate(
         evaluation_inputs["dataset"], evaluation_inputs["train"], str(out), base_model=evaluation_inputs["gemma4"],
         gemma4_baseline=evaluation_inputs["gemma4"], gemma3_baseline=evaluation_inputs["gemma3"],
+        contrastive_baseline=evaluation_inputs["siglip"], gate_on_contrastive=False,
         image_token_budget=70, mode="score", win_margin=0.02, registry=str(registry), model_name=NAME,
         backend=InProcess(max_parallel=1), task_id="run-2-evaluate", report_html=str(tmp_path / "report.html"),
         summary_md=str(tmp_path / "summary.md"))
 
-    assert [task for _, task, _ in calls] == [f"run-2-evaluate-{k}" for k in
-                                             ("finetuned", "gemma4_baseline", "gemma3_baseline", "champion")]
+    assert [task for _, task, _ in calls] == [f"run-2-evaluate-{k}" for k in (
+        "finetuned", "gemma4_baseline", "gemma3_baseline", "contrastive_baseline", "champion")]
     configs = {task.rsplit("-", 1)[1]: json.loads(Path(args[args.index("--config") + 1]).read_text())
                for _, task, args in calls}
     adapters = {name: config["adapter"] for name, config in configs.items()}
     assert {name: (config["name"], config["image_token_budget"], config["mode"]) for name, config in configs.items()} \
         == {name: (name, 70, "score") for name in configs}
     assert adapters == {"finetuned": f"{evaluation_inputs['train']}/adapter", "champion": str(champion),
-                        "gemma4_baseline": None, "gemma3_baseline": None}
+                        "gemma4_baseline": None, "gemma3_baseline": None, "contrastive_baseline": None}
+    assert configs["contrastive_baseline"]["base_model"] == evaluation_inputs["siglip"]
     models = summary["models"]
     assert set(models) == set(APPROACHES)
     assert {m["n_eval"] for m in models.values()} == {6}  # the same held-out split for all
@@ -355,7 +361,9 @@ def test_run_evaluate_scores_every_model_and_the_champion_on_the_same_split(eval
     # A tie with the champion never registers; the reason is the decision's own words.
     assert summary["register"] is False
     assert (summary["register"], summary["reason"]) == registration_decision(
-        {k: m["accuracy"] for k, m in models.items()}, 0.02)
+        {k: m["accuracy"] for k, m in models.items()}, 0.02, gate_on_contrastive=False)
+    assert "(contrastive_baseline " in summary["reason"] and "not gated" in summary["reason"]
+    assert json.loads((out / "contrastive_baseline" / "result.json").read_text())["family"] == "contrastive"
     saved = json.loads((out / "evaluation.json").read_text())
     assert saved["register"] is False and saved["reason"] == summary["reason"]
     assert summary["evaluation_sha256"] == sha256_file(out / "evaluation.json")
@@ -364,6 +372,8 @@ def test_run_evaluate_scores_every_model_and_the_champion_on_the_same_split(eval
     assert "- base model: " in summary_md and "- dataset hash: " in summary_md  # the run details
     page = (tmp_path / "report.html").read_text()
     assert "Current registered version" in page and "<h2>Run details</h2>" in page
+    assert "Contrastive baseline (SigLIP / CLIP, zero-shot)" in page and "Contrastive baseline" in summary["table"]
+    assert "- contrastive baseline: " in summary_md and "does not gate registration" in summary_md
     assert (out / "report.html").read_text() == page  # the copy a browser opens by its name
 
 

@@ -42,17 +42,24 @@ def load_local_config(path: Path) -> dict:
 
 
 def resolve_model(spec: str, models_dir: Path) -> str:
-    """`tiny:<variant>` builds (once) a tiny random checkpoint; anything else must be an existing folder."""
-    if spec.startswith("tiny:"):
-        from petqlora.gemma.tiny_models import build_tiny_checkpoint
+    """`tiny:<variant>` builds (once) a tiny random checkpoint; "" stays "" (no such model, e.g. no
+    contrastive baseline); anything else must be an existing folder."""
+    from petqlora.evaluation.tiny_contrastive import VARIANTS as CONTRASTIVE_VARIANTS, build_tiny_contrastive
+    from petqlora.gemma.tiny_models import VARIANTS, build_tiny_checkpoint
 
-        target = models_dir / spec.split(":", 1)[1]
+    if not spec:
+        return spec
+    if spec.startswith("tiny:"):
+        variant = spec.split(":", 1)[1]
+        target = models_dir / variant
         if not (target / "config.json").exists():
-            build_tiny_checkpoint(spec.split(":", 1)[1], target)
+            build = build_tiny_contrastive if variant in CONTRASTIVE_VARIANTS else build_tiny_checkpoint
+            build(variant, target)
         return str(target.resolve())
     if not Path(spec).is_dir():
         raise FileNotFoundError(f"model {spec!r}: not a folder. Give a local checkpoint folder (config.json, "
-                                "*.safetensors, tokenizer and processor files) or tiny:<gemma4-31b|gemma4-e|gemma3>")
+                                "*.safetensors, tokenizer and processor files) or "
+                                f"tiny:<{'|'.join(VARIANTS + CONTRASTIVE_VARIANTS)}>")
     return str(Path(spec).resolve())
 
 

@@ -23,6 +23,8 @@ IMAGE_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
 BAD_INPUT_POLICIES = ("fail", "skip")
 SCORING_MODES = ("score", "generate")
 BACKEND_KINDS = ("local", "cloud_run", "vertex_custom_job")
+# config.json model_type of the checkpoints the contrastive baseline scores (evaluation/contrastive.py).
+CONTRASTIVE_MODEL_TYPES = ("siglip", "siglip2", "clip")
 PIPELINE_NAME = "petqlora-gemma4-pets"
 # HOST[:PORT]/PATH[:TAG][@sha256:DIGEST], as docker reads an image reference (lowercase path).
 _IMAGE_RE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+"
@@ -53,6 +55,10 @@ class PipelineParams:
                             "/gcs/... checkpoint folder.")
     gemma4_baseline: str = field("google/gemma-4-31b-it", "Gemma 4 checkpoint evaluated zero-shot as a baseline.")
     gemma3_baseline: str = field("google/gemma-3-27b-it", "Gemma 3 checkpoint evaluated zero-shot as a baseline.")
+    contrastive_baseline: str = field("google/siglip2-so400m-patch14-384", "SigLIP / SigLIP 2 / CLIP checkpoint "
+                                      "evaluated zero-shot (image-text similarity) as a baseline; empty: none.")
+    gate_on_contrastive: bool = field(False, "Registration must also beat the contrastive baseline by win_margin "
+                                      "(otherwise it is reported, not gated).")
     seed: int = field(42, "Seed of the splits, the batch order and the LoRA initialisation.", low=0)
     val_fraction: float = field(0.1, "Share of each class held out for validation (when the source has no "
                                 "split of its own).", low=0, high=1, low_open=True, high_open=True)
@@ -123,7 +129,19 @@ class PipelineParams:
             from petqlora.cloud.serving_machines import machine_problems
 
             problems.items.extend(f"deploy.{item}" for item in machine_problems(self.deploy))
+        if "contrastive_baseline" not in wrong:
+            problems.check(self.contrastive_baseline == "".join(self.contrastive_baseline.split()),
+                           "contrastive_baseline", self.contrastive_baseline, "must be a checkpoint without spaces",
+                           "e.g. google/siglip2-so400m-patch14-384, or empty for no contrastive baseline")
         problems.raise_if_any()
+
+
+def check_contrastive_gate(values: PipelineParams, problems: Problems) -> None:
+    """gate_on_contrastive needs a contrastive baseline to beat: checked with the whole run (run_checks), since
+    the parameters are parsed one by one, and again by the evaluate step before any model is scored."""
+    problems.check(bool(values.contrastive_baseline) or not values.gate_on_contrastive, "gate_on_contrastive",
+                   values.gate_on_contrastive, "needs a contrastive_baseline to beat",
+                   "set contrastive_baseline (e.g. google/siglip2-so400m-patch14-384), or gate_on_contrastive=false")
 
 
 def check_vertex_registration(values: PipelineParams, problems: Problems) -> None:

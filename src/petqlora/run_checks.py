@@ -34,7 +34,7 @@ __all__ = ["CONTEXTS", "check_run", "template_defaults"]
 #   here:     a run on this machine (run-local) or the pipeline's first step: everything, and the
 #             registry's folder on this filesystem.
 CONTEXTS = ("template", "submit", "here")
-MODEL_PARAMETERS = ("base_model", "gemma4_baseline", "gemma3_baseline")
+MODEL_PARAMETERS = ("base_model", "gemma4_baseline", "gemma3_baseline", "contrastive_baseline")
 
 
 def check_run(values: Mapping[str, Any], *, text: bool = False, pipeline_root: str | None = None,
@@ -56,6 +56,7 @@ def check_run(values: Mapping[str, Any], *, text: bool = False, pipeline_root: s
 
         check_world_size(train_cfg, backend.accelerator_count, p)  # torchrun: one process per GPU
     _check_registry(p, run, bad, context)
+    _check_contrastive(p, run, bad, context)
     p.raise_if_any()
     return run
 
@@ -260,3 +261,17 @@ def _check_registry(p: Problems, run: PipelineParams, bad: set[str], context: st
         problem = registry_path_problem(registry)
         if problem is not None:
             p.add("registry", registry, *problem)
+
+
+def _check_contrastive(p: Problems, run: PipelineParams, bad: set[str], context: str) -> None:
+    """The gate needs a contrastive baseline; a local checkpoint folder given as one must be SigLIP / CLIP."""
+    if bad & {"contrastive_baseline", "gate_on_contrastive"}:
+        return
+    pipeline_params.check_contrastive_gate(run, p)
+    config = Path(run.contrastive_baseline) / "config.json"
+    if context == "here" and run.contrastive_baseline and config.is_file():
+        kind = json.loads(config.read_text()).get("model_type")
+        p.check(kind in pipeline_params.CONTRASTIVE_MODEL_TYPES, "contrastive_baseline", run.contrastive_baseline,
+                f"is a {kind!r} checkpoint, not a contrastive image-text model "
+                f"({', '.join(pipeline_params.CONTRASTIVE_MODEL_TYPES)})",
+                "give a SigLIP / SigLIP 2 / CLIP checkpoint, e.g. google/siglip2-so400m-patch14-384, or empty")

@@ -25,6 +25,7 @@ APPROACHES = {
     "finetuned": "Gemma 4 + QLoRA (fine-tuned)",
     "gemma4_baseline": "Gemma 4 baseline (zero-shot)",
     "gemma3_baseline": "Gemma 3 baseline (zero-shot)",
+    "contrastive_baseline": "Contrastive baseline (SigLIP / CLIP, zero-shot)",
     "champion": "Current registered version",
 }
 
@@ -158,6 +159,7 @@ def run_decide_training(dataset_dir: str, train_config: dict, *, force_training:
 
 # Accuracies are fractions k/n: compare them without float noise (0.1 + 0.2 > 0.3).
 _TOLERANCE = 1e-9
+CONTRASTIVE = "contrastive_baseline"  # a SigLIP / CLIP baseline: it gates registration only when asked to
 
 
 def check_win_margin(win_margin: float) -> None:
@@ -166,23 +168,39 @@ def check_win_margin(win_margin: float) -> None:
                          "(two points); a negative margin would register a model worse than a baseline")
 
 
-def registration_decision(accuracy: dict[str, float], win_margin: float) -> tuple[bool, str]:
+def registration_decision(accuracy: dict[str, float], win_margin: float,
+                          gate_on_contrastive: bool = False) -> tuple[bool, str]:
     """Register only when the fine-tuned model beats the best baseline by at least `win_margin` (a tie
-    never beats) and, when a version is registered, beats that champion too."""
+    never beats) and, when a version is registered, beats that champion too. The contrastive baseline
+    counts among the baselines only with `gate_on_contrastive`; otherwise the reason reports it, ungated."""
     check_win_margin(win_margin)
+    if gate_on_contrastive and CONTRASTIVE not in accuracy:
+        raise ValueError("gate_on_contrastive=True but no contrastive baseline was evaluated; fix: set "
+                         "contrastive_baseline, or gate_on_contrastive=false")
     ft = accuracy["finetuned"]
-    baselines = {k: v for k, v in accuracy.items() if k.endswith("_baseline")}
+    baselines = {k: v for k, v in accuracy.items()
+                 if k.endswith("_baseline") and (gate_on_contrastive or k != CONTRASTIVE)}
+    register, reason = _baseline_and_champion_decision(ft, baselines, accuracy.get("champion"), win_margin)
+    if CONTRASTIVE in accuracy and not gate_on_contrastive:
+        c = accuracy[CONTRASTIVE]
+        reason += (f" ({CONTRASTIVE} {c:.3f}, {'beaten' if ft - c > _TOLERANCE else 'not beaten'}: reported, "
+                   "not gated, as gate_on_contrastive is off)")
+    return register, reason
+
+
+def _baseline_and_champion_decision(ft: float, baselines: dict[str, float], champion: float | None,
+                                    win_margin: float) -> tuple[bool, str]:
     best_name = max(baselines, key=baselines.get)
     best = baselines[best_name]
     if ft - best <= _TOLERANCE or ft - best < win_margin - _TOLERANCE:
         return False, (f"not registered: fine-tuned accuracy {ft:.3f} does not beat the best baseline "
                        f"({best_name} {best:.3f}) by the margin {win_margin:.3f}")
-    if "champion" in accuracy and ft - accuracy["champion"] <= _TOLERANCE:
+    if champion is not None and ft - champion <= _TOLERANCE:
         return False, (f"not registered: fine-tuned accuracy {ft:.3f} does not beat the current registered "
-                       f"version ({accuracy['champion']:.3f}) on the same split")
+                       f"version ({champion:.3f}) on the same split")
     reason = f"registered: fine-tuned accuracy {ft:.3f} beats {best_name} {best:.3f} by {ft - best:.3f}"
-    if "champion" in accuracy:
-        reason += f" and the current version {accuracy['champion']:.3f}"
+    if champion is not None:
+        reason += f" and the current version {champion:.3f}"
     return True, reason
 
 
@@ -208,10 +226,13 @@ def champion_adapter(registry: str, model_name: str, project: str = "", region: 
 def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model: str, gemma4_baseline: str,
                  gemma3_baseline: str, image_token_budget: int, mode: str, win_margin: float, registry: str,
                  model_name: str, backend: Backend, task_id: str, report_html: str, summary_md: str,
-                 run_id: str = "", selection_json: str | None = None) -> dict:
-    """Evaluate the three models (and the champion) on the test split; write the report; decide. A sweep's
-    trials (select_trial's `selection_json`, more than one trial) are shown in the report."""
+                 run_id: str = "", selection_json: str | None = None, contrastive_baseline: str = "",
+                 gate_on_contrastive: bool = False) -> dict:
+    """Evaluate the models (the contrastive baseline when named, the champion when registered) on the test
+    split; write the report; decide. A sweep's trials (select_trial's `selection_json`, more than one trial)
+    are shown in the report."""
     check_win_margin(win_margin)  # before any GPU time is spent
+    _check_contrastive_gate(contrastive_baseline, gate_on_contrastive)
     from petqlora.evaluation.evaluate import EvalConfig
     from petqlora.evaluation.report_table import ModelRow, results_table, run_details
 
@@ -221,6 +242,8 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
         "gemma4_baseline": (gemma4_baseline, None),
         "gemma3_baseline": (gemma3_baseline, None),
     }
+    if contrastive_baseline:
+        models[CONTRASTIVE] = (contrastive_baseline, None)
     champion = champion_adapter(registry, model_name, backend.project, backend.region)
     if champion:
         models["champion"] = (base_model, champion)
@@ -237,7 +260,8 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
     backend.run_many(runs)  # the models are independent: at once, each its own GPU job (Backend.max_parallel)
     results = {name: json.loads((out / name / "result.json").read_text()) for name in models}
 
-    register, reason = registration_decision({k: r["accuracy"] for k, r in results.items()}, win_margin)
+    register, reason = registration_decision({k: r["accuracy"] for k, r in results.items()}, win_margin,
+                                             gate_on_contrastive)
     rows = [ModelRow(approach=APPROACHES[k], accuracy=r["accuracy"], macro_f1=r["macro_f1"],
                      peak_memory_gib=r["peak_memory_gib"], seconds=r["seconds"], images_per_s=r["images_per_s"],
                      memory_kind=r["memory_kind"], top3_accuracy=r["top3_accuracy"]) for k, r in results.items()]
@@ -246,7 +270,8 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
     classes = ft["classes"]
     details = run_details(run_id=run_id, base_model=base_model, image_token_budget=image_token_budget, scoring=mode,
                           n_eval=ft["n_eval"], manifest=json.loads(Path(dataset_dir, "manifest.json").read_text()),
-                          training=training, source_fingerprint=_source_fingerprint(dataset_dir))
+                          training=training, source_fingerprint=_source_fingerprint(dataset_dir),
+                          contrastive=_contrastive_detail(results.get(CONTRASTIVE), gate_on_contrastive))
     trials = json.loads(Path(selection_json).read_text()) if selection_json else None
     trials = trials if trials and len(trials["trials"]) > 1 else None
     _write_evaluation_reports(out, report_html, summary_md, rows=rows, finetuned=ft, training=training,
@@ -263,6 +288,25 @@ def run_evaluate(dataset_dir: str, adapter_dir: str, out_dir: str, *, base_model
     (out / "evaluation.json").write_text(json.dumps(summary, indent=1))
     summary["evaluation_sha256"] = sha256_file(out / "evaluation.json")
     return summary
+
+
+def _check_contrastive_gate(contrastive_baseline: str, gate_on_contrastive: bool) -> None:
+    from petqlora.params import PipelineParams, check_contrastive_gate
+    from petqlora.problems import Problems
+
+    problems = Problems("evaluate parameters")
+    check_contrastive_gate(PipelineParams(contrastive_baseline=contrastive_baseline,
+                                          gate_on_contrastive=gate_on_contrastive), problems)
+    problems.raise_if_any()
+
+
+def _contrastive_detail(result: dict | None, gated: bool) -> str | None:
+    """The report's line on the contrastive baseline: its checkpoint, prompt and whether it gates."""
+    if result is None:
+        return None
+    return (f"{result['config']['base_model']} ({result.get('model_type', '?')}), prompt "
+            f"\"{result.get('prompt_template', '?')}\", "
+            + ("gates registration" if gated else "reported, does not gate registration (gate_on_contrastive off)"))
 
 
 def _source_fingerprint(dataset_dir: str) -> str | None:

@@ -5,7 +5,8 @@
 The default mode scores every class name as a continuation of the prompt and takes the most likely:
 deterministic, and it cannot produce an unparseable answer. The prompt (with its image) is encoded once
 and its key/value cache is shared by all the candidates. `mode: generate` decodes greedily (never
-sampling) and matches the normalized text, for comparison with published numbers.
+sampling) and matches the normalized text, for comparison with published numbers. A SigLIP / CLIP
+checkpoint (the contrastive baseline) is scored by image-text similarity instead (evaluation/contrastive.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from petqlora import schema
 from petqlora.data import dataset as data_lib
 from petqlora.entrypoint import run_step
 from petqlora.gemma.encoding import PromptEncoder
+from petqlora.evaluation.contrastive import is_contrastive, score_split
 from petqlora.evaluation.metrics import classification_result
 from petqlora.evaluation.scorers import candidate_ids, score_classes, score_classes_packed
 from petqlora.gemma.modeling import load_model_and_processor, resolve_device
@@ -41,7 +43,8 @@ UNPARSEABLE = "<unparseable>"
 @dataclass(frozen=True)
 class EvalConfig:
     name: str = required("The approach evaluated, e.g. finetuned, gemma4_baseline or gemma3_baseline.")
-    base_model: str = required("Checkpoint folder or Hub id of the model evaluated.", nonempty=True,
+    base_model: str = required("Checkpoint folder or Hub id of the model evaluated (a SigLIP / CLIP one is "
+                               "scored by image-text similarity, whatever the mode).", nonempty=True,
                                fix="e.g. google/gemma-4-31b-it")
     adapter: str | None = field(None, "LoRA adapter folder; None evaluates the base model as is.")
     split: str = field("test", "Split evaluated.", allowed=data_lib.SPLITS)
@@ -128,6 +131,10 @@ def evaluate(dataset_dir: str | Path, output_dir: str | Path, cfg: EvalConfig) -
     records = data_lib.read_split(dataset_dir, cfg.split)[: cfg.max_examples]
     if resolve_device(cfg.device).type == "cuda":  # the peak of this evaluation, the model load included
         torch.cuda.reset_peak_memory_stats(resolve_device(cfg.device))
+    if is_contrastive(cfg.base_model):  # SigLIP / CLIP: image-text similarity (evaluation/contrastive.py)
+        return _write_result(output, cfg, classes, records, **score_split(
+            dataset_dir, records, classes, checkpoint=cfg.base_model, device=resolve_device(cfg.device),
+            batch_size=cfg.batch_size, name=cfg.name))
     load_started = time.perf_counter()
     model, processor, family, device = load_for_eval(cfg)
     load_seconds = time.perf_counter() - load_started
@@ -166,6 +173,14 @@ def evaluate(dataset_dir: str | Path, output_dir: str | Path, cfg: EvalConfig) -
             log.info("%s: %d/%d evaluated, accuracy so far %.3f", cfg.name, done, len(records),
                      np.mean([a == b for a, b in zip(y_true, y_pred)]))
     seconds = time.perf_counter() - started
+    return _write_result(output, cfg, classes, records, family=family, y_true=y_true, y_pred=y_pred,
+                         all_scores=all_scores, rows=rows, seconds=seconds, load_seconds=load_seconds, device=device)
+
+
+def _write_result(output: Path, cfg: EvalConfig, classes: list[str], records: list[dict], *, family: str,
+                  y_true: list, y_pred: list, all_scores: list, rows: list, seconds: float, load_seconds: float,
+                  device: torch.device, extra: dict | None = None) -> dict:
+    """OUTPUT/predictions.jsonl and OUTPUT/result.json (the same keys for every family); returns the result."""
     result = classification_result(y_true, y_pred, classes, np.stack(all_scores) if all_scores else None)
     peak, kind = _peak_memory(device)
     summary = {
@@ -175,6 +190,7 @@ def evaluate(dataset_dir: str | Path, output_dir: str | Path, cfg: EvalConfig) -
         "seconds": seconds, "load_seconds": load_seconds,
         "images_per_s": len(records) / seconds if seconds else None,
         "peak_memory_gib": peak, "memory_kind": kind, "classes": classes, "result": result.to_dict(),
+        **(extra or {}),
     }
     with open(output / "predictions.jsonl", "w") as f:
         for row in rows:

@@ -196,9 +196,11 @@ def decision_sentence(registered: bool, reason: str, model_version: str | None, 
 
 
 def run_details(*, run_id: str, base_model: str, image_token_budget: int, scoring: str, n_eval: int,
-                manifest: dict, training: dict, source_fingerprint: str | None = None) -> dict[str, str]:
+                manifest: dict, training: dict, source_fingerprint: str | None = None,
+                contrastive: str | None = None) -> dict[str, str]:
     """The report's "Run details", from what the evaluate step reads: the prepared dataset's manifest, the
-    training step's metrics.json, and the run's parameters. Items the inputs do not have are left out."""
+    training step's metrics.json, and the run's parameters (``contrastive``: the contrastive baseline's line,
+    when one was evaluated). Items the inputs do not have are left out."""
     cfg = training.get("config") or {}
     source = manifest.get("source") or {}
     details = {
@@ -209,6 +211,7 @@ def run_details(*, run_id: str, base_model: str, image_token_budget: int, scorin
         "source fingerprint": source_fingerprint,
         "image token budget": f"{image_token_budget} soft tokens per image",
         "evaluation": f"{n_eval} test examples, scoring: {scoring}",
+        "contrastive baseline": contrastive,
     }
     if "lora_r" in cfg and "lora_alpha" in cfg:
         targets = training.get("lora_target_modules") or []
@@ -220,7 +223,7 @@ def run_details(*, run_id: str, base_model: str, image_token_budget: int, scorin
                                f"{training.get('examples', '?')} examples"
                                + (f", {format_seconds(seconds)} in training steps" if seconds is not None else ""))
     order = ("run id", "base model", "dataset hash", "dataset source", "source fingerprint", "LoRA",
-             "image token budget", "training", "evaluation")
+             "image token budget", "training", "evaluation", "contrastive baseline")
     return {k: str(details[k]) for k in order if details.get(k) not in (None, "")}
 
 
