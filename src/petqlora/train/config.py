@@ -43,6 +43,10 @@ class TrainConfig:
     quantize: str = field("auto", "auto (4-bit on GPU, none on CPU), 4bit or none.", allowed=("auto", "4bit", "none"))
     skip_quantization: tuple[str, ...] = field(DEFAULT_SKIP_QUANTIZATION, "Module-path prefixes kept in bf16.")
     gradient_checkpointing: bool | None = field(None, "None: on with a GPU.")
+    # Selective checkpointing (train/checkpointing.py): the first N decoder layers recompute their
+    # activations in backward, the rest keep them (faster, more memory). The same arithmetic.
+    checkpoint_layers: int | None = field(None, "Decoder layers that recompute activations under gradient "
+                                          "checkpointing (the first N; the rest keep them); None: all.", low=0)
     # peft's prepare_model_for_kbit_training casts every frozen bf16 weight (embeddings, vision tower,
     # norms) to fp32: 5.6 GB more for 31B's embeddings and fp32 matrix products in the vision tower.
     # Off keeps them bf16 (the loss is the same: see BENCHMARKS.md).
@@ -89,6 +93,10 @@ def _check_values(cfg: TrainConfig, problems: Problems, wrong: set[str]) -> None
                        cfg.cache_image_features,
                        "needs adapt_vision=false: with a LoRA on the vision tower its features change at every step",
                        "set adapt_vision=false or cache_image_features=false")
+    if not {"checkpoint_layers", "gradient_checkpointing"} & wrong:
+        problems.check(cfg.checkpoint_layers is None or cfg.gradient_checkpointing is not False, "checkpoint_layers",
+                       cfg.checkpoint_layers, "chooses layers for gradient checkpointing, which is off",
+                       "set gradient_checkpointing=true, or leave checkpoint_layers unset")
     if "device" not in wrong:
         problems.check(_is_device(cfg.device), "device", cfg.device, "must be auto, cpu, cuda or cuda:N")
 

@@ -15,6 +15,7 @@ import torch
 from petqlora.gemma.lora import LoraSettings, build_lora_config
 from petqlora.gemma.masking import IGNORE_INDEX
 from petqlora.gemma.modeling import fuse_elementwise, has_gemma4_norms, supervised_logits
+from petqlora.train.checkpointing import select_checkpointed_layers
 from petqlora.train.checkpoints import TrainState
 from petqlora.train.config import TrainConfig
 from petqlora.train.examples import TrainingExamples, micro_batches
@@ -57,6 +58,9 @@ def prepare_for_training(model, cfg: TrainConfig, device: torch.device, quantize
     grad_ckpt = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device.type == "cuda"
     if grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.checkpoint_layers is not None:
+            recompute, keep = select_checkpointed_layers(model, cfg.checkpoint_layers)
+            log.info("gradient checkpointing on %d decoder layers; %d keep their activations", recompute, keep)
     fuse = cfg.fuse_elementwise
     if fuse is None:
         fuse = device.type == "cuda" and has_gemma4_norms(model)
