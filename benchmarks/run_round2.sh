@@ -11,13 +11,16 @@
 #                                                  # h200_round2_gemma3_agreement, h200_round2_gemma4_agreement)
 #
 #   train  train_benchmark.py, 60 + 27 layers, STEPS (default 5, the first untimed: medians over 4) of 16
-#          samples: reference; fused; fused + cached features; fused with the last KEEP (default 4) decoder
-#          layers keeping their activations (selective checkpointing); the same with KEEP2 (default 8);
+#          samples: reference; fused; fused + cached features; fused with the last KEEP (default 2) decoder
+#          layers keeping their activations (selective checkpointing); the same with KEEP2 (default 6);
 #          Liger's kernels in place of the fused ones; fused with the vision LoRA trained. New variants start
 #          until DEADLINE (default 400) seconds into the script.
 #   eval   eval_benchmark.py, 60 + 27 layers, 32 images: greedy generate x3 (median), score_classes, the
 #          packed scorer at 8, 16 and 32 images per forward x3 (median); then scorer_agreement.py for Gemma 3
 #          at 27B widths (4 and 62 text layers, 3 images), then, while time is left, Gemma 4 (4 and 60 layers).
+#
+# KEEP: a trial at 12 layers (31B widths, batch 16) measured 1.35-2 GiB more peak per layer kept, on the
+# fused variant's 27.7 GiB at 60 layers: KEEP=2 stays under 32 GiB, KEEP2=6 under 40.
 #
 # CPU=1 tries the same commands on a CPU with narrow widths and few layers (no wheels installed; run it
 # with PYTHONPATH=src and the project's venv python as PYTHON): a typo fails here, not on the GPU.
@@ -31,8 +34,8 @@ STAGE=${1:-}
 WALL=${WALL:-570}
 STARTED=$(date +%s)
 PYTHON=${PYTHON:-python3}
-KEEP=${KEEP:-4}
-KEEP2=${KEEP2:-8}
+KEEP=${KEEP:-2}
+KEEP2=${KEEP2:-6}
 
 if [ "${CPU:-0}" = 1 ]; then
   MODEL=(--widths narrow --device cpu --text-layers "${TEXT_LAYERS:-10}" --vision-layers 1)
