@@ -83,6 +83,9 @@ def main() -> None:
             "packed_vs_cached": float(np.abs(packed - cached).max()), "score_scale": float(np.abs(full).mean()),
             "argmax_agree_cached_full": float((cached.argmax(1) == full.argmax(1)).mean()),
             "argmax_agree_packed_full": float((packed.argmax(1) == full.argmax(1)).mean()),
+            # How far the best class leads the second, per image (full sequences): an argmax can only be
+            # trusted to agree where this exceeds the gaps above.
+            "full_top2_margin": [float(m) for m in np.diff(np.sort(full, axis=1)[:, -2:], axis=1)[:, 0]],
             "elapsed_s": time.perf_counter() - started}
         print(layers, report[layers], flush=True)
         path.write_text(json.dumps(report, indent=1))
