@@ -11,7 +11,7 @@
 #                                                  # h200_round2_gemma3_agreement, h200_round2_gemma4_agreement)
 #
 #   train  train_benchmark.py, 60 + 27 layers, STEPS (default 5, the first untimed: medians over 4) of 16
-#          samples: reference; fused; fused + cached features; fused with the last KEEP (default 2) decoder
+#          samples: reference; fused; fused + the LoRA epilogue (fuse_lora_epilogue); fused + cached features; fused with the last KEEP (default 2) decoder
 #          layers keeping their activations (selective checkpointing); the same with KEEP2 (default 6);
 #          Liger's kernels in place of the fused ones; fused with the vision LoRA trained. New variants start
 #          until DEADLINE (default 400) seconds into the script.
@@ -74,7 +74,7 @@ stage() {
   case "$STAGE" in
   train)
     local fused=ours_bf16_b16_frozen_vision_fused
-    local variants="reference,$fused,${fused}_cached,${fused}_keep$KEEP,ours_bf16_b16_frozen_vision_liger,ours_bf16_b16_fused,${fused}_keep$KEEP2"
+    local variants="reference,$fused,${fused}_epilogue,${fused}_cached,${fused}_keep$KEEP,ours_bf16_b16_frozen_vision_liger,ours_bf16_b16_fused,${fused}_keep$KEEP2"
     [ "${CPU:-0}" = 1 ] && variants=${variants#reference,}  # the full-vocabulary reference takes many minutes on a CPU
     MIN_S=60 run benchmarks/train_benchmark.py --out "$OUT" --tag "${TAG:-h200_round2_train}" "${MODEL[@]}" \
       --steps "$STEPS" --ref-steps 2 --deadline-s "${DEADLINE:-400}" --variants "${TRAIN_VARIANTS:-$variants}"

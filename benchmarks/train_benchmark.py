@@ -70,6 +70,10 @@ VARIANTS = {
     "ours_bf16_b16_fused": dict(batch_size=16, grad_accum=1, lora_dropout=0.0, fuse_elementwise=True),
     "ours_bf16_b16_frozen_vision_fused": dict(batch_size=16, grad_accum=1, lora_dropout=0.0, adapt_vision=False,
                                               fuse_elementwise=True),
+    # PEFT's clone of each 4-bit output dropped, LoRA's scale-and-add in one kernel (gemma/lora_epilogue.py).
+    "ours_bf16_b16_frozen_vision_fused_epilogue": dict(batch_size=16, grad_accum=1, lora_dropout=0.0,
+                                                       adapt_vision=False, fuse_elementwise=True,
+                                                       fuse_lora_epilogue=True),
     # Steady state of epochs 2+: the features of every sample are cached before the timed steps (the fill
     # is timed apart and spread over 3 epochs for the amortized figure).
     "ours_bf16_b16_frozen_vision_fused_cached": dict(batch_size=16, grad_accum=1, lora_dropout=0.0,

@@ -55,6 +55,9 @@ class TrainConfig:
     # Gemma 4: compile the language model's RMSNorms and gelu(gate) * up into fused kernels (same
     # arithmetic, the rest stays eager; the first step compiles for ~12 s).
     fuse_elementwise: bool | None = field(None, "Fused Gemma 4 norm and MLP kernels; None: on with a GPU for Gemma 4.")
+    # PEFT clones each 4-bit layer's output before adding LoRA's (a copy for nothing) and scales LoRA's output
+    # in a pass of its own; this adds it with the scaling in one kernel (gemma/lora_epilogue.py).
+    fuse_lora_epilogue: bool = field(False, "Add LoRA's scaled output to each 4-bit layer's in one kernel, no clone.")
     # Gemma 4 with adapt_vision=false: each training image's soft-token features are computed by the frozen
     # vision tower once and kept in host memory (~3 MB per image at budget 280, 31B width); later epochs skip
     # the tower. The features are what the tower would compute again (no augmentation): nothing changes but time.
