@@ -137,8 +137,8 @@ def evaluate(dataset_dir: str | Path, output_dir: str | Path, cfg: EvalConfig) -
     # canonical "yorkshire terrier"); generation stops at the end of the turn in any case.
     max_new = 2 * max(len(c) for c in candidates) + 8
     y_true, y_pred, all_scores, rows = [], [], [], []
-    # Both families score a batch of images in one forward, all classes packed after each prompt: as exact
-    # as full sequences (the shared-cache scorer drifted 5-8x more in bf16 on Gemma 3).
+    # Both families score a batch of images in one forward, all classes packed after each prompt: the scores
+    # of full sequences (tests/test_evaluate.py), faster than them or the per-image prompt-cache scorer.
     packed = cfg.mode == "score"
     step = cfg.batch_size if packed else 1
     started = time.perf_counter()
