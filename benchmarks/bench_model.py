@@ -36,14 +36,16 @@ OXFORD_CLASSES = [
 _PROMPT_WORDS = "What breed is the pet in this image Answer with exactly one from list".split()
 
 
-def build_tokenizer():
-    """tiny_models' tokenizer and 31B template, plus whole-word merges for the breeds and the prompt."""
+def build_tokenizer(family: str = "gemma4"):
+    """tiny_models' tokenizer and template (Gemma 4 31B's, or Gemma 3's), plus whole-word merges for the
+    breeds and the prompt."""
     words = {w for name in OXFORD_CLASSES for w in name.split()} | set(_PROMPT_WORDS)
     # Inside the prompt a word follows a space ("▁"); an answer's first word does not. "▁" forms first:
     # BPE applies merges by rank, and only their chains are free of each other's pairs.
     extra = sorted("▁" + w for w in words) + sorted({name.split()[0] for name in OXFORD_CLASSES} | {"What"})
     merge_words = tiny_models.MERGE_WORDS + [w for w in extra if w not in tiny_models.MERGE_WORDS]
-    template = tiny_models.GEMMA4_TEMPLATE.replace("{THOUGHT}", "<|channel>thought\n<channel|>")
+    template = (tiny_models.GEMMA4_TEMPLATE.replace("{THOUGHT}", "<|channel>thought\n<channel|>")
+                if family == "gemma4" else tiny_models._GEMMA3_TEMPLATE)
     build_vocab = tiny_models.vocab_and_merges
 
     def first_merges_only(specials):
@@ -53,7 +55,7 @@ def build_tokenizer():
 
     with mock.patch.object(tiny_models, "MERGE_WORDS", merge_words), \
             mock.patch.object(tiny_models, "vocab_and_merges", first_merges_only):
-        return tiny_models.build_tokenizer("gemma4", template)
+        return tiny_models.build_tokenizer(family, template)
 
 
 def build_processor(max_soft_tokens: int = 280):
@@ -62,6 +64,39 @@ def build_processor(max_soft_tokens: int = 280):
     tok = build_tokenizer()
     image_processor = Gemma4ImageProcessorPil(patch_size=16, max_soft_tokens=max_soft_tokens, pooling_kernel_size=3)
     return Gemma4ImageTextProcessor(image_processor, tok, chat_template=tok.chat_template)
+
+
+def build_gemma3_processor():
+    """Gemma 3's processor at the real image size (896 px, patch 14, 256 soft tokens per image)."""
+    from transformers import Gemma3ImageProcessorPil, Gemma3Processor
+
+    tok = build_tokenizer("gemma3")
+    image_processor = Gemma3ImageProcessorPil(size={"height": 896, "width": 896})
+    return Gemma3Processor(image_processor, tok, chat_template=tok.chat_template, image_seq_length=256)
+
+
+def gemma3_27b_config(tok, text_layers: int = 62, vision_layers: int = 27, widths: str = "31b"):
+    """Gemma 3 27B's config (text hidden 5376, 32 heads, 16 KV heads of 128, MLP 21504, 5 sliding layers of
+    1024 to 1 global; SigLIP 1152 wide, patch 14 at 896 px) with as many layers as asked; `narrow` shrinks
+    the widths (not the vocabulary) to try the scripts on a CPU."""
+    from transformers import Gemma3Config, Gemma3TextConfig, SiglipVisionConfig
+
+    narrow = widths == "narrow"
+    text = Gemma3TextConfig(
+        vocab_size=262_208, hidden_size=256 if narrow else 5376, intermediate_size=512 if narrow else 21504,
+        num_hidden_layers=text_layers, num_attention_heads=4 if narrow else 32, num_key_value_heads=2 if narrow else 16,
+        head_dim=64 if narrow else 128, query_pre_attn_scalar=64 if narrow else 168, sliding_window=1024,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+        max_position_embeddings=131_072, final_logit_softcapping=None, pad_token_id=0,
+        eos_token_id=[1, tok.convert_tokens_to_ids("<end_of_turn>")], bos_token_id=2)
+    vision = SiglipVisionConfig(hidden_size=64 if narrow else 1152, intermediate_size=128 if narrow else 4304,
+                                num_hidden_layers=vision_layers, num_attention_heads=2 if narrow else 16,
+                                image_size=896, patch_size=14, vision_use_head=False)
+    return Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=256,
+                        boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+                        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+                        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"))
 
 
 # Narrow widths (same structure, real vocabulary) for trying the benchmark scripts on a CPU.
@@ -104,13 +139,17 @@ def build_model(config, device: str = "cuda", seed: int = 0, quantize: bool = Tr
 
     Returns (model, parameter count before quantization). The same seed gives the same weights.
     """
-    from transformers import Gemma4ForConditionalGeneration
+    from transformers import Gemma3ForConditionalGeneration, Gemma4ForConditionalGeneration
 
     from petqlora.gemma.modeling import quantize_linears_4bit
 
     torch.manual_seed(seed)
+    cls = Gemma3ForConditionalGeneration if config.model_type == "gemma3" else Gemma4ForConditionalGeneration
     with torch.device(device):
-        model = Gemma4ForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+        model = cls._from_config(config, dtype=torch.bfloat16)
+        if config.model_type == "gemma3":  # initialised to zeros: a random model would see no image
+            with torch.no_grad():
+                model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.02)
     n_params = sum(p.numel() for p in model.parameters())
     if quantize:
         quantize_linears_4bit(model)

@@ -15,7 +15,7 @@
 #   gpu         pytest tests/test_gpu.py, then entrypoint_check.py on the 31B-wide model with 4 + 2 layers:
 #               trained, killed after its first checkpoint, resumed (tag h200_entrypoint_mid_fused)
 #   entrypoint  entrypoint_check.py on the 31B-wide model alone, eager kernels (tag h200_entrypoint_mid)
-#   eval        eval_benchmark.py, 60 + 27 layers: sampled generate against class scoring (tag h200_31b_packed)
+#   eval        eval_benchmark.py, 60 + 27 layers: greedy generate x3 against class scoring (tag h200_31b_packed)
 #   agreement   scorer_agreement.py at 4 and 60 text layers (tag h200_scorer_agreement)
 #   bench       train_benchmark.py's levers one by one, eager kernels, and eval_benchmark.py (tag h200_31b)
 #   check       entrypoint_check.py on the tiny gemma4-31b, eager kernels (tag h200_entrypoint_tiny),
@@ -61,7 +61,7 @@ stage() {
   bench)
     timeout 420 python3 benchmarks/train_benchmark.py --out "$OUT" --tag h200_31b --text-layers 60 --vision-layers 27 --deadline-s 330 \
       --variants reference,ours_as_was_b8,ours_bf16_b8,ours_bf16_b8_frozen_vision,ours_bf16_b16_frozen_vision
-    timeout 150 python3 benchmarks/eval_benchmark.py --out "$OUT" --tag h200_31b --text-layers 60 --vision-layers 27
+    timeout 150 python3 benchmarks/eval_benchmark.py --out "$OUT" --tag h200_31b --text-layers 60 --vision-layers 27 --batches 8 --repeats 1
     ;;
   ddp)
     timeout 560 python3 benchmarks/ddp_benchmark.py --out "$OUT" --tag "${TAG:-h200x2_31b_ddp}" \
@@ -70,7 +70,7 @@ stage() {
   check)
     timeout 330 python3 benchmarks/entrypoint_check.py --models tiny --eager --out "$OUT" --tag h200_entrypoint_tiny
     timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
-    timeout 90 python3 benchmarks/eval_benchmark.py --out "$OUT" --tag h200_31b_packed --text-layers 60 --vision-layers 27
+    timeout 90 python3 benchmarks/eval_benchmark.py --out "$OUT" --tag h200_31b_packed --text-layers 60 --vision-layers 27 --batches 8 --repeats 1
     timeout 85 python3 benchmarks/train_benchmark.py --out "$OUT" --tag h200_31b_steady --text-layers 60 --vision-layers 27 \
       --variants ours_bf16_b16,ours_bf16_b8 --steps 4 --deadline-s 45
     ;;

@@ -16,6 +16,12 @@ AdamW at lr 5e-5, on the same samples in the same optimizer steps of 16 samples 
 - ours_*: the project's own code (train.loop's prepare_for_training, forward_backward, build_optimizer,
   batch_plan, PromptEncoder.encode, modeling.supervised_logits), with the TrainConfig options named in the
   variant. Each step's 16 samples are grouped by length into batches with batch_plan.
+- `<variant>_keep<K>`: that variant with selective activation checkpointing: the last K decoder layers keep
+  their activations (TrainConfig.checkpoint_layers = text layers - K), the others recompute them.
+- `<variant>_liger`: that variant (fuse_elementwise off) with Liger-Kernel's Gemma 4 RMSNorm and GeGLU
+  kernels (`liger_kernel.transformers.apply_liger_kernel_to_gemma4`, patched into the built model) in place
+  of the project's fused ones; recorded as not run, with the reason, when liger_kernel cannot be imported.
+  Its fused linear cross-entropy is left off: the project's loss already projects only the answer positions.
 
 The first optimizer step of each variant is a warm-up and is not timed. Loss per step is recorded for
 every variant (the step-1 loss is the initial model's on the same 16 samples: equal up to rounding).
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import re
 import statistics
 import sys
 import time
@@ -63,6 +70,10 @@ VARIANTS = {
     "ours_bf16_b16_fused": dict(batch_size=16, grad_accum=1, lora_dropout=0.0, fuse_elementwise=True),
     "ours_bf16_b16_frozen_vision_fused": dict(batch_size=16, grad_accum=1, lora_dropout=0.0, adapt_vision=False,
                                               fuse_elementwise=True),
+    # PEFT's clone of each 4-bit output dropped, LoRA's scale-and-add in one kernel (gemma/lora_epilogue.py).
+    "ours_bf16_b16_frozen_vision_fused_epilogue": dict(batch_size=16, grad_accum=1, lora_dropout=0.0,
+                                                       adapt_vision=False, fuse_elementwise=True,
+                                                       fuse_lora_epilogue=True),
     # Steady state of epochs 2+: the features of every sample are cached before the timed steps (the fill
     # is timed apart and spread over 3 epochs for the amortized figure).
     "ours_bf16_b16_frozen_vision_fused_cached": dict(batch_size=16, grad_accum=1, lora_dropout=0.0,
@@ -71,6 +82,59 @@ VARIANTS = {
 }
 DEFAULT_VARIANTS = ("reference", "ours_bf16_b16_frozen_vision", "ours_bf16_b16_frozen_vision_fused",
                     "ours_bf16_b16_frozen_vision_fused_cached", "ours_bf16_b16_fused")
+
+
+def variant_options(name: str, text_layers: int) -> tuple[dict, bool]:
+    """(TrainConfig overrides, Liger on?) for a variant name: a VARIANTS key, optionally + `_keep<K>` and/or
+    + `_liger` (in that order)."""
+    liger = name.endswith("_liger")
+    base = name.removesuffix("_liger")
+    keep = re.fullmatch(r"(.+)_keep(\d+)", base)
+    if keep:
+        base = keep.group(1)
+    if base not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}: a name from {', '.join(VARIANTS)}, optionally followed by "
+                         "_keep<K> and/or _liger")
+    options = dict(VARIANTS[base])
+    if keep:
+        k = int(keep.group(2))
+        if not 0 <= k <= text_layers:
+            raise ValueError(f"variant {name!r} keeps {k} layers' activations; the model has {text_layers}")
+        options.update(gradient_checkpointing=True, checkpoint_layers=text_layers - k)
+    if liger:
+        options["fuse_elementwise"] = False  # Liger's kernels take the place of the project's
+    return options, liger
+
+
+def liger_missing() -> str | None:
+    """Why Liger-Kernel cannot be used here, or None when it can."""
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_gemma4  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - ImportError, or triton failing to load without a GPU
+        return f"liger_kernel not importable ({type(exc).__name__}: {exc}); install liger-kernel==0.8.5 with triton"
+    return None
+
+
+def apply_liger(model) -> dict[str, int]:
+    """Liger's Gemma 4 RMSNorm and GeGLU kernels on the built (LoRA-wrapped) model's language model.
+
+    Liger also swaps the classes in transformers' gemma4 module for models built later; they are put back,
+    so that the next variant's model is built as every other one is.
+    """
+    from liger_kernel.transformers import apply_liger_kernel_to_gemma4
+    from transformers.models.gemma4 import modeling_gemma4
+
+    from petqlora.gemma.modeling import base_model
+
+    saved = {k: getattr(modeling_gemma4, k) for k in ("Gemma4RMSNorm", "Gemma4TextMLP")}
+    try:
+        apply_liger_kernel_to_gemma4(rope=False, cross_entropy=False, fused_linear_cross_entropy=False,
+                                     rms_norm=True, geglu=True, model=base_model(model))
+    finally:
+        for k, v in saved.items():
+            setattr(modeling_gemma4, k, v)
+    names = [m._get_name() for m in base_model(model).model.language_model.modules()]  # Liger renames what it patched
+    return {"rms_norm": names.count("LigerRMSNorm"), "geglu": names.count("LigerGEGLUMLP")}
 
 
 def ours_config(**overrides) -> TrainConfig:
@@ -151,7 +215,8 @@ def run_variant(name: str, args, config, encoder, samples) -> dict:
     reference = name == "reference"
     steps = args.ref_steps if reference else args.steps
     on_cpu = dict(device="cpu", optimizer="adamw") if device.type == "cpu" else {}
-    cfg = None if reference else ours_config(**{**VARIANTS[name], **on_cpu})
+    options, liger = (None, False) if reference else variant_options(name, args.text_layers)
+    cfg = None if reference else ours_config(**{**options, **on_cpu})
     started = time.perf_counter()
     plan = encode_steps(encoder, samples, steps, None if reference else cfg.batch_size)
     encode_s = time.perf_counter() - started
@@ -180,6 +245,7 @@ def run_variant(name: str, args, config, encoder, samples) -> dict:
         step_fn = lambda mbs: reference_step(model, mbs, device)  # noqa: E731
     else:
         model, _ = prepare_for_training(model, cfg, device, quantized=True)
+        liger_counts = apply_liger(model) if liger else None
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer, _ = build_optimizer(trainable, cfg, device)
         autocast = uses_autocast(cfg, device)
@@ -228,6 +294,8 @@ def run_variant(name: str, args, config, encoder, samples) -> dict:
         "peak_reserved_gib": _gib("max_memory_reserved", device),
         "encode_s": encode_s, "build_s": build_s,
     }
+    if liger:
+        result["liger_patched"] = liger_counts
     if not reference and cfg.cache_image_features:
         # Per sample: a cached step's time plus the vision work of filling the cache, spread over 3 epochs.
         fill_per_sample = fill_s / (SAMPLES_PER_STEP * steps)
@@ -288,12 +356,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per ours_* variant (first untimed)")
     parser.add_argument("--ref-steps", type=int, default=2, help="optimizer steps for the reference")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help=f"comma-separated, from: reference, {', '.join(VARIANTS)}")
+                        help=f"comma-separated, from: reference, {', '.join(VARIANTS)}; each optionally + _keep<K> "
+                             "(the last K decoder layers keep their activations) and/or + _liger")
     parser.add_argument("--profile", default="", help="variant to profile for one extra step (kernel time by kind)")
     parser.add_argument("--deadline-s", type=float, default=420, help="start no variant after this many seconds")
     parser.add_argument("--work", default="/tmp/petqlora_bench")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
+    for name in args.variants.split(","):  # a typo ends the run here, not after minutes of other variants
+        try:
+            name == "reference" or variant_options(name, args.text_layers)
+        except ValueError as exc:
+            parser.error(str(exc))
     started = time.perf_counter()
     path = bench_model.run_folder(args.out, args.tag) / "train.json"
     processor = bench_model.build_processor(280)
@@ -310,6 +384,11 @@ def main() -> None:
             report["not_run"][name] = "deadline reached"
             continue
         print(f"variant {name}", flush=True)
+        if name.endswith("_liger") and (why := liger_missing()):
+            print(f"  skipped: {why}", flush=True)
+            report["not_run"][name] = why
+            path.write_text(json.dumps(report, indent=1))
+            continue
         try:
             report["variants"][name] = run_variant(name, args, config, encoder, samples)
         except Exception as exc:  # noqa: BLE001 - one failing variant must not lose the others' figures

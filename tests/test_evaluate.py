@@ -53,6 +53,14 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     config["text_config"].update(num_kv_shared_layers=2, sliding_window=16)
     (edge / "config.json").write_text(json.dumps(config))
     paths["gemma4-e-kv-shared-short-window"] = edge
+    # Gemma 3 with a global layer beside a sliding one whose window is shorter than the prompt (the real
+    # 27B: 5 sliding layers of 1024 to 1 global, prompts of ~410 tokens fit in one window; this one does not).
+    short = root / "gemma3-global-short-window"
+    shutil.copytree(paths["gemma3"], short)
+    config = json.loads((short / "config.json").read_text())
+    config["text_config"].update(layer_types=["sliding_attention", "full_attention"], sliding_window=16)
+    (short / "config.json").write_text(json.dumps(config))
+    paths["gemma3-global-short-window"] = short
     return paths
 
 
@@ -141,34 +149,57 @@ def test_score_classes_equals_the_full_sequence_log_likelihood(variant, checkpoi
         assert np.abs(scores - plain).max() > 1e-2  # the adapter really changed the model
 
 
-@pytest.mark.parametrize("variant", ["gemma4-31b", "gemma4-e", "gemma4-e-kv-shared-short-window",
-                                     "gemma4-31b+bidirectional-vision", "gemma4-31b+lora"])
+PACKED_VARIANTS = ["gemma4-31b", "gemma4-e", "gemma4-e-kv-shared-short-window", "gemma4-31b+bidirectional-vision",
+                   "gemma4-31b+lora", "gemma3", "gemma3-global-short-window", "gemma3+lora", "gemma3+eager"]
+
+
+def _packed_setup(variant: str, checkpoints, manifest, dtype: torch.dtype):
+    base = variant.split("+")[0]
+    if variant.endswith("+lora") or variant.endswith("+eager"):  # fresh: these change the model they touch
+        model, processor, family = load_model_and_processor(
+            checkpoints[base], quantize_4bit=False, device=CPU, image_token_budget=70, dtype=dtype)
+        model.eval()
+    else:
+        model, processor, family = _load(str(checkpoints[base]), dtype)
+    if variant.endswith("+bidirectional-vision"):  # Gemma 4's option: image tokens see each other on sliding layers
+        model.config.text_config.use_bidirectional_attention = "vision"
+    if variant.endswith("+eager"):  # additive float masks instead of sdpa's boolean ones
+        model.set_attn_implementation("eager")
+    if variant.endswith("+lora"):
+        model = _lora(model)
+    return model, PromptEncoder(processor, family, manifest["instruction"])
+
+
+@pytest.mark.parametrize("variant", PACKED_VARIANTS)
 def test_packed_scorer_equals_the_full_sequence_log_likelihood(variant, checkpoints, manifest, images):
     """One forward for a batch of images, every class packed after each prompt: the same scores as running
     each training sequence on its own (float64, so only the algorithm could differ)."""
     from petqlora.evaluation.scorers import score_classes_packed
 
-    base = variant.split("+")[0]
-    model, processor, family = _load(str(checkpoints[base]), torch.float64)
-    if variant.endswith("+bidirectional-vision"):  # Gemma 4's option: image tokens see each other on sliding layers
-        model.config.text_config.use_bidirectional_attention = "vision"
-    if variant.endswith("+lora"):
-        model = _lora(model)
-    encoder = PromptEncoder(processor, family, manifest["instruction"])
+    model, encoder = _packed_setup(variant, checkpoints, manifest, torch.float64)
     classes = manifest["classes"]
-    batch = images[:3]  # different aspect ratios: prompts of different lengths in one padded batch
+    batch = images[:3]  # different aspect ratios: prompts of different lengths in one padded batch (Gemma 4)
     packed = score_classes_packed(model, encoder, batch, candidate_ids(encoder, classes))
     reference = np.stack([full_sequence_loglik(model, encoder, image, classes) for image in batch])
-    np.testing.assert_allclose(packed, reference, rtol=0, atol=1e-4)
+    # eager attention takes its softmax in float32 even for a float64 model: rounding of 1e-8 relative
+    np.testing.assert_allclose(packed, reference, rtol=1e-7 if variant.endswith("+eager") else 0, atol=1e-9)
 
 
-def test_packed_scorer_refuses_gemma3(checkpoints, manifest, images):
+@pytest.mark.parametrize("variant", ["gemma4-31b", "gemma3", "gemma3-global-short-window"])
+def test_packed_scorer_in_float32_matches_full_sequences_and_their_argmax(variant, checkpoints, manifest, images):
+    """In float32 too (what a CPU evaluation runs): within 1e-5 of the scores' size, every argmax the same,
+    over all six test images (several aspect ratios) and candidates of one to several tokens."""
     from petqlora.evaluation.scorers import score_classes_packed
 
-    model, processor, family = _load(str(checkpoints["gemma3"]), torch.float32)
-    encoder = PromptEncoder(processor, family, manifest["instruction"])
-    with pytest.raises(ValueError, match="Gemma 3"):
-        score_classes_packed(model, encoder, images[:1], candidate_ids(encoder, manifest["classes"]))
+    model, encoder = _packed_setup(variant, checkpoints, manifest, torch.float32)
+    classes = manifest["classes"]
+    candidates = candidate_ids(encoder, classes)
+    assert max(len(c) for c in candidates) > 2  # multi-token names (and end of turn)
+    packed = score_classes_packed(model, encoder, images, candidates)
+    reference = np.stack([full_sequence_loglik(model, encoder, image, classes) for image in images])
+    np.testing.assert_allclose(packed, reference, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(packed.argmax(1), reference.argmax(1))
+    assert len(set(reference.argmax(1))) > 1 or np.ptp(reference, axis=1).min() > 1e-3  # not a tie everywhere
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -354,6 +385,24 @@ def test_evaluate_writes_predictions_and_a_result_that_agrees_with_a_hand_count(
     encoder = PromptEncoder(processor, family, manifest["instruction"])
     expected = score_classes(model, encoder, images[0], candidate_ids(encoder, classes))
     np.testing.assert_allclose(rows[0]["scores"], expected, atol=1e-3)
+
+
+def test_evaluate_scores_gemma3_in_packed_batches_as_full_sequences_would(
+        checkpoints, dataset, manifest, images, tmp_path, monkeypatch):
+    """Gemma 3 is evaluated by the packed scorer too, in batches of `batch_size` images (6 = 4 + 2)."""
+    calls = []
+    real = evaluate_mod.score_classes_packed
+    monkeypatch.setattr(evaluate_mod, "score_classes_packed", lambda m, e, ims, c: calls.append(len(ims)) or real(m, e, ims, c))
+    cfg = EvalConfig(name="gemma3_baseline", base_model=str(checkpoints["gemma3"]), quantize="none", device="cpu",
+                     batch_size=4)
+    evaluate(dataset, tmp_path / "out", cfg)
+    assert calls == [4, 2]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    model, processor, family = _load(str(checkpoints["gemma3"]), torch.float32)
+    encoder = PromptEncoder(processor, family, manifest["instruction"])
+    for i in (0, 5):
+        np.testing.assert_allclose(rows[i]["scores"], full_sequence_loglik(model, encoder, images[i], manifest["classes"]),
+                                   rtol=1e-5, atol=1e-3)
 
 
 def test_evaluate_loads_the_adapter_and_the_entrypoint_runs(checkpoints, dataset, manifest, images, tmp_path):

@@ -29,7 +29,7 @@ from petqlora.entrypoint import run_step
 from petqlora.gemma.encoding import PromptEncoder
 from petqlora.evaluation.contrastive import is_contrastive, score_split
 from petqlora.evaluation.metrics import classification_result
-from petqlora.evaluation.scorers import candidate_ids, score_classes, score_classes_packed
+from petqlora.evaluation.scorers import candidate_ids, score_classes_packed
 from petqlora.gemma.modeling import load_model_and_processor, resolve_device
 from petqlora.params import SCORING_MODES, PipelineParams
 from petqlora.problems import Problems
@@ -53,7 +53,7 @@ class EvalConfig:
     image_token_budget: int = same_as(PipelineParams, "image_token_budget")
     quantize: str = field("auto", "auto (4-bit on GPU), 4bit or none.", allowed=("auto", "4bit", "none"))
     max_examples: int | None = field(None, "Evaluate only this many examples; None: the whole split.", low=1)
-    batch_size: int = field(8, "Images per forward pass of the packed Gemma 4 scorer.", low=1)
+    batch_size: int = field(8, "Images per forward pass of the packed class scorer.", low=1)
     device: str = field("auto", "auto (cuda when available), cpu or cuda[:N].")
 
     def __post_init__(self) -> None:
@@ -144,9 +144,9 @@ def evaluate(dataset_dir: str | Path, output_dir: str | Path, cfg: EvalConfig) -
     # canonical "yorkshire terrier"); generation stops at the end of the turn in any case.
     max_new = 2 * max(len(c) for c in candidates) + 8
     y_true, y_pred, all_scores, rows = [], [], [], []
-    # Gemma 4 scores a batch of images in one forward (all classes packed after each prompt); Gemma 3's
-    # masks are built differently, so it keeps the per-image scorer with the shared prompt cache.
-    packed = cfg.mode == "score" and family == "gemma4"
+    # Both families score a batch of images in one forward, all classes packed after each prompt: the scores
+    # of full sequences (tests/test_evaluate.py), faster than them or the per-image prompt-cache scorer.
+    packed = cfg.mode == "score"
     step = cfg.batch_size if packed else 1
     started = time.perf_counter()
     for first in range(0, len(records), step):
@@ -154,8 +154,6 @@ def evaluate(dataset_dir: str | Path, output_dir: str | Path, cfg: EvalConfig) -
         images = [data_lib.load_image(dataset_dir, rec) for rec in chunk]
         if packed:
             chunk_scores = list(score_classes_packed(model, encoder, images, candidates))
-        elif cfg.mode == "score":
-            chunk_scores = [score_classes(model, encoder, images[0], candidates)]
         for i, rec in enumerate(chunk):
             if cfg.mode == "score":
                 scores = chunk_scores[i]

@@ -2,7 +2,8 @@
 
 `score_classes` runs the prompt once and shares its key/value cache among the candidates (any family);
 `score_classes_packed` scores a batch of images in one forward, every candidate packed after its prompt
-behind masks that keep candidates apart (Gemma 4). evaluate, the server and the benchmarks call these.
+behind masks that keep candidates apart (Gemma 4 and Gemma 3: both models take a dict of per-layer-type 4D
+masks as they are). evaluate, the server and the benchmarks call these.
 """
 
 from __future__ import annotations
@@ -55,14 +56,15 @@ def score_classes(model, encoder: PromptEncoder, image, candidates: list[list[in
     return scores.cpu().numpy()
 
 
-def _packed_masks(model, segments: torch.Tensor, positions: torch.Tensor, vision_blocks: torch.Tensor,
+def _packed_masks(model, family: str, segments: torch.Tensor, positions: torch.Tensor, vision_blocks: torch.Tensor,
                   dtype: torch.dtype) -> dict:
     """Per-layer-type 4D masks for rows of [prompt, candidate 1, candidate 2, ...].
 
     `segments` is 0 on the prompt, k on candidate k and -1 on padding. A token sees the prompt up to itself
-    and the earlier tokens of its own candidate, never another candidate. Sliding layers also let the
-    tokens of one image see each other (Gemma 4's bidirectional vision overlay, when configured) and
-    measure their window in positions, as the unpacked sequence would.
+    and the earlier tokens of its own candidate, never another candidate. The tokens of one image see each
+    other where the model lets them: Gemma 3 on every layer (its masks when token_type_ids are given, as
+    the processor gives them), Gemma 4 on sliding layers when its bidirectional vision overlay is
+    configured. Sliding layers measure their window in positions, as the unpacked sequence would.
     """
     text = model.config.get_text_config()
     q, k = segments[:, :, None], segments[:, None, :]
@@ -70,10 +72,13 @@ def _packed_masks(model, segments: torch.Tensor, positions: torch.Tensor, vision
     causal = idx[None, :, None] >= idx[None, None, :]
     own = (k == 0) | (k == q)
     full = causal & own & (k >= 0) & (q >= 0)
+    vq, vk = vision_blocks[:, :, None], vision_blocks[:, None, :]
+    same_image = (vq == vk) & (vq >= 0)
+    if family == "gemma3":
+        full = full | same_image
     sliding = full
-    if getattr(text, "use_bidirectional_attention", None) == "vision":
-        vq, vk = vision_blocks[:, :, None], vision_blocks[:, None, :]
-        sliding = sliding | ((vq == vk) & (vq >= 0))
+    if family == "gemma4" and getattr(text, "use_bidirectional_attention", None) == "vision":
+        sliding = sliding | same_image
     window = getattr(text, "sliding_window", None)
     if window:
         sliding = sliding & ((positions[:, :, None] - positions[:, None, :]) < window)
@@ -87,16 +92,20 @@ def _packed_masks(model, segments: torch.Tensor, positions: torch.Tensor, vision
 
 @torch.no_grad()
 def score_classes_packed(model, encoder: PromptEncoder, images: list, candidates: list[list[int]]) -> np.ndarray:
-    """Log-likelihood of every candidate for a batch of images in ONE forward pass (Gemma 4 only).
+    """Log-likelihood of every candidate for a batch of images in ONE forward pass (Gemma 4 and Gemma 3).
 
     Each row is the prompt followed by all candidates (minus their last token), each candidate placed at
     the positions it would have right after the prompt; the masks keep candidates from seeing each other.
-    It gives the same scores as `score_classes` with one forward per batch instead of two per image.
+    It gives the scores of running each prompt + candidate on its own, with one forward per batch.
     """
-    if encoder.family != "gemma4":
-        raise ValueError("the packed scorer builds Gemma 4's per-layer-type masks; use score_classes for Gemma 3")
+    family = encoder.family
+    text = base_model(model).config.get_text_config()
+    if family == "gemma3" and getattr(text, "use_bidirectional_attention", False):
+        raise ValueError("this Gemma 3 attends bidirectionally (use_bidirectional_attention=true): it is an "
+                         "encoder, and no causal scorer applies to it; evaluate a generative Gemma 3")
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in encoder.encode(images, None, padding_side="right").items()}
+    type_key = "mm_token_type_ids" if family == "gemma4" else "token_type_ids"
     prompt_len = batch["attention_mask"].sum(1).tolist()
     body = [c[:-1] for c in candidates]  # a candidate's last token is predicted, never fed
     width = max(prompt_len) + sum(len(b) for b in body)
@@ -112,8 +121,8 @@ def score_classes_packed(model, encoder: PromptEncoder, images: list, candidates
         ids[row, :p] = batch["input_ids"][row, :p]
         segments[row, :p] = 0
         positions[row, :p] = torch.arange(p, device=device)
-        if "mm_token_type_ids" in batch:
-            mm_types[row, :p] = batch["mm_token_type_ids"][row, :p]
+        if type_key in batch:
+            mm_types[row, :p] = batch[type_key][row, :p]
         at, row_sources = p, []
         for k, tokens in enumerate(body, 1):
             ids[row, at:at + len(tokens)] = torch.tensor(tokens, dtype=torch.long, device=device)
@@ -122,17 +131,19 @@ def score_classes_packed(model, encoder: PromptEncoder, images: list, candidates
             row_sources.append([p - 1] + list(range(at, at + len(tokens))))
             at += len(tokens)
         sources.append(row_sources)
-    vision = (mm_types == 1) | (mm_types == 2)
+    vision = (mm_types == 1) | (mm_types == 2) if family == "gemma4" else mm_types == 1  # image (and video)
     starts = vision & ~torch.roll(vision, 1, dims=1)
     starts[:, 0] = vision[:, 0]
     vision_blocks = torch.where(vision, torch.cumsum(starts.long(), dim=1) - 1, -1)
     inner = base_model(model)
     dtype = next(p for p in inner.parameters() if p.is_floating_point()).dtype
-    masks = _packed_masks(inner, segments, positions, vision_blocks, torch.promote_types(dtype, torch.float32)
+    masks = _packed_masks(inner, family, segments, positions, vision_blocks, torch.promote_types(dtype, torch.float32)
                           if dtype not in (torch.bfloat16, torch.float16) else dtype)
-    extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    hidden = inner.model(input_ids=ids, attention_mask=masks, position_ids=positions, mm_token_type_ids=mm_types,
-                         use_cache=False, **extra).last_hidden_state
+    extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", type_key)}
+    if family == "gemma4":  # Gemma 4 also places image features by them; Gemma 3 reads them for masks only
+        extra["mm_token_type_ids"] = mm_types
+    hidden = inner.model(input_ids=ids, attention_mask=masks, position_ids=positions, use_cache=False,
+                         **extra).last_hidden_state
     rows = torch.tensor([r for r in range(n) for src in sources[r] for _ in src], device=device)
     cols = torch.tensor([i for r in range(n) for src in sources[r] for i in src], device=device)
     targets = torch.tensor([t for _ in range(n) for c in candidates for t in c], device=device)

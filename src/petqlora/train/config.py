@@ -44,6 +44,10 @@ class TrainConfig:
     quantize: str = field("auto", "auto (4-bit on GPU, none on CPU), 4bit or none.", allowed=("auto", "4bit", "none"))
     skip_quantization: tuple[str, ...] = field(DEFAULT_SKIP_QUANTIZATION, "Module-path prefixes kept in bf16.")
     gradient_checkpointing: bool | None = field(None, "None: on with a GPU.")
+    # Selective checkpointing (train/checkpointing.py): the first N decoder layers recompute their
+    # activations in backward, the rest keep them (faster, more memory). The same arithmetic.
+    checkpoint_layers: int | None = field(None, "Decoder layers that recompute activations under gradient "
+                                          "checkpointing (the first N; the rest keep them); None: all.", low=0)
     # peft's prepare_model_for_kbit_training casts every frozen bf16 weight (embeddings, vision tower,
     # norms) to fp32: 5.6 GB more for 31B's embeddings and fp32 matrix products in the vision tower.
     # Off keeps them bf16 (the loss is the same: see BENCHMARKS.md).
@@ -52,6 +56,9 @@ class TrainConfig:
     # Gemma 4: compile the language model's RMSNorms and gelu(gate) * up into fused kernels (same
     # arithmetic, the rest stays eager; the first step compiles for ~12 s).
     fuse_elementwise: bool | None = field(None, "Fused Gemma 4 norm and MLP kernels; None: on with a GPU for Gemma 4.")
+    # PEFT clones each 4-bit layer's output before adding LoRA's (a copy for nothing) and scales LoRA's output
+    # in a pass of its own; this adds it with the scaling in one kernel (gemma/lora_epilogue.py).
+    fuse_lora_epilogue: bool = field(False, "Add LoRA's scaled output to each 4-bit layer's in one kernel, no clone.")
     # Gemma 4 with adapt_vision=false: each training image's soft-token features are computed by the frozen
     # vision tower once and kept in host memory (~3 MB per image at budget 280, 31B width); later epochs skip
     # the tower. The features are what the tower would compute again (no augmentation): nothing changes but time.
@@ -92,6 +99,10 @@ def _check_values(cfg: TrainConfig, problems: Problems, wrong: set[str]) -> None
                        cfg.cache_image_features,
                        "needs adapt_vision=false: with a LoRA on the vision tower its features change at every step",
                        "set adapt_vision=false or cache_image_features=false")
+    if not {"checkpoint_layers", "gradient_checkpointing"} & wrong:
+        problems.check(cfg.checkpoint_layers is None or cfg.gradient_checkpointing is not False, "checkpoint_layers",
+                       cfg.checkpoint_layers, "chooses layers for gradient checkpointing, which is off",
+                       "set gradient_checkpointing=true, or leave checkpoint_layers unset")
     if "device" not in wrong:
         problems.check(_is_device(cfg.device), "device", cfg.device, "must be auto, cpu, cuda or cuda:N")
 

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import torch
 
 from petqlora.gemma.lora import LoraSettings, build_lora_config
+from petqlora.gemma.lora_epilogue import fuse_lora_epilogue
 from petqlora.gemma.masking import IGNORE_INDEX
 from petqlora.gemma.modeling import fuse_elementwise, has_gemma4_norms, supervised_logits
+from petqlora.train.checkpointing import select_checkpointed_layers
 from petqlora.train.checkpoints import TrainState
 from petqlora.train.config import TrainConfig
 from petqlora.train.distributed import SINGLE, Ranks, reduce_gradients, shard_step, sum_numbers
@@ -59,6 +61,11 @@ def prepare_for_training(model, cfg: TrainConfig, device: torch.device, quantize
     grad_ckpt = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device.type == "cuda"
     if grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.checkpoint_layers is not None:
+            recompute, keep = select_checkpointed_layers(model, cfg.checkpoint_layers)
+            log.info("gradient checkpointing on %d decoder layers; %d keep their activations", recompute, keep)
+    if cfg.fuse_lora_epilogue:
+        log.info("LoRA epilogue fused on %d 4-bit layers", fuse_lora_epilogue(model))
     fuse = cfg.fuse_elementwise
     if fuse is None:
         fuse = device.type == "cuda" and has_gemma4_norms(model)
