@@ -18,6 +18,7 @@ from petqlora import params
 
 from components.add_to_experiment import add_to_experiment
 from components.check_parameters import check_parameters
+from components.check_serving import check_serving
 from components.decide_training import decide_training
 from components.evaluate import evaluate
 from components.fingerprint_source import fingerprint_source
@@ -66,6 +67,8 @@ STEP_SETTINGS = {
     "register_model": StepSettings(retries=3, backoff="30s", cpu="1", memory="2G"),
     # two ML Metadata calls
     "add_to_experiment": StepSettings(retries=3, backoff="30s", cpu="1", memory="2G"),
+    # a local registry: the server as a subprocess on the tiny model + the test split over HTTP; Vertex: a skip
+    "check_serving": StepSettings(retries=1, backoff="30s", cpu="2", memory="4G"),
 }
 
 
@@ -93,11 +96,15 @@ def _train_evaluate_register(p, data, check, run_id) -> None:
     ), "evaluate").set_display_name("Evaluate vs Gemma 3 / Gemma 4 baselines")
     scores.set_caching_options(False)  # reads the registry's current champion
     with dsl.If(scores.outputs["Output"] == "register", name="fine-tuned model wins"):
-        _sized(register_model(
+        registered = _sized(register_model(
             dataset=data.outputs["dataset"], token_report=check.outputs["records"], adapter=train.outputs["adapter"],
             evaluation=scores.outputs["evaluation"], model_name=p.model_name, registry=p.registry, project=p.project,
             region=p.region, serving_image=p.serving_image, code_revision=p.code_revision, run_id=run_id,
         ), "register_model").set_display_name("Register model").set_caching_options(False)
+        _sized(check_serving(
+            dataset=data.outputs["dataset"], evaluation=scores.outputs["evaluation"],
+            model_version=registered.outputs["Output"], registry=p.registry,
+        ), "check_serving").set_display_name("Check serving (HTTP = evaluate)").set_caching_options(False)
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Fine-tune Gemma 4 with QLoRA to classify pet breeds; evaluate "
