@@ -170,10 +170,11 @@ def check_parity(*, adapter_dir: str, dataset_dir: str, evaluation_dir: str, mod
     if model_version and versions != [model_version]:
         raise ParityError(f"the server reported model_version {versions}, not {model_version!r}")
     if result["different_class"] or result["different_probabilities"]:
+        ids = {d.split(" ", 1)[0] for d in result["different_class"] + result["different_probabilities"]}
         raise ParityError(
-            f"the server differs from evaluate on {len(set(result['different_class'] + result['different_probabilities']))}"
-            f" of {len(rows)} images; different class: {result['different_class'] or 'none'}; probabilities off by "
-            f"more than {tolerance:g}: {result['different_probabilities'] or 'none'}")
+            f"the server differs from evaluate on {len(ids)} of {len(rows)} images; different class: "
+            f"{'; '.join(result['different_class']) or 'none'}; probabilities off by more than {tolerance:g}: "
+            f"{'; '.join(result['different_probabilities']) or 'none'}")
     log.info("serving parity: %d images, same class, probabilities within %.1e (largest gap %.2e)", len(rows),
              tolerance, result["max_abs_probability_gap"])
     return result
