@@ -198,6 +198,25 @@ def test_predictions_equal_evaluate_scorer_on_the_same_images(served, adapter, d
     assert first["model_version"] == served.health()[1]["model_version"]
 
 
+def test_gemma3_is_scored_one_image_at_a_time_as_evaluate_does(tiny_checkpoint, dataset):
+    """Gemma 3 has no packed scorer: the predictor uses score_classes, evaluate's path for that family."""
+    from petqlora.evaluation.scorers import candidate_ids, score_classes
+    from petqlora.gemma.encoding import PromptEncoder
+    from petqlora.gemma.modeling import load_model_and_processor
+    from petqlora.serve.predictor import Predictor
+
+    model, processor, family = load_model_and_processor(tiny_checkpoint("gemma3"), quantize_4bit=False,
+                                                        device=torch.device("cpu"))
+    manifest = data_lib.read_manifest(dataset)
+    encoder = PromptEncoder(processor, family, manifest["instruction"])
+    candidates = candidate_ids(encoder, manifest["classes"])
+    images = [data_lib.load_image(dataset, r) for r, _ in image_files(dataset)[:2]]
+    predictor = Predictor(model=model, encoder=encoder, family=family, classes=manifest["classes"],
+                          candidates=candidates, batch_size=8, model_version="v")
+    expected = np.stack([score_classes(model, encoder, im, candidates) for im in images])
+    np.testing.assert_allclose(predictor.log_likelihoods(images), expected, rtol=0, atol=1e-6)
+
+
 def test_prediction_is_the_first_argmax_and_a_softmax_over_the_classes():
     out = prediction(np.array([-2.0, -1.0, -1.0, -5.0]), ["a", "b", "c", "d"], 2, "v1")
     assert out["breed"] == "b" and list(out["probabilities"]) == ["b", "c"]
@@ -382,5 +401,10 @@ def test_gs_adapter_and_gs_instances_through_the_storage_emulator(adapter, datas
                 inline[1]["predictions"][0]["probabilities"], abs=1e-6)
             status, body = server.predict({"instances": [{"gcs_uri": "gs://pets-models/uploads/missing.jpg"}]})
             assert status == 400 and "cannot be read" in body["error"]
+        # a base model recorded at its training job's /gcs mount, read where nothing is mounted
+        from petqlora.serve.predictor import local_folder
+
+        assert local_folder("/gcs/pets-models/run-1/adapter", tmp_path / "base") == str(tmp_path / "base")
+        assert (tmp_path / "base" / "adapter_model.safetensors").is_file()
     finally:
         emulator.stop()

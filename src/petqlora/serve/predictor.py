@@ -67,11 +67,15 @@ class Predictor:
 def local_folder(uri: str, cache: Path) -> str:
     """A folder or gs:// URI as a local folder: the /gcs mount when the bucket is mounted (a pipeline step,
     a Cloud Run volume), else a download into `cache` (a Vertex endpoint copies the artifact to Cloud Storage
-    and mounts nothing). Anything else (a path, a Hub id) is returned as it is."""
-    from petqlora.cloud.storage import download_dir, is_gcs, local_path
+    and mounts nothing); a missing /gcs/BUCKET/... path is read as its gs:// URI. Anything else (a path, a
+    Hub id) is returned as it is."""
+    from petqlora.cloud.storage import download_dir, gcs_uri, is_gcs, local_path
 
     if not is_gcs(uri):
-        return uri
+        # a /gcs/BUCKET/... path recorded where the bucket was mounted (the training job), read here without one
+        if Path(uri).exists() or gcs_uri(uri) is None:
+            return uri
+        uri = gcs_uri(uri)
     mounted = local_path(uri)
     if Path(mounted).is_dir():
         return mounted
