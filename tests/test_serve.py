@@ -344,7 +344,8 @@ def test_the_entrypoint_honours_vertex_environment(adapter, dataset):
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
         while True:
-            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.poll() else ""
+            exited = process.poll() is not None
+            assert not exited and time.monotonic() < deadline, process.stdout.read() if exited else "not ready"
             try:
                 if http_json(url + "/v1/ready", timeout=5)[0] == 200:
                     break

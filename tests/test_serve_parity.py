@@ -88,9 +88,11 @@ def test_a_server_that_cannot_start_fails_with_its_log(run, tmp_path):
     shutil.copytree(run["adapter"], tmp_path / "adapter")
     (tmp_path / "adapter" / "serving.json").unlink()
     with pytest.raises(ParityError, match=r"exited with code 1 before it was ready:(.|\n)*serving.json: no such file"):
-        check_parity(adapter_dir=str(tmp_path / "adapter"), dataset_dir=run["dataset"], evaluation_dir=run["evaluation"])
+        check_parity(adapter_dir=str(tmp_path / "adapter"), dataset_dir=run["dataset"],
+                     evaluation_dir=run["evaluation"])
 
 
 def test_the_command_line_prints_the_comparison(run, capsys):
-    assert parity.main(["--adapter", run["adapter"], "--dataset", run["dataset"], "--evaluation", run["evaluation"]]) == 0
+    args = ["--adapter", run["adapter"], "--dataset", run["dataset"], "--evaluation", run["evaluation"]]
+    assert parity.main(args) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 6

@@ -79,7 +79,9 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:]) if self.log_path.exists() else ""
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def __enter__(self) -> "ServerProcess":
         with open(self.log_path, "w") as out:
@@ -200,7 +202,8 @@ def check_registered(*, registry: str, model_version: str, dataset_dir: str, eva
     if registry.startswith("vertex"):
         result = {"skipped": "the registry is Vertex AI: serving the 31B base model needs a GPU, not this pipeline "
                              "step's CPU image. Check it by hand on a GPU machine with `python -m "
-                             "petqlora.serve.parity --adapter <artifact> --dataset <dataset> --evaluation <evaluation>`"}
+                             "petqlora.serve.parity --adapter <artifact> --dataset <dataset> --evaluation "
+                             "<evaluation>`"}
     else:
         from petqlora.registry.local import LocalRegistry
 
