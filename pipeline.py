@@ -20,6 +20,7 @@ from petqlora import params
 
 from components.add_to_experiment import add_to_experiment
 from components.check_parameters import check_parameters
+from components.check_serving import check_serving
 from components.decide_training import decide_training
 from components.deploy_model import deploy_model
 from components.evaluate import evaluate
@@ -84,6 +85,8 @@ STEP_SETTINGS = {
     "deploy_model": StepSettings(retries=1, backoff="60s", cpu="1", memory="2G"),
     # two ML Metadata calls
     "add_to_experiment": StepSettings(retries=3, backoff="30s", cpu="1", memory="2G"),
+    # a local registry: the server as a subprocess on the tiny model + the test split over HTTP; Vertex: a skip
+    "check_serving": StepSettings(retries=1, backoff="30s", cpu="2", memory="4G"),
 }
 
 
@@ -143,6 +146,11 @@ def _train_evaluate_register(p, data, check, plan, run_id) -> None:
             _sized(deploy_model(model_version=registered.outputs["Output"], model_name=p.model_name, deploy=p.deploy,
                                 project=p.project, region=p.region, run_id=run_id), "deploy_model"
                    ).set_display_name("Deploy to endpoint (when deploy is set)").set_caching_options(False)
+        _sized(check_serving(
+            dataset=data.outputs["dataset"], evaluation=scores.outputs["evaluation"],
+            model_version=registered.outputs["Output"], registry=p.registry,
+        ), "check_serving").set_display_name("Check serving (HTTP = evaluate)").set_caching_options(False)
+
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Fine-tune Gemma 4 with QLoRA to classify pet breeds; evaluate "
               "against Gemma 3 and Gemma 4 baselines; register the adapter only when it wins.")

@@ -58,6 +58,9 @@ def test_default_run_trains_a_winner_and_registers_it(default_run):
     relayed = [line for line in lines if " INFO petqlora.train.train_adapter: step " in line]
     assert relayed and all(len(re.findall(r"\d\d:\d\d:\d\d", line)) == 1 for line in relayed), relayed[:3]
     assert "Registered as model version petqlora-gemma4-pets@1: fine-tuned accuracy" in result.stdout
+    # check_serving: the registered version, served over HTTP, answered the test split as evaluate did
+    report = (out / "pipeline_root" / summary["run"] / "check-serving" / "report").read_text()
+    assert "as evaluate did" in report and "`petqlora-gemma4-pets@1`" in report
 
 
 def test_default_run_trains_both_trials_and_registers_the_winner(default_run):

@@ -54,7 +54,10 @@ def test_steps_in_order_with_training_and_registration_under_conditions(compiled
     assert "select-trial" in gpu["evaluate"]["dependentTasks"]
     condition = gpu["condition-3"]["triggerPolicy"]["condition"]
     assert "evaluate-Output" in condition and "'register'" in condition
-    assert set(compiled["components"]["comp-condition-3"]["dag"]["tasks"]) == {"register-model", "condition-4"}
+    registered = compiled["components"]["comp-condition-3"]["dag"]["tasks"]
+    assert set(registered) == {"register-model", "check-serving", "condition-4"}
+    # serving parity is checked on the version registration created
+    assert "register-model" in registered["check-serving"]["dependentTasks"]
     assert set(compiled["components"]["comp-condition-4"]["dag"]["tasks"]) == {"deploy-model"}  # Vertex only
 
 

@@ -3,9 +3,9 @@ with a complete serving container spec and the evaluation imported as a classifi
 and read a version's artifact URI. `find_model` is the one lookup of a model by display name that all of
 them use.
 
-The serving container is the trainer image running ``python -m petqlora.serve`` (the server is built by
-the serving issue): Vertex's custom-container contract gives it AIP_HTTP_PORT (8080, the one port
-declared), AIP_PREDICT_ROUTE (/predict), AIP_HEALTH_ROUTE (/health) and AIP_STORAGE_URI (the copied
+The serving container is the trainer image running ``python -m petqlora.serve`` (serve/contract.py
+holds the command, port and routes used here): Vertex's custom-container contract gives it AIP_HTTP_PORT
+(8080, the one port declared), AIP_PREDICT_ROUTE (/predict), AIP_HEALTH_ROUTE (/health) and AIP_STORAGE_URI (the copied
 adapter folder, passed as ``--adapter``; Vertex expands ``$(VAR)`` in args)."""
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from petqlora.cloud.vertex_common import (
     vertex_session,
 )
 from petqlora.problems import Problems
+# The serving contract (command, args, port, routes) is the server's own: one source of truth.
+from petqlora.serve.contract import HEALTH_ROUTE, PREDICT_ROUTE, SERVING_ARGS, SERVING_COMMAND, SERVING_PORT
 
 if TYPE_CHECKING:  # the SDK is only needed at call time
     from google.cloud import aiplatform
@@ -53,11 +55,6 @@ RUN_ID_LABEL = "run_id"
 _PARENT_MODEL_RE = re.compile(r"^(projects/[^/]+/locations/[^/]+/models/)?[A-Za-z0-9_-]+$")
 _VERSION_RE = re.compile(r"^([0-9]+|[a-z][a-zA-Z0-9-]{0,126}[a-z0-9])$")
 
-SERVING_COMMAND = ("python", "-m", "petqlora.serve")
-SERVING_ARGS = ("--adapter", "$(AIP_STORAGE_URI)")
-SERVING_PORT = 8080
-PREDICT_ROUTE = "/predict"
-HEALTH_ROUTE = "/health"
 
 
 def serving_container_spec(image_uri: str) -> Any:

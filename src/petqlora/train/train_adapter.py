@@ -8,6 +8,7 @@ subprocess:
 Outputs, all under OUTPUT_DIR:
 
     adapter/          adapter_model.safetensors + adapter_config.json (explicit module paths) + the processor
+                      + serving.json (classes, instruction, base model: what `python -m petqlora.serve` reads)
     metrics.json      loss per step, tokens/s, peak memory, wall time; written last: it marks a finished run
     progress.json     step, total steps, epoch, loss, samples/s, ETA, replaced at every log step: the pipeline
                       step logs it while the run goes on (train/progress.py)
@@ -54,6 +55,7 @@ from petqlora.data import dataset as data_lib
 from petqlora.entrypoint import run_step
 from petqlora.gemma.encoding import PromptEncoder
 from petqlora.gemma.modeling import load_model_and_processor, resolve_device
+from petqlora.serve.serving_info import write_serving_info
 from petqlora.train.checkpoints import (TrainState, finished_metrics, resume_latest, save_checkpoint,
                                        write_json_atomically)
 from petqlora.train import distributed
@@ -121,7 +123,8 @@ def train_adapter(dataset_dir: str | Path, output_dir: str | Path, cfg: TrainCon
 
     peaks = distributed.gather_objects(ranks, _peak_memory_gib(run.device))  # each GPU's, for the metrics
     if ranks.main:
-        adapter_dir = _write_adapter(output, trainer.model, run.processor, cfg, run.targets)
+        adapter_dir = _write_adapter(output, trainer.model, run.processor, cfg, run.targets,
+                                     serving={"family": run.family, "manifest": manifest})
         try:
             loss_curve_png([tuple(x) for x in state.losses], output / "loss_curve.png")
         except Exception as exc:  # a missing plot must not lose a trained adapter
@@ -203,8 +206,9 @@ def _prepare_run(dataset_dir: str | Path, instruction: str, cfg: TrainConfig, ra
                 dropped, targets, trainer, opt_name, total_steps)
 
 
-def _write_adapter(output: Path, model, processor, cfg: TrainConfig, targets: list[str]) -> Path:
-    """OUTPUT/adapter: the LoRA weights, its config with explicit module paths, the processor, the training config."""
+def _write_adapter(output: Path, model, processor, cfg: TrainConfig, targets: list[str], serving: dict) -> Path:
+    """OUTPUT/adapter: the LoRA weights, its config with explicit module paths, the processor, the training config,
+    and serving.json (classes, instruction, base model: what the server needs beyond the folder)."""
     # The adapter is written into adapter.tmp and renamed, so `adapter/` is never a half-written mix.
     adapter_dir, adapter_tmp = output / "adapter", output / "adapter.tmp"
     shutil.rmtree(adapter_tmp, ignore_errors=True)
@@ -215,6 +219,7 @@ def _write_adapter(output: Path, model, processor, cfg: TrainConfig, targets: li
     processor.save_pretrained(adapter_tmp)
     (adapter_tmp / "petqlora_training.json").write_text(
         json.dumps({"config": asdict(cfg), "targets": targets}, indent=1))
+    write_serving_info(adapter_tmp, base_model=cfg.base_model, image_token_budget=cfg.image_token_budget, **serving)
     shutil.rmtree(adapter_dir, ignore_errors=True)
     os.replace(adapter_tmp, adapter_dir)
     return adapter_dir

@@ -1,0 +1,412 @@
+"""The classifier server (petqlora.serve) on a tiny random Gemma 4 + a real trained adapter, on CPU, behind a
+real uvicorn server on localhost: health before and after loading, predictions equal to evaluate's scorer,
+every bad request refused with its 4xx while the server goes on serving, concurrent requests, Vertex's AIP_*
+environment (a subprocess of `python -m petqlora.serve`), a gs:// adapter and gs:// instances through the
+Cloud Storage emulator, and a model that cannot load stopping the process."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from PIL import Image
+
+from petqlora.data import dataset as data_lib
+from petqlora.serve import contract
+from petqlora.serve.app import create_app
+from petqlora.serve.config import ServeConfig, read_config
+from petqlora.serve.parity import ServerProcess, free_port, http_json, softmax
+from petqlora.serve.predictor import load_predictor, prediction
+from petqlora.serve.serving_info import read_serving_info
+from petqlora.train.config import TrainConfig
+from petqlora.train.train_adapter import train_adapter
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module")
+def dataset(pets_dataset) -> Path:
+    return pets_dataset(4)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_checkpoint, dataset, tmp_path_factory) -> Path:
+    """A real train_adapter output (2 steps), so the folder is what registration points at."""
+    out = tmp_path_factory.mktemp("train")
+    cfg = TrainConfig(base_model=str(tiny_checkpoint("gemma4-31b")), lora_r=4, lora_alpha=4, lora_dropout=0.0,
+                      batch_size=4, grad_accum=1, max_steps=2, learning_rate=1e-2, warmup_ratio=0.0,
+                      image_token_budget=70, checkpoint_every=0, log_every=1, seed=3)
+    train_adapter(dataset, out, cfg)
+    return out / "adapter"
+
+
+def image_files(dataset: Path, split: str = "test") -> list[tuple[dict, Path]]:
+    return [(r, dataset / r["image"]) for r in data_lib.read_split(dataset, split)]
+
+
+def b64(path_or_bytes) -> dict:
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 80, 40)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class ThreadServer:
+    """A real uvicorn server on 127.0.0.1 in a thread, serving create_app(cfg, load)."""
+
+    def __init__(self, cfg: ServeConfig, load):
+        self.cfg = replace(cfg, host="127.0.0.1", port=free_port())
+        self.url = f"http://127.0.0.1:{self.cfg.port}"
+        app = create_app(self.cfg, load)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.cfg.port, log_config=None))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def health(self) -> tuple[int, dict]:
+        return http_json(self.url + self.cfg.health_route, timeout=30)
+
+    def predict(self, payload) -> tuple[int, dict]:
+        return http_json(self.url + self.cfg.predict_route, payload, timeout=120)
+
+    def post_raw(self, body: bytes, method: str = "POST") -> tuple[int, dict]:
+        request = urllib.request.Request(self.url + self.cfg.predict_route, data=body, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def wait_ready(self, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.health()
+            if status == 200:
+                return body
+            assert body["status"] == "loading", body
+            time.sleep(0.1)
+        raise AssertionError("the model did not load")
+
+
+LIMITS = dict(max_instances=4, max_image_bytes=300_000, max_image_pixels=1_000_000, max_request_bytes=2_000_000,
+              allowed_gcs_prefixes=("gs://pets-uploads/ok",), device="cpu", batch_size=3, top_k=3)
+
+
+@pytest.fixture(scope="module")
+def served(adapter):
+    """One loaded server for the module: the limits above, a batch size that splits a 4-image request."""
+    cfg = ServeConfig(adapter=str(adapter), **LIMITS)
+    with ThreadServer(cfg, lambda: load_predictor(cfg)) as server:
+        server.wait_ready()
+        yield server
+
+
+# ---- serving.json -----------------------------------------------------------------------------------------
+
+def test_train_adapter_writes_what_the_server_needs(adapter, dataset, tiny_checkpoint):
+    info = read_serving_info(adapter)
+    manifest = data_lib.read_manifest(dataset)
+    assert info.classes == manifest["classes"] and info.instruction == manifest["instruction"]
+    assert info.base_model == str(tiny_checkpoint("gemma4-31b")) and info.family == "gemma4"
+    assert info.image_token_budget == 70 and info.dataset_hash == manifest["dataset_hash"]
+
+
+def test_a_folder_without_serving_json_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"serving.json: no such file.*fix: train it again"):
+        read_serving_info(tmp_path)
+
+
+# ---- health and predictions -------------------------------------------------------------------------------
+
+def test_health_is_503_while_loading_and_200_once_loaded(adapter):
+    cfg = ServeConfig(adapter=str(adapter), device="cpu")
+    gate = threading.Event()
+
+    def load_after_the_gate():
+        assert gate.wait(60)
+        return load_predictor(cfg)
+
+    with ThreadServer(cfg, load_after_the_gate) as server:
+        assert server.health() == (503, {"status": "loading"})
+        status, body = server.predict({"instances": [b64(png(64, 64))]})
+        assert status == 503 and "still loading" in body["error"]
+        gate.set()
+        ready = server.wait_ready()
+        assert ready["status"] == "ready" and ready["model_version"].startswith("adapter-sha256:")
+        assert server.predict({"instances": [b64(png(64, 64))]})[0] == 200
+
+
+def test_predictions_equal_evaluate_scorer_on_the_same_images(served, adapter, dataset):
+    """The served answer against evaluate's own loader and scorer, run here in the test."""
+    from petqlora.evaluation.evaluate import EvalConfig, load_for_eval
+    from petqlora.evaluation.scorers import candidate_ids, score_classes_packed
+    from petqlora.gemma.encoding import PromptEncoder
+
+    info = read_serving_info(adapter)
+    files = image_files(dataset)[:4]
+    model, processor, family, _ = load_for_eval(EvalConfig(name="check", base_model=info.base_model,
+                                                           adapter=str(adapter), image_token_budget=70, device="cpu"))
+    encoder = PromptEncoder(processor, family, info.instruction)
+    candidates = candidate_ids(encoder, info.classes)
+    # the server's batch size is 3: the same packed batches here
+    scores = np.concatenate([score_classes_packed(model, encoder, [data_lib.load_image(dataset, r) for r, _ in chunk],
+                                                  candidates) for chunk in (files[:3], files[3:])])
+    n = len(info.classes)
+    status, body = served.predict({"instances": [b64(f) for _, f in files], "parameters": {"top_k": n}})
+    assert status == 200, body
+    assert len(body["predictions"]) == 4
+    for row, served_one in zip(scores, body["predictions"]):
+        assert served_one["breed"] == info.classes[int(np.argmax(row))]
+        expected = softmax(row)
+        assert list(served_one["probabilities"]) == [info.classes[i] for i in np.argsort(-expected, kind="stable")]
+        for c, p in zip(info.classes, expected):
+            assert abs(served_one["probabilities"][c] - p) < 1e-6
+        assert abs(sum(served_one["probabilities"].values()) - 1) < 1e-9
+    # the default top_k (3) gives the 3 most likely, most likely first
+    status, body = served.predict({"instances": [b64(files[0][1])]})
+    first = body["predictions"][0]
+    assert status == 200 and len(first["probabilities"]) == 3
+    assert list(first["probabilities"])[0] == first["breed"]
+    assert first["model_version"] == served.health()[1]["model_version"]
+
+
+def test_gemma3_is_scored_in_packed_batches_as_evaluate_does(tiny_checkpoint, dataset):
+    """Gemma 3 takes the packed scorer, evaluate's path for both families (here against score_classes, the
+    per-image cached scorer, which gives the same scores in float32)."""
+    from petqlora.evaluation.scorers import candidate_ids, score_classes
+    from petqlora.gemma.encoding import PromptEncoder
+    from petqlora.gemma.modeling import load_model_and_processor
+    from petqlora.serve.predictor import Predictor
+
+    model, processor, family = load_model_and_processor(tiny_checkpoint("gemma3"), quantize_4bit=False,
+                                                        device=torch.device("cpu"))
+    manifest = data_lib.read_manifest(dataset)
+    encoder = PromptEncoder(processor, family, manifest["instruction"])
+    candidates = candidate_ids(encoder, manifest["classes"])
+    images = [data_lib.load_image(dataset, r) for r, _ in image_files(dataset)[:2]]
+    predictor = Predictor(model=model, encoder=encoder, family=family, classes=manifest["classes"],
+                          candidates=candidates, batch_size=8, model_version="v")
+    expected = np.stack([score_classes(model, encoder, im, candidates) for im in images])
+    np.testing.assert_allclose(predictor.log_likelihoods(images), expected, rtol=0, atol=1e-4)
+
+
+def test_prediction_is_the_first_argmax_and_a_softmax_over_the_classes():
+    out = prediction(np.array([-2.0, -1.0, -1.0, -5.0]), ["a", "b", "c", "d"], 2, "v1")
+    assert out["breed"] == "b" and list(out["probabilities"]) == ["b", "c"]
+    total = np.exp([-2.0, -1.0, -1.0, -5.0]).sum()
+    assert out["probabilities"]["b"] == pytest.approx(np.exp(-1.0) / total, abs=1e-12)
+    assert out["model_version"] == "v1"
+
+
+def test_concurrent_requests_get_the_answers_of_serial_ones(served, dataset):
+    files = [f for _, f in image_files(dataset)[:4]]
+    serial = [served.predict({"instances": [b64(f)]})[1]["predictions"][0] for f in files]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda f: served.predict({"instances": [b64(f)]}), files * 2))
+    assert all(status == 200 for status, _ in answers)
+    for i, (_, body) in enumerate(answers):
+        got, want = body["predictions"][0], serial[i % 4]
+        assert got["breed"] == want["breed"]
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
+
+
+# ---- bad requests ---------------------------------------------------------------------------------------
+
+GOOD = {"instances": [{"b64": base64.b64encode(png(40, 30)).decode()}]}
+BAD = [
+    (b"not json", 400, "request body: not JSON"),
+    (b"[1, 2]", 400, "must be a JSON object"),
+    (json.dumps({}).encode(), 400, "instances: must be a non-empty list"),
+    (json.dumps({"instances": []}).encode(), 400, "instances: must be a non-empty list"),
+    (json.dumps({"instances": "x"}).encode(), 400, "instances: must be a non-empty list"),
+    (json.dumps({**GOOD, "extra": 1}).encode(), 400, "request body: unknown field(s) 'extra'"),
+    (json.dumps({"instances": [{"image": {"b64": "AAAA"}}]}).encode(), 400, "instances[0]: unknown field(s) 'image'"),
+    (json.dumps({"instances": [{"b64": "AAAA", "gcs_uri": "gs://a/b"}]}).encode(), 400, "exactly one of"),
+    (json.dumps({"instances": [42]}).encode(), 400, "instances[0]: must be an object"),
+    (json.dumps({"instances": [{"b64": 7}]}).encode(), 400, "instances[0].b64: must be a non-empty string"),
+    (json.dumps({"instances": [{"b64": "not base64!"}]}).encode(), 400, "instances[0].b64: not valid base64"),
+    (json.dumps({"instances": [{"b64": base64.b64encode(b"hello, not an image").decode()}]}).encode(), 400,
+     "instances[0].b64: not a decodable image"),
+    (json.dumps({"instances": GOOD["instances"] * 5}).encode(), 413, "instances: 5 is over the limit of 4"),
+    (json.dumps({"instances": [{"b64": base64.b64encode(bytes(400_000)).decode()}]}).encode(), 413,
+     "over the limit of 300000 bytes per image"),
+    (json.dumps({"instances": [{"b64": base64.b64encode(png(1100, 1000)).decode()}]}).encode(), 413,
+     "1100x1000 = 1100000 pixels is over the limit of 1000000"),
+    (json.dumps({**GOOD, "parameters": {"top_k": 0}}).encode(), 400, "parameters.top_k=0: must be an integer from 1"),
+    (json.dumps({**GOOD, "parameters": {"top_k": 7}}).encode(), 400, "parameters.top_k=7"),
+    (json.dumps({**GOOD, "parameters": {"top_k": "3"}}).encode(), 400, "parameters.top_k=\"3\""),
+    (json.dumps({**GOOD, "parameters": {"temperature": 1}}).encode(), 400, "parameters: unknown field(s)"),
+    (json.dumps({"instances": [{"gcs_uri": "gs://pets-uploads/other/a.jpg"}]}).encode(), 403,
+     "outside the prefixes this server may read (gs://pets-uploads/ok)"),
+    (json.dumps({"instances": [{"gcs_uri": "gs://pets-uploads/ok/../secret.jpg"}]}).encode(), 403, "outside"),
+    (json.dumps({"instances": [{"gcs_uri": "/etc/passwd"}]}).encode(), 400, "must be a gs://bucket/path URI"),
+]
+
+
+@pytest.mark.parametrize("body,status,message", BAD, ids=[m for _, _, m in BAD])
+def test_each_bad_request_gets_its_4xx_and_the_server_still_serves(served, body, status, message):
+    got, answer = served.post_raw(body)
+    assert (got, set(answer)) == (status, {"error"}), answer
+    assert message in answer["error"], answer["error"]
+    assert served.predict(GOOD)[0] == 200
+
+
+def test_a_body_over_the_limit_is_refused_from_its_content_length_before_it_is_read(served):
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", served.cfg.port, timeout=30)
+    connection.putrequest("POST", served.cfg.predict_route)
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", "2100000")
+    connection.endheaders()  # not one byte of the body is sent
+    response = connection.getresponse()
+    assert response.status == 413
+    assert "request body: 2100000 bytes is over the limit of 2000000 bytes" in json.loads(response.read())["error"]
+    connection.close()
+    assert served.predict(GOOD)[0] == 200
+
+
+def test_unknown_route_and_method_are_json_errors(served):
+    assert served.post_raw(b"", method="GET")[0] == 405
+    status, body = http_json(served.url + "/nope")
+    assert status == 404 and "the routes are GET /health and POST /predict" in body["error"]
+
+
+# ---- config, environment, process -------------------------------------------------------------------------
+
+def test_flags_win_over_the_aip_environment_which_wins_over_defaults():
+    env = {"AIP_HTTP_PORT": "9001", "AIP_HEALTH_ROUTE": "/ready", "AIP_PREDICT_ROUTE": "/v1/predict",
+           "AIP_STORAGE_URI": "gs://b/models/adapter"}
+    cfg = read_config([], env)
+    assert (cfg.port, cfg.health_route, cfg.predict_route, cfg.adapter) == (9001, "/ready", "/v1/predict",
+                                                                            "gs://b/models/adapter")
+    assert read_config(["--port", "9002"], env).port == 9002
+    default = read_config(["--adapter", "x"], {})
+    assert (default.port, default.health_route, default.predict_route) == (
+        contract.SERVING_PORT, contract.HEALTH_ROUTE, contract.PREDICT_ROUTE)
+
+
+def test_config_names_every_wrong_field():
+    with pytest.raises(ValueError) as err:
+        ServeConfig(adapter="a", health_route="health", predict_route="/p", device="tpu",
+                    allowed_gcs_prefixes=("s3://x",))
+    text = str(err.value)
+    assert "health_route='health': must be a path starting with /" in text
+    assert "device='tpu'" in text and "allowed_gcs_prefixes='s3://x'" in text
+    with pytest.raises(ValueError, match="predict_route='/h': must differ from health_route"):
+        ServeConfig(adapter="a", health_route="/h", predict_route="/h")
+
+
+def test_registration_declares_the_servers_contract():
+    from petqlora.cloud import vertex_models
+
+    spec = vertex_models.serving_container_spec("europe-docker.pkg.dev/p/r/trainer:1.0.0")
+    assert list(spec.command) == ["python", "-m", "petqlora.serve"]
+    assert list(spec.args) == ["--adapter", "$(AIP_STORAGE_URI)"]
+    assert spec.ports[0].container_port == contract.SERVING_PORT
+    assert (spec.predict_route, spec.health_route) == (contract.PREDICT_ROUTE, contract.HEALTH_ROUTE)
+
+
+def test_the_entrypoint_honours_vertex_environment(adapter, dataset):
+    """python -m petqlora.serve with no flags: Vertex's variables say the port, routes and adapter."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": SRC, "AIP_HTTP_PORT": str(port), "AIP_HEALTH_ROUTE": "/v1/ready",
+           "AIP_PREDICT_ROUTE": "/v1/models/pets:predict", "AIP_STORAGE_URI": str(adapter)}
+    process = subprocess.Popen([sys.executable, "-m", "petqlora.serve", "--host", "127.0.0.1", "--device", "cpu"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        while True:
+            exited = process.poll() is not None
+            assert not exited and time.monotonic() < deadline, process.stdout.read() if exited else "not ready"
+            try:
+                if http_json(url + "/v1/ready", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        status, body = http_json(url + "/v1/models/pets:predict", {"instances": [b64(image_files(dataset)[0][1])]})
+        assert status == 200 and body["predictions"][0]["breed"] in read_serving_info(adapter).classes
+        assert http_json(url + "/health")[0] == 404  # the default route is not served when Vertex names another
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_exit_1(tmp_path):
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    result = subprocess.run([sys.executable, "-m", "petqlora.serve", "--adapter", str(tmp_path), "--host", "127.0.0.1",
+                             "--port", str(free_port())], env={**os.environ, "PYTHONPATH": SRC},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "serving.json: no such file" in result.stderr
+
+
+def test_bad_arguments_exit_2_naming_the_field():
+    result = subprocess.run([sys.executable, "-m", "petqlora.serve", "--adapter", "x", "--port", "http"],
+                            env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "port='http': must be an integer" in result.stderr
+
+
+# ---- Cloud Storage: a gs:// adapter (AIP_STORAGE_URI) and gs:// instances -----------------------------------
+
+def test_gs_adapter_and_gs_instances_through_the_storage_emulator(adapter, dataset, tmp_path, monkeypatch):
+    from gcp_storage_emulator.server import create_server
+
+    from petqlora.cloud import storage
+
+    emulator = create_server("127.0.0.1", 0, in_memory=True, default_bucket="pets-models")
+    emulator.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{emulator._api._httpd.server_address[1]}")
+        monkeypatch.setattr(storage, "_default_client", None)
+        storage.upload_dir(adapter, "gs://pets-models/run-1/adapter")
+        record, image = image_files(dataset)[0]
+        storage.upload_file(image, "gs://pets-models/uploads/cat.img")
+        cfg = ServeConfig(adapter="gs://pets-models/run-1/adapter", device="cpu", cache_dir=str(tmp_path / "cache"),
+                          allowed_gcs_prefixes=("gs://pets-models/uploads",))
+        with ThreadServer(cfg, lambda: load_predictor(cfg)) as server:
+            server.wait_ready()
+            assert (tmp_path / "cache" / "adapter" / "serving.json").is_file()  # no /gcs mount: downloaded
+            by_uri = server.predict({"instances": [{"gcs_uri": "gs://pets-models/uploads/cat.img"}]})
+            inline = server.predict({"instances": [b64(image)]})
+            assert by_uri[0] == inline[0] == 200
+            assert by_uri[1]["predictions"][0]["probabilities"] == pytest.approx(
+                inline[1]["predictions"][0]["probabilities"], abs=1e-6)
+            status, body = server.predict({"instances": [{"gcs_uri": "gs://pets-models/uploads/missing.jpg"}]})
+            assert status == 400 and "cannot be read" in body["error"]
+        # a base model recorded at its training job's /gcs mount, read where nothing is mounted
+        from petqlora.serve.predictor import local_folder
+
+        assert local_folder("/gcs/pets-models/run-1/adapter", tmp_path / "base") == str(tmp_path / "base")
+        assert (tmp_path / "base" / "adapter_model.safetensors").is_file()
+    finally:
+        emulator.stop()
