@@ -79,6 +79,10 @@ VARIANTS = {
     "ours_bf16_b16_frozen_vision_fused_cached": dict(batch_size=16, grad_accum=1, lora_dropout=0.0,
                                                      adapt_vision=False, fuse_elementwise=True,
                                                      cache_image_features=True),
+    # Every lever that paid at once: cached features, the LoRA epilogue (+ `_keep<K>` for selective checkpointing).
+    "ours_bf16_b16_frozen_vision_fused_cached_epilogue": dict(batch_size=16, grad_accum=1, lora_dropout=0.0,
+                                                              adapt_vision=False, fuse_elementwise=True,
+                                                              cache_image_features=True, fuse_lora_epilogue=True),
 }
 DEFAULT_VARIANTS = ("reference", "ours_bf16_b16_frozen_vision", "ours_bf16_b16_frozen_vision_fused",
                     "ours_bf16_b16_frozen_vision_fused_cached", "ours_bf16_b16_fused")
