@@ -35,7 +35,7 @@ class TrialResult:
     adapter_uri: str
     gpu_seconds: float  # training (the job's wall time, model loading included) + validation scoring
     train_seconds: float  # time in training steps
-    samples_per_s: float | None  # training examples per second in training steps
+    samples_per_s: float | None = None  # training examples per second in training steps
     final_loss: float | None = None
     validation_accuracy: float | None = None
     validation_macro_f1: float | None = None

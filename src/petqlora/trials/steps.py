@@ -97,7 +97,9 @@ def run_score_trial(dataset_dir: str, adapter_dir: str, adapter_uri: str, trial:
                        gpu_seconds=trained["wall_seconds"] + result["seconds"] + result.get("load_seconds", 0.0))
         log.info("score_trial %d: validation accuracy %.3f, macro-F1 %.3f", int(trial["index"]), result["accuracy"],
                  result["macro_f1"])
-    return asdict(TrialResult.from_dict(figures))  # checked, as select_trial reads it
+    # checked, as select_trial reads it; no None values: kfp refuses a null inside a parameter (a sweep of one
+    # trial has no validation scores), and TrialResult reads a missing field as None
+    return {k: v for k, v in asdict(TrialResult.from_dict(figures)).items() if v is not None}
 
 
 def run_select_trial(results: list[dict], adapters: list[tuple[str, dict]], trial_token_reports: tuple[str, dict],
