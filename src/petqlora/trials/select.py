@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from petqlora import params as pipeline_params
+from petqlora.trials.plan import normalized
+
 __all__ = ["TrialResult", "cheaper_key", "select_winner"]
 
 _TOLERANCE = 1e-9
@@ -42,6 +45,8 @@ class TrialResult:
     validation_examples: int | None = None
 
     def __post_init__(self) -> None:
+        known = {k: v for k, v in self.overrides.items() if k in pipeline_params.NAMES}  # KFP's JSON floats:
+        object.__setattr__(self, "overrides", {**self.overrides, **normalized(known)})  # lora_r 8, not 8.0
         for name in ("index", "count", "image_token_budget", "lora_r", "max_length", "validation_examples"):
             value = getattr(self, name)
             if value is not None:
