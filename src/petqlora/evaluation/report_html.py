@@ -16,8 +16,9 @@ from petqlora import __version__
 from petqlora.evaluation import report_confusion
 from petqlora.evaluation.metrics import ClassificationResult
 from petqlora.evaluation.report_charts import svg_loss_curve
-from petqlora.evaluation.report_table import (ModelRow, decision_sentence, format_f1, format_percent, table_columns,
-                                              validate_decision, validate_model_version, validate_rows)
+from petqlora.evaluation.formats import format_f1, format_percent
+from petqlora.evaluation.report_table import (ModelRow, decision_sentence, table_columns, validate_decision,
+                                              validate_model_version, validate_rows)
 from petqlora.train.loss_curve import validate_loss_curve
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The comparison table of the evaluate step, as a console table and a Markdown summary: ModelRow (one
-approach's scores), the number formats shared with the HTML report, and the checks of rows and decision."""
+approach's scores) and the checks of rows and decision."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Real
+
+from petqlora.evaluation.formats import format_f1, format_percent, format_seconds  # noqa: F401 (callers' names)
 
 MEMORY_KINDS = ("GPU", "CPU RSS")
 
@@ -56,28 +58,6 @@ class ModelRow:
             raise ValueError(
                 f"ModelRow.memory_kind of {self.approach!r} is {self.memory_kind!r}; use one of {MEMORY_KINDS}"
             )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Formatting shared by the three outputs, so the console, Markdown and HTML show the same numbers.
-
-
-def format_seconds(seconds: float) -> str:
-    """45.2 s, 12m 05s, 2h 03m: short enough for a table column, exact enough to compare runs."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    total = int(round(seconds))
-    if total < 3600:
-        return f"{total // 60}m {total % 60:02d}s"
-    return f"{total // 3600}h {(total % 3600) // 60:02d}m"
-
-
-def format_percent(share: float | None) -> str:
-    return "n/a" if share is None else f"{share * 100:.1f}%"
-
-
-def format_f1(value: float) -> str:
-    return f"{value:.3f}"
 
 
 def _memory(row: ModelRow) -> str:

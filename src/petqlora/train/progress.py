@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from petqlora.evaluation.report_table import format_seconds
+from petqlora.evaluation.formats import format_seconds
 
 __all__ = ["PROGRESS_FILE", "ProgressWatcher", "TrainProgress", "format_progress", "read_progress",
            "write_progress"]

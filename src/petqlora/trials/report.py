@@ -7,7 +7,7 @@ import html
 import json
 from collections.abc import Mapping
 
-from petqlora.evaluation.report_table import format_f1, format_percent, format_seconds
+from petqlora.evaluation.formats import format_f1, format_percent, format_seconds
 from petqlora.trials.select import TrialResult
 
 __all__ = ["trials_html", "trials_markdown", "trials_rows"]
