@@ -1,6 +1,6 @@
 """The serving commands of `python pipeline.py`: deploy and batch-predict a registered Vertex model version.
 
-cli.py adds them (``add_serving_commands``) and runs them (``run_serving``); the library is
+pipeline.py adds them (``add_serving_commands``) and runs them (``run_serving``); the library is
 petqlora.cloud.vertex_endpoints and vertex_batch, the machine settings petqlora.cloud.serving_machines.
 """
 

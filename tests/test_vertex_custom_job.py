@@ -30,7 +30,7 @@ from petqlora.cloud.vertex_custom_job_launcher import CustomJobError, CustomJobL
 
 from fakes.vertex_custom_jobs import FakeCustomJobs
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # cli.py, at the repository root
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # pipeline.py, at the repository root
 
 IMAGE = "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0"
 SA = "petqlora-job@my-proj.iam.gserviceaccount.com"
@@ -366,7 +366,7 @@ def _gpu_job(*extra: str) -> list[str]:
 
 
 def test_the_dry_run_prints_the_requests_the_run_then_sends(api, capsys):
-    import cli
+    import pipeline as cli
 
     assert cli.main(_gpu_job("--dry-run")) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -387,7 +387,7 @@ def test_the_dry_run_prints_the_requests_the_run_then_sends(api, capsys):
 
 
 def test_gpu_job_refuses_a_bad_backend_in_one_message(capsys):
-    import cli
+    import pipeline as cli
 
     argv = _gpu_job("--dry-run")
     argv[argv.index("--backend") + 1] = json.dumps({**json.loads(argv[argv.index("--backend") + 1]),
