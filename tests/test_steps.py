@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -420,17 +421,30 @@ def test_run_evaluate_names_the_model_whose_run_failed(evaluation_inputs, tmp_pa
 
 @pytest.mark.integration
 def test_run_evaluate_on_the_local_backend_runs_each_model_in_its_own_subprocess_at_once(evaluation_inputs,
-                                                                                        tmp_path, caplog):
-    """The real local backend: three `python -m petqlora.evaluation.evaluate` subprocesses. Their log records
-    (relayed with the child's own time, prefixed by the model) show the three ran over one common interval."""
-    caplog.set_level("INFO", logger="petqlora.backends")
+                                                                                        tmp_path, monkeypatch):
+    """The real local backend: three `python -m petqlora.evaluation.evaluate` subprocesses, all launched before
+    any of them has ended. The lifetimes come from the processes themselves (launch and exit), not from their
+    first log line, which a loaded machine delays by the seconds an import of torch takes."""
+    import subprocess
+
+    import petqlora.backends as backends
+
+    lifetimes: dict[int, list[float]] = {}
+    real_popen = subprocess.Popen
+
+    class Timed(real_popen):  # type: ignore[misc, valid-type]
+        def __init__(self, cmd, *args, **kwargs):
+            super().__init__(cmd, *args, **kwargs)
+            lifetimes[self.pid] = [time.monotonic(), float("inf"), cmd]
+
+        def wait(self, *args, **kwargs):
+            code = super().wait(*args, **kwargs)
+            lifetimes[self.pid][1] = min(lifetimes[self.pid][1], time.monotonic())
+            return code
+
+    monkeypatch.setattr(backends.subprocess, "Popen", Timed)
     summary = _evaluate(evaluation_inputs, tmp_path, Backend())
     assert {m["n_eval"] for m in summary["models"].values()} == {6}
-    spans = {}
-    for record in caplog.records:
-        model = re.match(r"^\[(\w+)\] ", record.getMessage())
-        if model:
-            start, end = spans.get(model[1], (record.created, record.created))
-            spans[model[1]] = (min(start, record.created), max(end, record.created))
-    assert set(spans) == {"finetuned", "gemma4_baseline", "gemma3_baseline"}
-    assert max(start for start, _ in spans.values()) < min(end for _, end in spans.values()), spans
+    evaluations = [(start, end) for start, end, cmd in lifetimes.values() if "petqlora.evaluation.evaluate" in cmd]
+    assert len(evaluations) == 3, lifetimes
+    assert max(start for start, _ in evaluations) < min(end for _, end in evaluations), lifetimes
