@@ -444,3 +444,26 @@ def test_operation_done_at_once_and_polled_operations():
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         make_cfg().image = "x"  # type: ignore[misc]
+
+
+def test_poll_pace_doubles_to_its_cap_and_cuts_the_last_delay_at_the_deadline(monkeypatch):
+    from petqlora.cloud import cloud_run_retry
+
+    now = [100.0]
+    monkeypatch.setattr(cloud_run_retry.time, "monotonic", lambda: now[0])
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    pace = cloud_run_retry.PollPace(1.0, 4.0, 10.0, sleep)
+    while not pace.expired():
+        pace.pause()
+    assert sleeps == [1.0, 2.0, 4.0, 3.0]  # 1 + 2 + 4 = 7 s; the deadline is 3 s away, not 4
+    unbounded = cloud_run_retry.PollPace(1.0, 4.0, None, sleep)
+    sleeps.clear()
+    for _ in range(4):
+        assert not unbounded.expired()
+        unbounded.pause()
+    assert sleeps == [1.0, 2.0, 4.0, 4.0]

@@ -15,7 +15,6 @@ import collections
 import contextlib
 import logging
 import os
-import re
 import subprocess
 import sys
 import threading

@@ -33,7 +33,7 @@ from google.api_core import exceptions as core_exceptions
 from google.cloud import run_v2
 
 from petqlora.cloud.cloud_run_jobs import ensure_job, prune_jobs
-from petqlora.cloud.cloud_run_retry import TRANSIENT_ERRORS, Backoff
+from petqlora.cloud.cloud_run_retry import TRANSIENT_ERRORS, Backoff, PollPace
 from petqlora.cloud.cloud_run_spec import TASK_ID_ENV, CloudRunJobConfig, build_run_request, validate_run_inputs
 from petqlora.cloud.cloud_run_state import (
     ExecutionState,
@@ -266,8 +266,7 @@ class CloudRunLauncher:
     def wait(self, name: str) -> run_v2.Execution:
         """Poll an execution until it ends, with delays doubling from poll_initial_s to poll_max_s. Raises
         :class:`CloudRunImageMismatchError` as soon as the execution shows another image than this run's."""
-        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
-        delay = self.poll_initial_s
+        pace = PollPace(self.poll_initial_s, self.poll_max_s, self.timeout_s, self._sleep)
         last: tuple | None = None
         while True:
             execution = self.executions_client.get_execution(name=name, retry=self._backoff.reads())
@@ -287,17 +286,12 @@ class CloudRunLauncher:
                 last = seen
             if state.terminal:
                 return execution
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise CloudRunTimeoutError(
-                        f"Cloud Run execution {name} did not finish within timeout_s={self.timeout_s}; it was "
-                        f"cancelled. Raise timeout_s (or pass None) if the job needs longer. "
-                        f"Logs: {execution.log_uri}", execution=execution, log_uri=execution.log_uri)
-                self._sleep(min(delay, remaining))
-            else:
-                self._sleep(delay)
-            delay = min(delay * 2, self.poll_max_s)
+            if pace.expired():
+                raise CloudRunTimeoutError(
+                    f"Cloud Run execution {name} did not finish within timeout_s={self.timeout_s}; it was "
+                    f"cancelled. Raise timeout_s (or pass None) if the job needs longer. "
+                    f"Logs: {execution.log_uri}", execution=execution, log_uri=execution.log_uri)
+            pace.pause()
 
     def run(self, args: list[str], task_id: str) -> run_v2.Execution:
         """Run this spec's job once for ``task_id`` and return the succeeded execution.

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from google.api_core import exceptions as core_exceptions
 from google.api_core import retry as core_retry
 
-__all__ = ["CONFLICT_ERRORS", "MAX_UPDATE_ATTEMPTS", "TRANSIENT_ERRORS", "Backoff"]
+__all__ = ["CONFLICT_ERRORS", "MAX_UPDATE_ATTEMPTS", "TRANSIENT_ERRORS", "Backoff", "PollPace"]
 
 # 429 (ResourceExhausted is a TooManyRequests), 500, 502, 503 and 504 (DeadlineExceeded is a
 # GatewayTimeout): the server or a proxy in front of it failed this once; the same request may succeed.
@@ -75,3 +75,23 @@ class Backoff:
         while time.monotonic() + delay <= deadline:
             yield delay
             delay = min(delay * 2, self.max_s)
+
+
+class PollPace:
+    """The pace of polling one long-running job (a Cloud Run execution, a Vertex CustomJob) until it ends:
+    delays doubling from ``initial_s`` to ``max_s``, the last one cut short at the deadline ``timeout_s`` from
+    now (None: no deadline). The caller polls, then asks :meth:`expired` and, if not, :meth:`pause`."""
+
+    def __init__(self, initial_s: float, max_s: float, timeout_s: float | None,
+                 sleep: Callable[[float], object] = time.sleep) -> None:
+        self._delay, self._max_s, self._sleep = initial_s, max_s, sleep
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def expired(self) -> bool:
+        return self._deadline is not None and self._deadline - time.monotonic() <= 0
+
+    def pause(self) -> None:
+        """Sleep until the next poll is due, and lengthen the next delay."""
+        delay = self._delay if self._deadline is None else min(self._delay, self._deadline - time.monotonic())
+        self._sleep(max(delay, 0.0))
+        self._delay = min(self._delay * 2, self._max_s)

@@ -14,10 +14,9 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from google.api_core import exceptions as core_exceptions
 from google.cloud import aiplatform_v1
 
-from petqlora.cloud.cloud_run_retry import TRANSIENT_ERRORS, Backoff
+from petqlora.cloud.cloud_run_retry import TRANSIENT_ERRORS, Backoff, PollPace
 from petqlora.cloud.vertex_custom_job import CustomJobConfig, build_custom_job, display_name
 
 __all__ = ["CustomJobError", "CustomJobLauncher", "CustomJobTimeoutError", "job_problem", "logs_url"]
@@ -147,8 +146,7 @@ class CustomJobLauncher:
 
     def wait(self, name: str) -> aiplatform_v1.CustomJob:
         """Poll the job until it ends, logging each change of state."""
-        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
-        delay, last = self.poll_initial_s, None
+        pace, last = PollPace(self.poll_initial_s, self.poll_max_s, self.timeout_s, self._sleep), None
         while True:
             job = self.client.get_custom_job(name=name, retry=self._backoff.reads())
             if job.state != last:
@@ -157,12 +155,11 @@ class CustomJobLauncher:
                 last = job.state
             if job.state in TERMINAL:
                 return job
-            if deadline is not None and (remaining := deadline - time.monotonic()) <= 0:
+            if pace.expired():
                 raise CustomJobTimeoutError(
                     f"Vertex CustomJob {name} did not finish within timeout_s={self.timeout_s}; it is cancelled. "
                     f"Raise timeout_s if the step needs longer. Logs: {logs_url(name)}", job=job)
-            self._sleep(delay if deadline is None else min(delay, remaining))
-            delay = min(delay * 2, self.poll_max_s)
+            pace.pause()
 
     def run(self, args: list[str], task_id: str) -> aiplatform_v1.CustomJob:
         """Run the step once for ``task_id`` and return the succeeded job (see the module docstring)."""

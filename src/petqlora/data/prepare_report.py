@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from petqlora.data.dataset import SPLITS
 
 if TYPE_CHECKING:
-    from petqlora.data.prepare_data import PrepareDataConfig
+    from petqlora.data.prepare_config import PrepareDataConfig
 
 
 def new_report(config: PrepareDataConfig) -> dict:
