@@ -34,13 +34,11 @@ Every request is appended to ``fake.calls`` as (HTTP method, path) so tests can 
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
+from fakes.json_server import JsonServer
 from fakes.vertex_api_common import LOCATION as _LOCATION
 from fakes.vertex_api_common import TYPE_PREFIX as _TYPE
 from fakes.vertex_api_common import ApiError, match_filter, now
@@ -69,25 +67,18 @@ class FakeVertexAPI(MetadataFake, EvaluationsFake, EndpointsFake):
         self._init_metadata()
         self._init_evaluations()
         self._init_endpoints()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-vertex", daemon=True
-        )
+        self._server = JsonServer(self._answer, "fake-vertex")
 
     @property
     def endpoint(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.endpoint
 
     def __enter__(self) -> "FakeVertexAPI":
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
     def count(self, method: str, path_suffix: str) -> int:
         """How many requests of this method had a path ending in path_suffix."""
@@ -95,46 +86,14 @@ class FakeVertexAPI(MetadataFake, EvaluationsFake, EndpointsFake):
 
     # ------------------------------------------------------------------ routing
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # keep test output clean
-                pass
-
-            def _serve(self, method: str) -> None:
-                url = urlsplit(self.path)
-                path = unquote(url.path)
-                query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                with fake.lock:
-                    fake.calls.append((method, path))
-                    fake.requests.append({"verb": method, "path": path, "query": query, "body": body})
-                    try:
-                        status, payload = 200, fake.route(method, path, query, body)
-                    except ApiError as err:
-                        status = err.code
-                        payload = {"error": {"code": err.code, "message": err.message, "status": err.status}}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._serve("GET")
-
-            def do_POST(self) -> None:
-                self._serve("POST")
-
-            def do_DELETE(self) -> None:
-                self._serve("DELETE")
-
-        return Handler
+    def _answer(self, method: str, path: str, query: dict, body: dict) -> tuple[int, dict]:
+        with self.lock:
+            self.calls.append((method, path))
+            self.requests.append({"verb": method, "path": path, "query": query, "body": body})
+            try:
+                return 200, self.route(method, path, query, body)
+            except ApiError as err:
+                return err.code, {"error": {"code": err.code, "message": err.message, "status": err.status}}
 
     def route(self, method: str, path: str, query: dict, body: dict) -> dict:
         m = re.match(r"^/(v1|ui)/(?P<rest>.*)$", path)

@@ -24,14 +24,12 @@ Every request is kept in ``fake.requests`` as {"verb", "path", "query", "body"}.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
+from fakes.json_server import JsonServer
 from fakes.vertex_api_common import LOCATION, ApiError, match_filter, now
 
 __all__ = ["FakeCustomJobs", "JobPlan"]
@@ -78,25 +76,20 @@ class FakeCustomJobs:
         self._faults: list[_Fault] = []
         self._ids = itertools.count(1001)
         self._clients: list = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-custom-jobs", daemon=True)
+        self._server = JsonServer(self._handle, "fake-custom-jobs")
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.endpoint
 
     def __enter__(self) -> "FakeCustomJobs":
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         for client in self._clients:
             client.transport.close()
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     def client(self):
         """A real JobServiceClient over REST pointed at this fake."""
@@ -132,38 +125,10 @@ class FakeCustomJobs:
 
     # ---- HTTP ----------------------------------------------------------------------------------------
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _serve(self, method: str) -> None:
-                url = urlsplit(self.path)
-                path = unquote(url.path)
-                query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                with fake.lock:
-                    fake.requests.append({"verb": method, "path": path, "query": query, "body": body})
-                    status, payload = fake._answer(method, path, query, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._serve("GET")
-
-            def do_POST(self) -> None:
-                self._serve("POST")
-
-        return Handler
+    def _handle(self, method: str, path: str, query: dict, body: dict) -> tuple[int, dict]:
+        with self.lock:
+            self.requests.append({"verb": method, "path": path, "query": query, "body": body})
+            return self._answer(method, path, query, body)
 
     def _fault(self, method: str, path: str) -> _Fault | None:
         for fault in self._faults:
