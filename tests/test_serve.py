@@ -7,6 +7,7 @@ Cloud Storage emulator, and a model that cannot load stopping the process."""
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
@@ -14,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +29,7 @@ from petqlora.data import dataset as data_lib
 from petqlora.serve import contract
 from petqlora.serve.app import create_app
 from petqlora.serve.config import ServeConfig, read_config
-from petqlora.serve.parity import ServerProcess, free_port, http_json, softmax
+from petqlora.serve.parity import free_port, http_json, softmax
 from petqlora.serve.predictor import load_predictor, prediction
 from petqlora.serve.serving_info import read_serving_info
 from petqlora.train.config import TrainConfig
@@ -63,9 +63,9 @@ def b64(path_or_bytes) -> dict:
     return {"b64": base64.b64encode(data).decode()}
 
 
-def png(width: int, height: int) -> bytes:
+def png(width: int, height: int, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (120, 80, 40)).save(buffer, "PNG")
+    Image.new("RGB", (width, height), (120, 80, 40)).save(buffer, fmt)
     return buffer.getvalue()
 
 
@@ -97,13 +97,17 @@ class ThreadServer:
     def predict(self, payload) -> tuple[int, dict]:
         return http_json(self.url + self.cfg.predict_route, payload, timeout=120)
 
-    def post_raw(self, body: bytes, method: str = "POST") -> tuple[int, dict]:
-        request = urllib.request.Request(self.url + self.cfg.predict_route, data=body, method=method)
+    def post_raw(self, body: bytes, method: str = "POST", content_type: str | None = "application/json"
+                 ) -> tuple[int, dict]:
+        """`body` as it is, with this Content-Type or none (urllib would add a form's)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.cfg.port, timeout=60)
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+            connection.request(method, self.cfg.predict_route, body=body,
+                               headers={"Content-Type": content_type} if content_type else {})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
 
     def wait_ready(self, timeout: float = 120) -> dict:
         deadline = time.monotonic() + timeout
@@ -268,6 +272,14 @@ BAD = [
      "outside the prefixes this server may read (gs://pets-uploads/ok)"),
     (json.dumps({"instances": [{"gcs_uri": "gs://pets-uploads/ok/../secret.jpg"}]}).encode(), 403, "outside"),
     (json.dumps({"instances": [{"gcs_uri": "/etc/passwd"}]}).encode(), 400, "must be a gs://bucket/path URI"),
+    # JSON the parser gives up on: nested past Python's recursion limit, an integer past its 4300 digits
+    (b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "request body: not JSON"),
+    (b'{"instances": [], "parameters": {"top_k": 1' + b"0" * 5000 + b"}}", 400, "request body: not JSON"),
+    # decodable, but not a format evaluation reads (prepare_data keeps JPEG, PNG, WebP, BMP, GIF only)
+    (json.dumps({"instances": [{"b64": base64.b64encode(png(40, 30, "TIFF")).decode()}]}).encode(), 400,
+     "instances[0].b64: a TIFF image; send a JPEG, PNG, WebP, BMP or GIF file"),
+    (json.dumps({"instances": [{"b64": base64.b64encode(png(32, 32, "ICO")).decode()}]}).encode(), 400,
+     "instances[0].b64: a ICO image"),
 ]
 
 
@@ -280,8 +292,6 @@ def test_each_bad_request_gets_its_4xx_and_the_server_still_serves(served, body,
 
 
 def test_a_body_over_the_limit_is_refused_from_its_content_length_before_it_is_read(served):
-    import http.client
-
     connection = http.client.HTTPConnection("127.0.0.1", served.cfg.port, timeout=30)
     connection.putrequest("POST", served.cfg.predict_route)
     connection.putheader("Content-Type", "application/json")
@@ -292,6 +302,22 @@ def test_a_body_over_the_limit_is_refused_from_its_content_length_before_it_is_r
     assert "request body: 2100000 bytes is over the limit of 2000000 bytes" in json.loads(response.read())["error"]
     connection.close()
     assert served.predict(GOOD)[0] == 200
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", "multipart/form-data; boundary=x",
+                                          "application/x-www-form-urlencoded", "text/html"])
+def test_a_body_declared_as_something_else_than_json_gets_415(served, content_type):
+    status, body = served.post_raw(json.dumps(GOOD).encode(), content_type=content_type)
+    assert status == 415, body
+    assert f"Content-Type {content_type.split(';')[0]!r} is not JSON" in body["error"]
+    assert "send the request as Content-Type: application/json" in body["error"]
+    assert served.predict(GOOD)[0] == 200
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", "application/json; charset=utf-8",
+                                          "Application/JSON", "application/vnd.api+json"])
+def test_json_content_types_and_none_are_accepted(served, content_type):
+    assert served.post_raw(json.dumps(GOOD).encode(), content_type=content_type)[0] == 200
 
 
 def test_unknown_route_and_method_are_json_errors(served):
@@ -312,6 +338,20 @@ def test_flags_win_over_the_aip_environment_which_wins_over_defaults():
     default = read_config(["--adapter", "x"], {})
     assert (default.port, default.health_route, default.predict_route) == (
         contract.SERVING_PORT, contract.HEALTH_ROUTE, contract.PREDICT_ROUTE)
+
+
+def test_a_bad_aip_variable_is_named_in_one_line():
+    """On Vertex the values come from AIP_* variables, not flags: the message says which one to fix."""
+    with pytest.raises(ValueError) as err:
+        read_config([], {"AIP_HTTP_PORT": "http", "AIP_STORAGE_URI": "gs://b/m"})
+    assert err.value.problems == ("port='http': must be an integer (from AIP_HTTP_PORT)",)
+    with pytest.raises(ValueError) as err:
+        read_config(["--adapter", "a"], {"AIP_HEALTH_ROUTE": "health"})
+    assert err.value.problems == ("health_route='health': must be a path starting with /; fix: e.g. /health "
+                                  "(from AIP_HEALTH_ROUTE)",)
+    with pytest.raises(ValueError) as err:  # a flag wins, so the flag is what is named
+        read_config(["--port", "0"], {"AIP_HTTP_PORT": "8080", "AIP_STORAGE_URI": "gs://b/m"})
+    assert err.value.problems == ("port=0: must be in [1, 65535]",)
 
 
 def test_config_names_every_wrong_field():
@@ -374,6 +414,10 @@ def test_bad_arguments_exit_2_naming_the_field():
     result = subprocess.run([sys.executable, "-m", "petqlora.serve", "--adapter", "x", "--port", "http"],
                             env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "port='http': must be an integer" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "petqlora.serve"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": SRC, "AIP_HTTP_PORT": "80a", "AIP_STORAGE_URI": "x"})
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr  # one line
+    assert "serve: bad arguments: port='80a': must be an integer (from AIP_HTTP_PORT)" in result.stderr
 
 
 # ---- Cloud Storage: a gs:// adapter (AIP_STORAGE_URI) and gs:// instances -----------------------------------
@@ -391,8 +435,10 @@ def test_gs_adapter_and_gs_instances_through_the_storage_emulator(adapter, datas
         storage.upload_dir(adapter, "gs://pets-models/run-1/adapter")
         record, image = image_files(dataset)[0]
         storage.upload_file(image, "gs://pets-models/uploads/cat.img")
+        (tmp_path / "huge.jpg").write_bytes(bytes(200_000))
+        storage.upload_file(tmp_path / "huge.jpg", "gs://pets-models/uploads/huge.jpg")
         cfg = ServeConfig(adapter="gs://pets-models/run-1/adapter", device="cpu", cache_dir=str(tmp_path / "cache"),
-                          allowed_gcs_prefixes=("gs://pets-models/uploads",))
+                          allowed_gcs_prefixes=("gs://pets-models/uploads",), max_image_bytes=100_000)
         with ThreadServer(cfg, lambda: load_predictor(cfg)) as server:
             server.wait_ready()
             assert (tmp_path / "cache" / "adapter" / "serving.json").is_file()  # no /gcs mount: downloaded
@@ -403,6 +449,8 @@ def test_gs_adapter_and_gs_instances_through_the_storage_emulator(adapter, datas
                 inline[1]["predictions"][0]["probabilities"], abs=1e-6)
             status, body = server.predict({"instances": [{"gcs_uri": "gs://pets-models/uploads/missing.jpg"}]})
             assert status == 400 and "cannot be read" in body["error"]
+            status, body = server.predict({"instances": [{"gcs_uri": "gs://pets-models/uploads/huge.jpg"}]})
+            assert status == 413 and "over the limit of 100000 bytes per image" in body["error"], body
         # a base model recorded at its training job's /gcs mount, read where nothing is mounted
         from petqlora.serve.predictor import local_folder
 

@@ -5,7 +5,8 @@ GET  <health route>   503 {"status": "loading"} while the model loads (in a back
                       "error"} if loading failed (the caller's `on_failure` then stops the server).
 POST <predict route>  {"instances": [...], "parameters": {...}} (see instances.py) ->
                       200 {"predictions": [{"breed", "probabilities", "model_version"}, ...]} in instance order,
-                      4xx {"error": "..."} naming the problem, 503 while not ready, 500 on a scoring failure.
+                      4xx {"error": "..."} naming the problem (415: a Content-Type other than JSON), 503
+                      while not ready, 500 on a scoring failure.
                       Vertex adds deployedModelId, model and modelVersionId to its own response.
 """
 
@@ -22,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from petqlora.serve.config import ServeConfig
-from petqlora.serve.instances import RequestError, parse_request
+from petqlora.serve.instances import EXAMPLE, RequestError, parse_request
 from petqlora.serve.predictor import Predictor
 
 log = logging.getLogger("petqlora.serve.app")
@@ -38,6 +39,16 @@ class _Loaded:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _check_content_type(request: Request) -> None:
+    """A body declared as something else than JSON (a form, a raw image) is refused; none declared is read as
+    JSON (Vertex sends application/json)."""
+    declared = request.headers.get("content-type")
+    media = (declared or "").split(";", 1)[0].strip().lower()
+    if declared is not None and media != "application/json" and not media.endswith("+json"):
+        raise RequestError(415, f"request body: Content-Type {media!r} is not JSON; send the request as "
+                                f"Content-Type: application/json, e.g. {EXAMPLE}")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -98,6 +109,7 @@ def create_app(cfg: ServeConfig, load: Callable[[], Predictor],
             return _error(503, f"the model is {'not loaded: ' + loaded.error if loaded.error else 'still loading'}; "
                                f"retry when GET {cfg.health_route} answers 200")
         try:
+            _check_content_type(request)
             body = await _read_body(request, cfg.max_request_bytes)
             parsed = await run_in_threadpool(parse_request, body, cfg, len(predictor.classes))
             predictions = await run_in_threadpool(predictor.predict, parsed.images, parsed.top_k)
