@@ -242,6 +242,37 @@ def test_concurrent_requests_get_the_answers_of_serial_ones(served, dataset):
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
 
 
+def test_concurrent_requests_hold_at_most_two_decoded_requests_in_memory(served, dataset, monkeypatch):
+    """Scoring is one at a time, so requests past the one scoring and the one decoded next wait with their body
+    undecoded: their images do not sit in memory decoded (8 x 4 images here, 32 x 20 MP allowed)."""
+    from petqlora.serve import app as app_module
+    from petqlora.serve.predictor import Predictor
+
+    alive, peak, guard = [0], [0], threading.Lock()
+    parse, predict = app_module.parse_request, Predictor.predict
+
+    def counted_parse(*args, **kwargs):
+        with guard:
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+        return parse(*args, **kwargs)
+
+    def counted_predict(self, *args, **kwargs):
+        try:
+            return predict(self, *args, **kwargs)
+        finally:
+            with guard:
+                alive[0] -= 1
+
+    monkeypatch.setattr(app_module, "parse_request", counted_parse)
+    monkeypatch.setattr(Predictor, "predict", counted_predict)
+    payload = {"instances": [b64(f) for _, f in image_files(dataset)[:4]]}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: served.predict(payload), range(8)))
+    assert [status for status, _ in answers] == [200] * 8
+    assert alive[0] == 0 and peak[0] <= 2, peak[0]
+
+
 # ---- bad requests ---------------------------------------------------------------------------------------
 
 GOOD = {"instances": [{"b64": base64.b64encode(png(40, 30)).decode()}]}

@@ -3,7 +3,7 @@
 GET  <health route>   503 {"status": "loading"} while the model loads (in a background thread started with
                       the app), 200 {"status": "ready", "model_version"} after, 503 {"status": "failed",
                       "error"} if loading failed (the caller's `on_failure` then stops the server).
-POST <predict route>  {"instances": [...], "parameters": {...}} (see instances.py) ->
+POST <predict route>  {"instances": [...], "parameters": {...}} (see instances.py), ADMITTED at a time ->
                       200 {"predictions": [{"breed", "probabilities", "model_version"}, ...]} in instance order,
                       4xx {"error": "..."} naming the problem (415: a Content-Type other than JSON), 503
                       while not ready, 500 on a scoring failure.
@@ -12,6 +12,7 @@ POST <predict route>  {"instances": [...], "parameters": {...}} (see instances.p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -27,6 +28,11 @@ from petqlora.serve.instances import EXAMPLE, RequestError, parse_request
 from petqlora.serve.predictor import Predictor
 
 log = logging.getLogger("petqlora.serve.app")
+
+# Requests decoded and scored at once: one scoring (the model takes one at a time) and the next one decoded
+# meanwhile. The others wait with their body (compressed, base64) undecoded, so memory holds two requests'
+# decoded images (each bounded by ServeConfig's caps), not one per waiting client.
+ADMITTED = 2
 
 
 class _Loaded:
@@ -82,7 +88,9 @@ def create_app(cfg: ServeConfig, load: Callable[[], Predictor],
                 on_failure(exc)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):
+    async def lifespan(app: FastAPI):
+        # made here, in the server's event loop, which an asyncio primitive binds to
+        app.state.admitted = asyncio.Semaphore(ADMITTED)
         threading.Thread(target=load_in_background, name="petqlora-serve-load", daemon=True).start()
         yield
 
@@ -110,9 +118,10 @@ def create_app(cfg: ServeConfig, load: Callable[[], Predictor],
                                f"retry when GET {cfg.health_route} answers 200")
         try:
             _check_content_type(request)
-            body = await _read_body(request, cfg.max_request_bytes)
-            parsed = await run_in_threadpool(parse_request, body, cfg, len(predictor.classes))
-            predictions = await run_in_threadpool(predictor.predict, parsed.images, parsed.top_k)
+            body = await _read_body(request, cfg.max_request_bytes)  # outside: a slow upload holds no slot
+            async with request.app.state.admitted:
+                parsed = await run_in_threadpool(parse_request, body, cfg, len(predictor.classes))
+                predictions = await run_in_threadpool(predictor.predict, parsed.images, parsed.top_k)
         except RequestError as exc:
             log.warning("refused a request with %d: %s", exc.status, exc.message)
             return _error(exc.status, exc.message)
