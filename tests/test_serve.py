@@ -10,6 +10,7 @@ import base64
 import http.client
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -349,6 +350,24 @@ def test_a_body_declared_as_something_else_than_json_gets_415(served, content_ty
                                           "Application/JSON", "application/vnd.api+json"])
 def test_json_content_types_and_none_are_accepted(served, content_type):
     assert served.post_raw(json.dumps(GOOD).encode(), content_type=content_type)[0] == 200
+
+
+def test_a_client_gone_mid_body_is_a_refusal_not_a_scoring_failure(served, caplog):
+    """A client that times out while uploading is its own mistake: a warning, not an ERROR with a traceback."""
+    import socket
+
+    caplog.set_level(logging.WARNING, logger="petqlora.serve.app")
+    with socket.create_connection(("127.0.0.1", served.cfg.port), timeout=30) as connection:
+        connection.sendall(f"POST {served.cfg.predict_route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                           "\r\nContent-Length: 1000\r\n\r\n{\"instances\"".encode())
+        time.sleep(0.3)
+    deadline = time.monotonic() + 30
+    while not any("disconnected" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert any(r.levelno == logging.WARNING and "request body: the client disconnected before sending all of it"
+               in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert served.predict(GOOD)[0] == 200
 
 
 def test_unknown_route_and_method_are_json_errors(served):

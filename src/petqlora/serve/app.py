@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from petqlora.serve.config import ServeConfig
 from petqlora.serve.instances import EXAMPLE, RequestError, parse_request
@@ -64,12 +65,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise RequestError(413, f"request body: {declared} bytes is over the limit of {limit} bytes; "
                                 "split the instances into several requests")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"request body: over the limit of {limit} bytes; split the instances into "
-                                    "several requests")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"request body: over the limit of {limit} bytes; split the instances into "
+                                        "several requests")
+            chunks.append(chunk)
+    except ClientDisconnect:  # a client that gave up (its timeout): no one reads the answer, but it is no failure
+        raise RequestError(400, f"request body: the client disconnected before sending all of it ({size} bytes "
+                                "read); retry with a longer client timeout") from None
     return b"".join(chunks)
 
 
