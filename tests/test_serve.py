@@ -289,6 +289,9 @@ BAD = [
     (json.dumps({"instances": [42]}).encode(), 400, "instances[0]: must be an object"),
     (json.dumps({"instances": [{"b64": 7}]}).encode(), 400, "instances[0].b64: must be a non-empty string"),
     (json.dumps({"instances": [{"b64": "not base64!"}]}).encode(), 400, "instances[0].b64: not valid base64"),
+    # `base64 FILE` wraps its output at 76 columns: the message says how to get one line
+    (json.dumps({"instances": [{"b64": GOOD["instances"][0]["b64"][:76] + "\n" + GOOD["instances"][0]["b64"][76:]}]}
+                ).encode(), 400, "no line breaks (base64 -w 0 FILE)"),
     (json.dumps({"instances": [{"b64": base64.b64encode(b"hello, not an image").decode()}]}).encode(), 400,
      "instances[0].b64: not a decodable image"),
     (json.dumps({"instances": GOOD["instances"] * 5}).encode(), 413, "instances: 5 is over the limit of 4"),
@@ -399,6 +402,11 @@ def test_a_bad_aip_variable_is_named_in_one_line():
         read_config(["--adapter", "a"], {"AIP_HEALTH_ROUTE": "health"})
     assert err.value.problems == ("health_route='health': must be a path starting with /; fix: e.g. /health "
                                   "(from AIP_HEALTH_ROUTE)",)
+    with pytest.raises(ValueError) as err:  # Vertex sets AIP_STORAGE_URI only for a model with an artifact
+        read_config([], {"AIP_HTTP_PORT": "8080"})
+    assert err.value.problems == ("adapter=None: is required; fix: pass --adapter runs/latest/pipeline_root/<run>/"
+                                  "train-adapter/adapter/adapter, or on Vertex register the model with its "
+                                  "artifact URI (AIP_STORAGE_URI)",)
     with pytest.raises(ValueError) as err:  # a flag wins, so the flag is what is named
         read_config(["--port", "0"], {"AIP_HTTP_PORT": "8080", "AIP_STORAGE_URI": "gs://b/m"})
     assert err.value.problems == ("port=0: must be in [1, 65535]",)

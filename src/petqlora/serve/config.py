@@ -19,7 +19,8 @@ from petqlora.serve import contract
 class ServeConfig:
     adapter: str = required("The registered adapter folder (train_adapter's OUTPUT/adapter, with serving.json) or "
                             "its gs:// URI; on Vertex, AIP_STORAGE_URI.", nonempty=True,
-                            fix="pass --adapter runs/latest/pipeline_root/<run>/train-adapter/adapter/adapter")
+                            fix="pass --adapter runs/latest/pipeline_root/<run>/train-adapter/adapter/adapter, or "
+                            "on Vertex register the model with its artifact URI (AIP_STORAGE_URI)")
     base_model: str | None = field(None, "Checkpoint folder, gs:// URI or Hub id of the base model; None: the one "
                                    "the adapter's serving.json names.")
     model_version: str | None = field(None, "What each prediction reports as model_version, e.g. NAME@VERSION; "

@@ -119,7 +119,7 @@ def _instance_bytes(i: int, instance, cfg: ServeConfig) -> tuple[str, bytes | st
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RequestError(400, f"{where}.b64: not valid base64 ({exc}); send the file's bytes base64-encoded "
-                                "(standard alphabet, with padding)") from None
+                                "(standard alphabet, with padding, no line breaks (base64 -w 0 FILE))") from None
     if len(data) > cfg.max_image_bytes:
         raise RequestError(413, f"{where}.b64: {len(data)} bytes is over the limit of {cfg.max_image_bytes} bytes "
                                 "per image; send a smaller image")
