@@ -231,6 +231,15 @@ def test_prediction_is_the_first_argmax_and_a_softmax_over_the_classes():
     assert out["model_version"] == "v1"
 
 
+def test_scores_that_are_not_finite_are_a_scoring_failure_not_an_answer():
+    """A NaN score (an fp16 overflow on a GPU) must fail the request as a JSON 500, not reach the JSON encoder,
+    which refuses NaN outside the app's error handling (a plain-text 500) or, lenient, sends invalid JSON."""
+    for scores in ([np.nan, -1.0, -2.0], [-np.inf, -np.inf, -np.inf]):
+        with pytest.raises(ValueError, match="the model's class scores are not all finite"):
+            prediction(np.array(scores), ["a", "b", "c"], 2, "v1")
+    assert prediction(np.array([-np.inf, -1.0, -2.0]), ["a", "b", "c"], 3, "v1")["probabilities"]["a"] == 0.0
+
+
 def test_concurrent_requests_get_the_answers_of_serial_ones(served, dataset):
     files = [f for _, f in image_files(dataset)[:4]]
     serial = [served.predict({"instances": [b64(f)]})[1]["predictions"][0] for f in files]
