@@ -1,137 +1,30 @@
 """The classifier server (petqlora.serve) on a tiny random Gemma 4 + a real trained adapter, on CPU, behind a
 real uvicorn server on localhost: health before and after loading, predictions equal to evaluate's scorer,
-every bad request refused with its 4xx while the server goes on serving, concurrent requests, Vertex's AIP_*
+concurrent requests (the bad requests are test_serve_requests.py), Vertex's AIP_*
 environment (a subprocess of `python -m petqlora.serve`), a gs:// adapter and gs:// instances through the
 Cloud Storage emulator, and a model that cannot load stopping the process."""
 
 from __future__ import annotations
 
-import base64
-import http.client
-import io
-import json
-import logging
 import os
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import uvicorn
-from PIL import Image
 
 from petqlora.data import dataset as data_lib
 from petqlora.serve import contract
-from petqlora.serve.app import create_app
 from petqlora.serve.config import ServeConfig, read_config
 from petqlora.serve.parity import free_port, http_json, softmax
 from petqlora.serve.predictor import load_predictor, prediction
 from petqlora.serve.serving_info import read_serving_info
-from petqlora.train.config import TrainConfig
-from petqlora.train.train_adapter import train_adapter
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-@pytest.fixture(scope="module")
-def dataset(pets_dataset) -> Path:
-    return pets_dataset(4)
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_checkpoint, dataset, tmp_path_factory) -> Path:
-    """A real train_adapter output (2 steps), so the folder is what registration points at."""
-    out = tmp_path_factory.mktemp("train")
-    cfg = TrainConfig(base_model=str(tiny_checkpoint("gemma4-31b")), lora_r=4, lora_alpha=4, lora_dropout=0.0,
-                      batch_size=4, grad_accum=1, max_steps=2, learning_rate=1e-2, warmup_ratio=0.0,
-                      image_token_budget=70, checkpoint_every=0, log_every=1, seed=3)
-    train_adapter(dataset, out, cfg)
-    return out / "adapter"
-
-
-def image_files(dataset: Path, split: str = "test") -> list[tuple[dict, Path]]:
-    return [(r, dataset / r["image"]) for r in data_lib.read_split(dataset, split)]
-
-
-def b64(path_or_bytes) -> dict:
-    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
-    return {"b64": base64.b64encode(data).decode()}
-
-
-def png(width: int, height: int, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (120, 80, 40)).save(buffer, fmt)
-    return buffer.getvalue()
-
-
-class ThreadServer:
-    """A real uvicorn server on 127.0.0.1 in a thread, serving create_app(cfg, load)."""
-
-    def __init__(self, cfg: ServeConfig, load):
-        self.cfg = replace(cfg, host="127.0.0.1", port=free_port())
-        self.url = f"http://127.0.0.1:{self.cfg.port}"
-        app = create_app(self.cfg, load)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.cfg.port, log_config=None))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-    def health(self) -> tuple[int, dict]:
-        return http_json(self.url + self.cfg.health_route, timeout=30)
-
-    def predict(self, payload) -> tuple[int, dict]:
-        return http_json(self.url + self.cfg.predict_route, payload, timeout=120)
-
-    def post_raw(self, body: bytes, method: str = "POST", content_type: str | None = "application/json"
-                 ) -> tuple[int, dict]:
-        """`body` as it is, with this Content-Type or none (urllib would add a form's)."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.cfg.port, timeout=60)
-        try:
-            connection.request(method, self.cfg.predict_route, body=body,
-                               headers={"Content-Type": content_type} if content_type else {})
-            response = connection.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            connection.close()
-
-    def wait_ready(self, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status, body = self.health()
-            if status == 200:
-                return body
-            assert body["status"] == "loading", body
-            time.sleep(0.1)
-        raise AssertionError("the model did not load")
-
-
-LIMITS = dict(max_instances=4, max_image_bytes=300_000, max_image_pixels=1_000_000, max_request_bytes=2_000_000,
-              allowed_gcs_prefixes=("gs://pets-uploads/ok",), device="cpu", batch_size=3, top_k=3)
-
-
-@pytest.fixture(scope="module")
-def served(adapter):
-    """One loaded server for the module: the limits above, a batch size that splits a 4-image request."""
-    cfg = ServeConfig(adapter=str(adapter), **LIMITS)
-    with ThreadServer(cfg, lambda: load_predictor(cfg)) as server:
-        server.wait_ready()
-        yield server
+from serve_support import SRC, ThreadServer, adapter, b64, dataset, image_files, png, served  # noqa: F401  (fixtures)
 
 
 # ---- serving.json -----------------------------------------------------------------------------------------
@@ -281,111 +174,6 @@ def test_concurrent_requests_hold_at_most_two_decoded_requests_in_memory(served,
         answers = list(pool.map(lambda _: served.predict(payload), range(8)))
     assert [status for status, _ in answers] == [200] * 8
     assert alive[0] == 0 and peak[0] <= 2, peak[0]
-
-
-# ---- bad requests ---------------------------------------------------------------------------------------
-
-GOOD = {"instances": [{"b64": base64.b64encode(png(40, 30)).decode()}]}
-BAD = [
-    (b"not json", 400, "request body: not JSON"),
-    (b"[1, 2]", 400, "must be a JSON object"),
-    (json.dumps({}).encode(), 400, "instances: must be a non-empty list"),
-    (json.dumps({"instances": []}).encode(), 400, "instances: must be a non-empty list"),
-    (json.dumps({"instances": "x"}).encode(), 400, "instances: must be a non-empty list"),
-    (json.dumps({**GOOD, "extra": 1}).encode(), 400, "request body: unknown field(s) 'extra'"),
-    (json.dumps({"instances": [{"image": {"b64": "AAAA"}}]}).encode(), 400, "instances[0]: unknown field(s) 'image'"),
-    (json.dumps({"instances": [{"b64": "AAAA", "gcs_uri": "gs://a/b"}]}).encode(), 400, "exactly one of"),
-    (json.dumps({"instances": [42]}).encode(), 400, "instances[0]: must be an object"),
-    (json.dumps({"instances": [{"b64": 7}]}).encode(), 400, "instances[0].b64: must be a non-empty string"),
-    (json.dumps({"instances": [{"b64": "not base64!"}]}).encode(), 400, "instances[0].b64: not valid base64"),
-    # `base64 FILE` wraps its output at 76 columns: the message says how to get one line
-    (json.dumps({"instances": [{"b64": GOOD["instances"][0]["b64"][:76] + "\n" + GOOD["instances"][0]["b64"][76:]}]}
-                ).encode(), 400, "no line breaks (base64 -w 0 FILE)"),
-    (json.dumps({"instances": [{"b64": base64.b64encode(b"hello, not an image").decode()}]}).encode(), 400,
-     "instances[0].b64: not a decodable image"),
-    (json.dumps({"instances": GOOD["instances"] * 5}).encode(), 413, "instances: 5 is over the limit of 4"),
-    (json.dumps({"instances": [{"b64": base64.b64encode(bytes(400_000)).decode()}]}).encode(), 413,
-     "over the limit of 300000 bytes per image"),
-    (json.dumps({"instances": [{"b64": base64.b64encode(png(1100, 1000)).decode()}]}).encode(), 413,
-     "1100x1000 = 1100000 pixels is over the limit of 1000000"),
-    (json.dumps({**GOOD, "parameters": {"top_k": 0}}).encode(), 400, "parameters.top_k=0: must be an integer from 1"),
-    (json.dumps({**GOOD, "parameters": {"top_k": 7}}).encode(), 400, "parameters.top_k=7"),
-    (json.dumps({**GOOD, "parameters": {"top_k": "3"}}).encode(), 400, "parameters.top_k=\"3\""),
-    (json.dumps({**GOOD, "parameters": {"temperature": 1}}).encode(), 400, "parameters: unknown field(s)"),
-    (json.dumps({"instances": [{"gcs_uri": "gs://pets-uploads/other/a.jpg"}]}).encode(), 403,
-     "outside the prefixes this server may read (gs://pets-uploads/ok)"),
-    (json.dumps({"instances": [{"gcs_uri": "gs://pets-uploads/ok/../secret.jpg"}]}).encode(), 403, "outside"),
-    (json.dumps({"instances": [{"gcs_uri": "/etc/passwd"}]}).encode(), 400, "must be a gs://bucket/path URI"),
-    # JSON the parser gives up on: nested past Python's recursion limit, an integer past its 4300 digits
-    (b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "request body: not JSON"),
-    (b'{"instances": [], "parameters": {"top_k": 1' + b"0" * 5000 + b"}}", 400, "request body: not JSON"),
-    # decodable, but not a format evaluation reads (prepare_data keeps JPEG, PNG, WebP, BMP, GIF only)
-    (json.dumps({"instances": [{"b64": base64.b64encode(png(40, 30, "TIFF")).decode()}]}).encode(), 400,
-     "instances[0].b64: a TIFF image; send a JPEG, PNG, WebP, BMP or GIF file"),
-    (json.dumps({"instances": [{"b64": base64.b64encode(png(32, 32, "ICO")).decode()}]}).encode(), 400,
-     "instances[0].b64: a ICO image"),
-]
-
-
-@pytest.mark.parametrize("body,status,message", BAD, ids=[m for _, _, m in BAD])
-def test_each_bad_request_gets_its_4xx_and_the_server_still_serves(served, body, status, message):
-    got, answer = served.post_raw(body)
-    assert (got, set(answer)) == (status, {"error"}), answer
-    assert message in answer["error"], answer["error"]
-    assert served.predict(GOOD)[0] == 200
-
-
-def test_a_body_over_the_limit_is_refused_from_its_content_length_before_it_is_read(served):
-    connection = http.client.HTTPConnection("127.0.0.1", served.cfg.port, timeout=30)
-    connection.putrequest("POST", served.cfg.predict_route)
-    connection.putheader("Content-Type", "application/json")
-    connection.putheader("Content-Length", "2100000")
-    connection.endheaders()  # not one byte of the body is sent
-    response = connection.getresponse()
-    assert response.status == 413
-    assert "request body: 2100000 bytes is over the limit of 2000000 bytes" in json.loads(response.read())["error"]
-    connection.close()
-    assert served.predict(GOOD)[0] == 200
-
-
-@pytest.mark.parametrize("content_type", ["image/jpeg", "multipart/form-data; boundary=x",
-                                          "application/x-www-form-urlencoded", "text/html"])
-def test_a_body_declared_as_something_else_than_json_gets_415(served, content_type):
-    status, body = served.post_raw(json.dumps(GOOD).encode(), content_type=content_type)
-    assert status == 415, body
-    assert f"Content-Type {content_type.split(';')[0]!r} is not JSON" in body["error"]
-    assert "send the request as Content-Type: application/json" in body["error"]
-    assert served.predict(GOOD)[0] == 200
-
-
-@pytest.mark.parametrize("content_type", [None, "application/json", "application/json; charset=utf-8",
-                                          "Application/JSON", "application/vnd.api+json"])
-def test_json_content_types_and_none_are_accepted(served, content_type):
-    assert served.post_raw(json.dumps(GOOD).encode(), content_type=content_type)[0] == 200
-
-
-def test_a_client_gone_mid_body_is_a_refusal_not_a_scoring_failure(served, caplog):
-    """A client that times out while uploading is its own mistake: a warning, not an ERROR with a traceback."""
-    import socket
-
-    caplog.set_level(logging.WARNING, logger="petqlora.serve.app")
-    with socket.create_connection(("127.0.0.1", served.cfg.port), timeout=30) as connection:
-        connection.sendall(f"POST {served.cfg.predict_route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                           "\r\nContent-Length: 1000\r\n\r\n{\"instances\"".encode())
-        time.sleep(0.3)
-    deadline = time.monotonic() + 30
-    while not any("disconnected" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
-    assert any(r.levelno == logging.WARNING and "request body: the client disconnected before sending all of it"
-               in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
-    assert served.predict(GOOD)[0] == 200
-
-
-def test_unknown_route_and_method_are_json_errors(served):
-    assert served.post_raw(b"", method="GET")[0] == 405
-    status, body = http_json(served.url + "/nope")
-    assert status == 404 and "the routes are GET /health and POST /predict" in body["error"]
 
 
 # ---- config, environment, process -------------------------------------------------------------------------
