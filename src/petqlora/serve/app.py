@@ -55,7 +55,8 @@ def _check_content_type(request: Request) -> None:
     media = (declared or "").split(";", 1)[0].strip().lower()
     if declared is not None and media != "application/json" and not media.endswith("+json"):
         raise RequestError(415, f"request body: Content-Type {media!r} is not JSON; send the request as "
-                                f"Content-Type: application/json, e.g. {EXAMPLE}")
+                                "Content-Type: application/json (curl -d sends a form's: add -H 'Content-Type: "
+                                f"application/json'), e.g. {EXAMPLE}")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
