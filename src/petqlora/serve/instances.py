@@ -8,8 +8,9 @@ objects or for a file list, whose files it base64-encodes under the key ``b64``)
      "parameters": {"top_k": 3}}                  # optional; top_k defaults to ServeConfig.top_k
 
 A ``gcs_uri`` is read only under ServeConfig.allowed_gcs_prefixes (none by default: refused with 403).
-Status codes: 400 malformed (not JSON, wrong shape, unknown field, not an image), 403 a gs:// URI outside
-the allowed prefixes, 413 over a cap (request bytes, instance count, image bytes, image pixels).
+Status codes: 400 malformed (not JSON, wrong shape, unknown field, not an image of a format evaluation reads:
+JPEG, PNG, WebP, BMP, GIF), 403 a gs:// URI outside the allowed prefixes, 413 over a cap (request bytes,
+instance count, image bytes, image pixels; a gs:// object is read no further than the cap).
 """
 
 from __future__ import annotations
