@@ -1,132 +1,30 @@
 """The classifier server (petqlora.serve) on a tiny random Gemma 4 + a real trained adapter, on CPU, behind a
 real uvicorn server on localhost: health before and after loading, predictions equal to evaluate's scorer,
-every bad request refused with its 4xx while the server goes on serving, concurrent requests, Vertex's AIP_*
+concurrent requests (the bad requests are test_serve_requests.py), Vertex's AIP_*
 environment (a subprocess of `python -m petqlora.serve`), a gs:// adapter and gs:// instances through the
 Cloud Storage emulator, and a model that cannot load stopping the process."""
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import os
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import uvicorn
-from PIL import Image
 
 from petqlora.data import dataset as data_lib
 from petqlora.serve import contract
-from petqlora.serve.app import create_app
 from petqlora.serve.config import ServeConfig, read_config
-from petqlora.serve.parity import ServerProcess, free_port, http_json, softmax
+from petqlora.serve.parity import free_port, http_json, softmax
 from petqlora.serve.predictor import load_predictor, prediction
 from petqlora.serve.serving_info import read_serving_info
-from petqlora.train.config import TrainConfig
-from petqlora.train.train_adapter import train_adapter
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-@pytest.fixture(scope="module")
-def dataset(pets_dataset) -> Path:
-    return pets_dataset(4)
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_checkpoint, dataset, tmp_path_factory) -> Path:
-    """A real train_adapter output (2 steps), so the folder is what registration points at."""
-    out = tmp_path_factory.mktemp("train")
-    cfg = TrainConfig(base_model=str(tiny_checkpoint("gemma4-31b")), lora_r=4, lora_alpha=4, lora_dropout=0.0,
-                      batch_size=4, grad_accum=1, max_steps=2, learning_rate=1e-2, warmup_ratio=0.0,
-                      image_token_budget=70, checkpoint_every=0, log_every=1, seed=3)
-    train_adapter(dataset, out, cfg)
-    return out / "adapter"
-
-
-def image_files(dataset: Path, split: str = "test") -> list[tuple[dict, Path]]:
-    return [(r, dataset / r["image"]) for r in data_lib.read_split(dataset, split)]
-
-
-def b64(path_or_bytes) -> dict:
-    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
-    return {"b64": base64.b64encode(data).decode()}
-
-
-def png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (120, 80, 40)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-class ThreadServer:
-    """A real uvicorn server on 127.0.0.1 in a thread, serving create_app(cfg, load)."""
-
-    def __init__(self, cfg: ServeConfig, load):
-        self.cfg = replace(cfg, host="127.0.0.1", port=free_port())
-        self.url = f"http://127.0.0.1:{self.cfg.port}"
-        app = create_app(self.cfg, load)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.cfg.port, log_config=None))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-    def health(self) -> tuple[int, dict]:
-        return http_json(self.url + self.cfg.health_route, timeout=30)
-
-    def predict(self, payload) -> tuple[int, dict]:
-        return http_json(self.url + self.cfg.predict_route, payload, timeout=120)
-
-    def post_raw(self, body: bytes, method: str = "POST") -> tuple[int, dict]:
-        request = urllib.request.Request(self.url + self.cfg.predict_route, data=body, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-
-    def wait_ready(self, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status, body = self.health()
-            if status == 200:
-                return body
-            assert body["status"] == "loading", body
-            time.sleep(0.1)
-        raise AssertionError("the model did not load")
-
-
-LIMITS = dict(max_instances=4, max_image_bytes=300_000, max_image_pixels=1_000_000, max_request_bytes=2_000_000,
-              allowed_gcs_prefixes=("gs://pets-uploads/ok",), device="cpu", batch_size=3, top_k=3)
-
-
-@pytest.fixture(scope="module")
-def served(adapter):
-    """One loaded server for the module: the limits above, a batch size that splits a 4-image request."""
-    cfg = ServeConfig(adapter=str(adapter), **LIMITS)
-    with ThreadServer(cfg, lambda: load_predictor(cfg)) as server:
-        server.wait_ready()
-        yield server
+from serve_support import SRC, ThreadServer, adapter, b64, dataset, image_files, png, served  # noqa: F401  (fixtures)
 
 
 # ---- serving.json -----------------------------------------------------------------------------------------
@@ -226,6 +124,15 @@ def test_prediction_is_the_first_argmax_and_a_softmax_over_the_classes():
     assert out["model_version"] == "v1"
 
 
+def test_scores_that_are_not_finite_are_a_scoring_failure_not_an_answer():
+    """A NaN score (an fp16 overflow on a GPU) must fail the request as a JSON 500, not reach the JSON encoder,
+    which refuses NaN outside the app's error handling (a plain-text 500) or, lenient, sends invalid JSON."""
+    for scores in ([np.nan, -1.0, -2.0], [-np.inf, -np.inf, -np.inf]):
+        with pytest.raises(ValueError, match="the model's class scores are not all finite"):
+            prediction(np.array(scores), ["a", "b", "c"], 2, "v1")
+    assert prediction(np.array([-np.inf, -1.0, -2.0]), ["a", "b", "c"], 3, "v1")["probabilities"]["a"] == 0.0
+
+
 def test_concurrent_requests_get_the_answers_of_serial_ones(served, dataset):
     files = [f for _, f in image_files(dataset)[:4]]
     serial = [served.predict({"instances": [b64(f)]})[1]["predictions"][0] for f in files]
@@ -238,66 +145,35 @@ def test_concurrent_requests_get_the_answers_of_serial_ones(served, dataset):
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
 
 
-# ---- bad requests ---------------------------------------------------------------------------------------
+def test_concurrent_requests_hold_at_most_two_decoded_requests_in_memory(served, dataset, monkeypatch):
+    """Scoring is one at a time, so requests past the one scoring and the one decoded next wait with their body
+    undecoded: their images do not sit in memory decoded (8 x 4 images here, 32 x 20 MP allowed)."""
+    from petqlora.serve import app as app_module
+    from petqlora.serve.predictor import Predictor
 
-GOOD = {"instances": [{"b64": base64.b64encode(png(40, 30)).decode()}]}
-BAD = [
-    (b"not json", 400, "request body: not JSON"),
-    (b"[1, 2]", 400, "must be a JSON object"),
-    (json.dumps({}).encode(), 400, "instances: must be a non-empty list"),
-    (json.dumps({"instances": []}).encode(), 400, "instances: must be a non-empty list"),
-    (json.dumps({"instances": "x"}).encode(), 400, "instances: must be a non-empty list"),
-    (json.dumps({**GOOD, "extra": 1}).encode(), 400, "request body: unknown field(s) 'extra'"),
-    (json.dumps({"instances": [{"image": {"b64": "AAAA"}}]}).encode(), 400, "instances[0]: unknown field(s) 'image'"),
-    (json.dumps({"instances": [{"b64": "AAAA", "gcs_uri": "gs://a/b"}]}).encode(), 400, "exactly one of"),
-    (json.dumps({"instances": [42]}).encode(), 400, "instances[0]: must be an object"),
-    (json.dumps({"instances": [{"b64": 7}]}).encode(), 400, "instances[0].b64: must be a non-empty string"),
-    (json.dumps({"instances": [{"b64": "not base64!"}]}).encode(), 400, "instances[0].b64: not valid base64"),
-    (json.dumps({"instances": [{"b64": base64.b64encode(b"hello, not an image").decode()}]}).encode(), 400,
-     "instances[0].b64: not a decodable image"),
-    (json.dumps({"instances": GOOD["instances"] * 5}).encode(), 413, "instances: 5 is over the limit of 4"),
-    (json.dumps({"instances": [{"b64": base64.b64encode(bytes(400_000)).decode()}]}).encode(), 413,
-     "over the limit of 300000 bytes per image"),
-    (json.dumps({"instances": [{"b64": base64.b64encode(png(1100, 1000)).decode()}]}).encode(), 413,
-     "1100x1000 = 1100000 pixels is over the limit of 1000000"),
-    (json.dumps({**GOOD, "parameters": {"top_k": 0}}).encode(), 400, "parameters.top_k=0: must be an integer from 1"),
-    (json.dumps({**GOOD, "parameters": {"top_k": 7}}).encode(), 400, "parameters.top_k=7"),
-    (json.dumps({**GOOD, "parameters": {"top_k": "3"}}).encode(), 400, "parameters.top_k=\"3\""),
-    (json.dumps({**GOOD, "parameters": {"temperature": 1}}).encode(), 400, "parameters: unknown field(s)"),
-    (json.dumps({"instances": [{"gcs_uri": "gs://pets-uploads/other/a.jpg"}]}).encode(), 403,
-     "outside the prefixes this server may read (gs://pets-uploads/ok)"),
-    (json.dumps({"instances": [{"gcs_uri": "gs://pets-uploads/ok/../secret.jpg"}]}).encode(), 403, "outside"),
-    (json.dumps({"instances": [{"gcs_uri": "/etc/passwd"}]}).encode(), 400, "must be a gs://bucket/path URI"),
-]
+    alive, peak, guard = [0], [0], threading.Lock()
+    parse, predict = app_module.parse_request, Predictor.predict
 
+    def counted_parse(*args, **kwargs):
+        with guard:
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+        return parse(*args, **kwargs)
 
-@pytest.mark.parametrize("body,status,message", BAD, ids=[m for _, _, m in BAD])
-def test_each_bad_request_gets_its_4xx_and_the_server_still_serves(served, body, status, message):
-    got, answer = served.post_raw(body)
-    assert (got, set(answer)) == (status, {"error"}), answer
-    assert message in answer["error"], answer["error"]
-    assert served.predict(GOOD)[0] == 200
+    def counted_predict(self, *args, **kwargs):
+        try:
+            return predict(self, *args, **kwargs)
+        finally:
+            with guard:
+                alive[0] -= 1
 
-
-def test_a_body_over_the_limit_is_refused_from_its_content_length_before_it_is_read(served):
-    import http.client
-
-    connection = http.client.HTTPConnection("127.0.0.1", served.cfg.port, timeout=30)
-    connection.putrequest("POST", served.cfg.predict_route)
-    connection.putheader("Content-Type", "application/json")
-    connection.putheader("Content-Length", "2100000")
-    connection.endheaders()  # not one byte of the body is sent
-    response = connection.getresponse()
-    assert response.status == 413
-    assert "request body: 2100000 bytes is over the limit of 2000000 bytes" in json.loads(response.read())["error"]
-    connection.close()
-    assert served.predict(GOOD)[0] == 200
-
-
-def test_unknown_route_and_method_are_json_errors(served):
-    assert served.post_raw(b"", method="GET")[0] == 405
-    status, body = http_json(served.url + "/nope")
-    assert status == 404 and "the routes are GET /health and POST /predict" in body["error"]
+    monkeypatch.setattr(app_module, "parse_request", counted_parse)
+    monkeypatch.setattr(Predictor, "predict", counted_predict)
+    payload = {"instances": [b64(f) for _, f in image_files(dataset)[:4]]}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: served.predict(payload), range(8)))
+    assert [status for status, _ in answers] == [200] * 8
+    assert alive[0] == 0 and peak[0] <= 2, peak[0]
 
 
 # ---- config, environment, process -------------------------------------------------------------------------
@@ -312,6 +188,25 @@ def test_flags_win_over_the_aip_environment_which_wins_over_defaults():
     default = read_config(["--adapter", "x"], {})
     assert (default.port, default.health_route, default.predict_route) == (
         contract.SERVING_PORT, contract.HEALTH_ROUTE, contract.PREDICT_ROUTE)
+
+
+def test_a_bad_aip_variable_is_named_in_one_line():
+    """On Vertex the values come from AIP_* variables, not flags: the message says which one to fix."""
+    with pytest.raises(ValueError) as err:
+        read_config([], {"AIP_HTTP_PORT": "http", "AIP_STORAGE_URI": "gs://b/m"})
+    assert err.value.problems == ("port='http': must be an integer (from AIP_HTTP_PORT)",)
+    with pytest.raises(ValueError) as err:
+        read_config(["--adapter", "a"], {"AIP_HEALTH_ROUTE": "health"})
+    assert err.value.problems == ("health_route='health': must be a path starting with /; fix: e.g. /health "
+                                  "(from AIP_HEALTH_ROUTE)",)
+    with pytest.raises(ValueError) as err:  # Vertex sets AIP_STORAGE_URI only for a model with an artifact
+        read_config([], {"AIP_HTTP_PORT": "8080"})
+    assert err.value.problems == ("adapter=None: is required; fix: pass --adapter runs/latest/pipeline_root/<run>/"
+                                  "train-adapter/adapter/adapter, or on Vertex register the model with its "
+                                  "artifact URI (AIP_STORAGE_URI)",)
+    with pytest.raises(ValueError) as err:  # a flag wins, so the flag is what is named
+        read_config(["--port", "0"], {"AIP_HTTP_PORT": "8080", "AIP_STORAGE_URI": "gs://b/m"})
+    assert err.value.problems == ("port=0: must be in [1, 65535]",)
 
 
 def test_config_names_every_wrong_field():
@@ -374,6 +269,10 @@ def test_bad_arguments_exit_2_naming_the_field():
     result = subprocess.run([sys.executable, "-m", "petqlora.serve", "--adapter", "x", "--port", "http"],
                             env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "port='http': must be an integer" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "petqlora.serve"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": SRC, "AIP_HTTP_PORT": "80a", "AIP_STORAGE_URI": "x"})
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr  # one line
+    assert "serve: bad arguments: port='80a': must be an integer (from AIP_HTTP_PORT)" in result.stderr
 
 
 # ---- Cloud Storage: a gs:// adapter (AIP_STORAGE_URI) and gs:// instances -----------------------------------
@@ -391,8 +290,10 @@ def test_gs_adapter_and_gs_instances_through_the_storage_emulator(adapter, datas
         storage.upload_dir(adapter, "gs://pets-models/run-1/adapter")
         record, image = image_files(dataset)[0]
         storage.upload_file(image, "gs://pets-models/uploads/cat.img")
+        (tmp_path / "huge.jpg").write_bytes(bytes(200_000))
+        storage.upload_file(tmp_path / "huge.jpg", "gs://pets-models/uploads/huge.jpg")
         cfg = ServeConfig(adapter="gs://pets-models/run-1/adapter", device="cpu", cache_dir=str(tmp_path / "cache"),
-                          allowed_gcs_prefixes=("gs://pets-models/uploads",))
+                          allowed_gcs_prefixes=("gs://pets-models/uploads",), max_image_bytes=100_000)
         with ThreadServer(cfg, lambda: load_predictor(cfg)) as server:
             server.wait_ready()
             assert (tmp_path / "cache" / "adapter" / "serving.json").is_file()  # no /gcs mount: downloaded
@@ -403,6 +304,8 @@ def test_gs_adapter_and_gs_instances_through_the_storage_emulator(adapter, datas
                 inline[1]["predictions"][0]["probabilities"], abs=1e-6)
             status, body = server.predict({"instances": [{"gcs_uri": "gs://pets-models/uploads/missing.jpg"}]})
             assert status == 400 and "cannot be read" in body["error"]
+            status, body = server.predict({"instances": [{"gcs_uri": "gs://pets-models/uploads/huge.jpg"}]})
+            assert status == 413 and "over the limit of 100000 bytes per image" in body["error"], body
         # a base model recorded at its training job's /gcs mount, read where nothing is mounted
         from petqlora.serve.predictor import local_folder
 

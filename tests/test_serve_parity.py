@@ -44,6 +44,16 @@ def test_the_served_test_split_matches_evaluate(run):
     assert result["max_abs_probability_gap"] <= PROBABILITY_TOLERANCE and result["model_version"] == "pets@1"
 
 
+def test_aip_routes_in_the_environment_do_not_move_the_checked_server(run, monkeypatch):
+    """Run by hand where Vertex's variables are set (a serving container), the server started for the check
+    must still answer on the routes the check calls."""
+    monkeypatch.setenv("AIP_HEALTH_ROUTE", "/v1/ready")
+    monkeypatch.setenv("AIP_PREDICT_ROUTE", "/v1/models/pets:predict")
+    result = check_parity(adapter_dir=run["adapter"], dataset_dir=run["dataset"], evaluation_dir=run["evaluation"],
+                          timeout_s=60)
+    assert result["n"] == 6 and result["different_class"] == []
+
+
 def test_a_disagreeing_prediction_fails_naming_the_image(run, tmp_path):
     evaluation = tmp_path / "evaluation"
     shutil.copytree(run["evaluation"], evaluation)

@@ -18,6 +18,7 @@ from petqlora.cloud.storage import (
     download_file,
     is_gcs,
     local_path,
+    read_bytes,
     split_gcs,
     upload_dir,
     upload_file,
@@ -94,6 +95,15 @@ def test_file_round_trip(client, tmp_path):
     uri = upload_file(tmp_path / "m.json", f"gs://{BUCKET}/metrics/m.json", client=client)
     got = download_file(uri, tmp_path / "deep" / "copy.json", client=client)
     assert got.read_text() == '{"accuracy": 0.9}'
+
+
+def test_read_bytes_with_a_cap_downloads_at_most_one_byte_over_it(client):
+    """A server reading a client's gs:// URI must not pull a huge object into memory to learn it is too big."""
+    uri = f"gs://{BUCKET}/uploads/big.bin"
+    client.bucket(BUCKET).blob("uploads/big.bin").upload_from_string(bytes(range(256)) * 40)  # 10,240 bytes
+    assert read_bytes(uri, client=client, max_bytes=100) == (bytes(range(256)) * 40)[:101]  # a ranged read
+    assert read_bytes(uri, client=client, max_bytes=20_000) == bytes(range(256)) * 40
+    assert len(read_bytes(uri, client=client)) == 10_240
 
 
 def test_missing_bucket_names_the_uri_and_the_fix(client, tmp_path):

@@ -235,7 +235,8 @@ def test_the_dry_run_commands_print_the_requests_without_credentials(no_credenti
     (["deploy", "m@Not An Alias"], "neither a number nor an alias"),
     (["deploy", "m", "--min-replica-count", "0"], "min_replica_count=0: must be >= 1"),
     (["batch-predict", "m", "--input", "/data/images/", "--output", "gs://pets-out/p"], "input='/data/images/'"),
-    (["batch-predict", "m", "--input", "gs://pets-in/x.csv", "--output", "gs://pets-out/p"], "not a .jsonl file"),
+    (["batch-predict", "m", "--input", "gs://pets-in/x.csv", "--output", "gs://pets-out/p"],
+     "- input='gs://pets-in/x.csv': not a .jsonl file"),
     (["batch-predict", "m", "--input", "gs://pets-in/x.jsonl", "--output", "gs://pets-out/p",
       "--instances-per-request", "64"], "instances_per_request=64: must be an integer in 1-32"),
 ], ids=["pair", "project", "alias", "replicas", "local-input", "format", "batch-size"])

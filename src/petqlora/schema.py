@@ -180,7 +180,8 @@ def from_mapping(cls: type, values: Mapping[str, Any], what: str, *, text: bool 
         problems.add(key, values[key], "is not a known field", f"use one of {', '.join(known)}")
     for f in dataclasses.fields(cls):
         if f.name not in values and f.default is f.default_factory is dataclasses.MISSING:
-            problems.add(f.name, None, "is required")
+            rule = f.metadata.get("rule")
+            problems.add(f.name, None, "is required", rule.fix if rule else None)
     parsed = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in values.items():

@@ -224,13 +224,16 @@ def connect(uri: str, client: "gcs.Client | None" = None) -> "gcs.Client":
             "read the bucket, or `gcloud auth application-default login`", uri=uri) from exc
 
 
-def read_bytes(uri: str, *, client: "gcs.Client | None" = None) -> bytes:
-    """The content of the object ``uri``, in memory (for small files: manifests, images)."""
+def read_bytes(uri: str, *, client: "gcs.Client | None" = None, max_bytes: int | None = None) -> bytes:
+    """The content of the object ``uri``, in memory (for small files: manifests, images). With ``max_bytes``,
+    at most its first max_bytes + 1 bytes (a ranged read): longer than max_bytes means the object is too big,
+    learnt without downloading it."""
     bucket, blob = split_gcs(uri)
     if not blob or blob.endswith("/"):
         raise ValueError(f"uri={uri!r} must name an object, not a bucket or folder, e.g. 'gs://{bucket}/a.jpg'")
     c = connect(uri, client)
-    return _guarded(uri, "read", c, lambda: c.bucket(bucket).blob(blob).download_as_bytes())
+    ranged = {} if max_bytes is None else {"start": 0, "end": max_bytes}  # `end` is inclusive
+    return _guarded(uri, "read", c, lambda: c.bucket(bucket).blob(blob).download_as_bytes(**ranged))
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def _batch_args(ref: Any, project: Any, region: Any, machine: Any, input_uri: An
         try:
             kind = input_format(input_uri)
         except ValueError as exc:
-            p.items.append(str(exc).removeprefix("input="))
+            p.items.append(str(exc))
     check_gs_uri(p, "output", output_uri_prefix, "pass a gs://BUCKET/PREFIX where the predictions go")
     p.check(isinstance(instances_per_request, int) and not isinstance(instances_per_request, bool)
             and 1 <= instances_per_request <= 32, "instances_per_request", instances_per_request,

@@ -188,9 +188,21 @@ def check_pixels(image: Image.Image, max_pixels: int | None) -> None:
         )
 
 
-def decode_image(fp: str | Path | IO[bytes], max_pixels: int | None) -> Image.Image:
-    """Open, decode fully and return an RGB image with EXIF orientation applied."""
+class UnsupportedFormat(ValueError):
+    """An image whose format (PIL's name for it, ``.format``) is not among those accepted."""
+
+    def __init__(self, fmt: str | None, accepted: tuple[str, ...]) -> None:
+        super().__init__(f"unsupported image format {fmt} (accepted: {', '.join(accepted)})")
+        self.format = fmt
+
+
+def decode_image(fp: str | Path | IO[bytes], max_pixels: int | None,
+                 formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Open, decode fully and return an RGB image with EXIF orientation applied; with `formats`, an image of
+    another format is refused (UnsupportedFormat) from its header, before any pixel is decoded."""
     with pixel_limit(max_pixels), Image.open(fp) as image:
+        if formats is not None and image.format not in formats:
+            raise UnsupportedFormat(image.format, formats)
         check_pixels(image, max_pixels)
         image.load()
         return to_rgb(image)

@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = read_config(argv, os.environ)
-    except ValueError as exc:
-        log.error("serve: bad arguments: %s", exc)
+    except ValueError as exc:  # one line: a plain-text log (Vertex's) makes each line its own entry
+        log.error("serve: bad arguments: %s", "; ".join(getattr(exc, "problems", None) or (str(exc),)))
         return 2
     import uvicorn
 

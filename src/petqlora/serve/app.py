@@ -3,14 +3,16 @@
 GET  <health route>   503 {"status": "loading"} while the model loads (in a background thread started with
                       the app), 200 {"status": "ready", "model_version"} after, 503 {"status": "failed",
                       "error"} if loading failed (the caller's `on_failure` then stops the server).
-POST <predict route>  {"instances": [...], "parameters": {...}} (see instances.py) ->
+POST <predict route>  {"instances": [...], "parameters": {...}} (see instances.py), ADMITTED at a time ->
                       200 {"predictions": [{"breed", "probabilities", "model_version"}, ...]} in instance order,
-                      4xx {"error": "..."} naming the problem, 503 while not ready, 500 on a scoring failure.
+                      4xx {"error": "..."} naming the problem (415: a Content-Type other than JSON), 503
+                      while not ready, 500 on a scoring failure.
                       Vertex adds deployedModelId, model and modelVersionId to its own response.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -20,12 +22,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from petqlora.serve.config import ServeConfig
-from petqlora.serve.instances import RequestError, parse_request
+from petqlora.serve.instances import EXAMPLE, RequestError, parse_request
 from petqlora.serve.predictor import Predictor
 
 log = logging.getLogger("petqlora.serve.app")
+
+# Requests decoded and scored at once: one scoring (the model takes one at a time) and the next one decoded
+# meanwhile. The others wait with their body (compressed, base64) undecoded, so memory holds two requests'
+# decoded images (each bounded by ServeConfig's caps), not one per waiting client.
+ADMITTED = 2
 
 
 class _Loaded:
@@ -40,6 +48,17 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _check_content_type(request: Request) -> None:
+    """A body declared as something else than JSON (a form, a raw image) is refused; none declared is read as
+    JSON (Vertex sends application/json)."""
+    declared = request.headers.get("content-type")
+    media = (declared or "").split(";", 1)[0].strip().lower()
+    if declared is not None and media != "application/json" and not media.endswith("+json"):
+        raise RequestError(415, f"request body: Content-Type {media!r} is not JSON; send the request as "
+                                "Content-Type: application/json (curl -d sends a form's: add -H 'Content-Type: "
+                                f"application/json'), e.g. {EXAMPLE}")
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 past `limit` bytes, before it is all read when Content-Length says so."""
     declared = request.headers.get("content-length")
@@ -47,12 +66,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise RequestError(413, f"request body: {declared} bytes is over the limit of {limit} bytes; "
                                 "split the instances into several requests")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"request body: over the limit of {limit} bytes; split the instances into "
-                                    "several requests")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"request body: over the limit of {limit} bytes; split the instances into "
+                                        "several requests")
+            chunks.append(chunk)
+    except ClientDisconnect:  # a client that gave up (its timeout): no one reads the answer, but it is no failure
+        raise RequestError(400, f"request body: the client disconnected before sending all of it ({size} bytes "
+                                "read); retry with a longer client timeout") from None
     return b"".join(chunks)
 
 
@@ -71,7 +94,9 @@ def create_app(cfg: ServeConfig, load: Callable[[], Predictor],
                 on_failure(exc)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):
+    async def lifespan(app: FastAPI):
+        # made here, in the server's event loop, which an asyncio primitive binds to
+        app.state.admitted = asyncio.Semaphore(ADMITTED)
         threading.Thread(target=load_in_background, name="petqlora-serve-load", daemon=True).start()
         yield
 
@@ -98,9 +123,11 @@ def create_app(cfg: ServeConfig, load: Callable[[], Predictor],
             return _error(503, f"the model is {'not loaded: ' + loaded.error if loaded.error else 'still loading'}; "
                                f"retry when GET {cfg.health_route} answers 200")
         try:
-            body = await _read_body(request, cfg.max_request_bytes)
-            parsed = await run_in_threadpool(parse_request, body, cfg, len(predictor.classes))
-            predictions = await run_in_threadpool(predictor.predict, parsed.images, parsed.top_k)
+            _check_content_type(request)
+            body = await _read_body(request, cfg.max_request_bytes)  # outside: a slow upload holds no slot
+            async with request.app.state.admitted:
+                parsed = await run_in_threadpool(parse_request, body, cfg, len(predictor.classes))
+                predictions = await run_in_threadpool(predictor.predict, parsed.images, parsed.top_k)
         except RequestError as exc:
             log.warning("refused a request with %d: %s", exc.status, exc.message)
             return _error(exc.status, exc.message)

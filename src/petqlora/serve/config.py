@@ -19,7 +19,8 @@ from petqlora.serve import contract
 class ServeConfig:
     adapter: str = required("The registered adapter folder (train_adapter's OUTPUT/adapter, with serving.json) or "
                             "its gs:// URI; on Vertex, AIP_STORAGE_URI.", nonempty=True,
-                            fix="pass --adapter runs/latest/pipeline_root/<run>/train-adapter/adapter/adapter")
+                            fix="pass --adapter runs/latest/pipeline_root/<run>/train-adapter/adapter/adapter, or "
+                            "on Vertex register the model with its artifact URI (AIP_STORAGE_URI)")
     base_model: str | None = field(None, "Checkpoint folder, gs:// URI or Hub id of the base model; None: the one "
                                    "the adapter's serving.json names.")
     model_version: str | None = field(None, "What each prediction reports as model_version, e.g. NAME@VERSION; "
@@ -46,11 +47,11 @@ class ServeConfig:
     def __post_init__(self) -> None:
         p = Problems("serve config")
         bad = schema.check(self, p)
-        for name in ("health_route", "predict_route"):
+        for name, example in (("health_route", contract.HEALTH_ROUTE), ("predict_route", contract.PREDICT_ROUTE)):
             if name not in bad:
                 route = getattr(self, name)
                 p.check(route.startswith("/") and " " not in route, name, route, "must be a path starting with /",
-                        "e.g. /predict")
+                        f"e.g. {example}")
         if not {"health_route", "predict_route"} & bad:
             p.check(self.health_route != self.predict_route, "predict_route", self.predict_route,
                     "must differ from health_route", "e.g. /predict and /health")
@@ -88,5 +89,14 @@ def read_config(argv: list[str] | None, environ: Mapping[str, str]) -> ServeConf
     as ValueError (argparse's own errors exit with 2)."""
     args = vars(parser().parse_args(argv))
     values = {name: environ[env] for name, env in ENVIRONMENT.items() if environ.get(env)}
+    from_env = {name: ENVIRONMENT[name] for name in values if args.get(name) is None}
     values.update({name: value for name, value in args.items() if value is not None})
-    return schema.from_mapping(ServeConfig, values, "serve config (flags and AIP_* environment)", text=True)
+    try:
+        return schema.from_mapping(ServeConfig, values, "serve config (flags and AIP_* environment)", text=True)
+    except ValueError as exc:
+        # on Vertex the value came from a variable, not a flag: name the variable to fix
+        p = Problems("serve config (flags and AIP_* environment)")
+        p.items = [next((f"{line} (from {env})" for name, env in from_env.items() if line.startswith(f"{name}=")),
+                        line) for line in getattr(exc, "problems", (str(exc),))]
+        p.raise_if_any()
+        raise

@@ -8,8 +8,9 @@ objects or for a file list, whose files it base64-encodes under the key ``b64``)
      "parameters": {"top_k": 3}}                  # optional; top_k defaults to ServeConfig.top_k
 
 A ``gcs_uri`` is read only under ServeConfig.allowed_gcs_prefixes (none by default: refused with 403).
-Status codes: 400 malformed (not JSON, wrong shape, unknown field, not an image), 403 a gs:// URI outside
-the allowed prefixes, 413 over a cap (request bytes, instance count, image bytes, image pixels).
+Status codes: 400 malformed (not JSON, wrong shape, unknown field, not an image of a format evaluation reads:
+JPEG, PNG, WebP, BMP, GIF), 403 a gs:// URI outside the allowed prefixes, 413 over a cap (request bytes,
+instance count, image bytes, image pixels; a gs:// object is read no further than the cap).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from petqlora.data.dataset import decode_image
+from petqlora.data.dataset import FORMAT_EXTENSIONS, UnsupportedFormat, decode_image
 from petqlora.serve.config import ServeConfig
 
 EXAMPLE = '{"instances": [{"b64": "<base64 of a JPEG or PNG file>"}], "parameters": {"top_k": 3}}'
 INSTANCE_KEYS = ("b64", "gcs_uri")
+# What prepare_data keeps, so what evaluate scored: PIL's other decoders (TIFF, EPS, PSD...) are not exposed.
+SERVED_FORMATS = tuple(FORMAT_EXTENSIONS)
 
 
 class RequestError(Exception):
@@ -53,11 +56,12 @@ def _unknown(where: str, keys, allowed: tuple[str, ...]) -> None:
 
 
 def parse_request(body: bytes, cfg: ServeConfig, n_classes: int,
-                  read_gcs: Callable[[str], bytes] | None = None) -> Request:
+                  read_gcs: Callable[..., bytes] | None = None) -> Request:
     """The request's images (RGB, EXIF orientation applied: the same decode as evaluation's) and top_k."""
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    # ValueError: malformed JSON, bad UTF-8, an integer past Python's 4300 digits; RecursionError: nested too deep
+    except (ValueError, RecursionError) as exc:
         raise RequestError(400, f"request body: not JSON ({exc}); send e.g. {EXAMPLE}") from None
     if not isinstance(payload, dict):
         raise RequestError(400, f"request body: must be a JSON object, not {type(payload).__name__}; e.g. {EXAMPLE}")
@@ -116,14 +120,14 @@ def _instance_bytes(i: int, instance, cfg: ServeConfig) -> tuple[str, bytes | st
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RequestError(400, f"{where}.b64: not valid base64 ({exc}); send the file's bytes base64-encoded "
-                                "(standard alphabet, with padding)") from None
+                                "(standard alphabet, with padding, no line breaks (base64 -w 0 FILE))") from None
     if len(data) > cfg.max_image_bytes:
         raise RequestError(413, f"{where}.b64: {len(data)} bytes is over the limit of {cfg.max_image_bytes} bytes "
                                 "per image; send a smaller image")
     return kind, data
 
 
-def _read_allowed(i: int, uri: str, cfg: ServeConfig, read_gcs: Callable[[str], bytes] | None) -> bytes:
+def _read_allowed(i: int, uri: str, cfg: ServeConfig, read_gcs: Callable[..., bytes] | None) -> bytes:
     where = f"instances[{i}].gcs_uri"
     if not uri.startswith("gs://"):
         raise RequestError(400, f"{where}={uri!r}: must be a gs://bucket/path URI")
@@ -135,19 +139,22 @@ def _read_allowed(i: int, uri: str, cfg: ServeConfig, read_gcs: Callable[[str], 
     if read_gcs is None:
         from petqlora.cloud.storage import read_bytes as read_gcs
     try:
-        data = read_gcs(uri)
+        data = read_gcs(uri, max_bytes=cfg.max_image_bytes)  # a huge object is not downloaded to be refused
     except Exception as exc:  # StorageAccessError, a malformed bucket name: the client's request, not the server
         raise RequestError(400, f"{where}={uri!r}: cannot be read ({exc})") from None
     if len(data) > cfg.max_image_bytes:
-        raise RequestError(413, f"{where}={uri!r}: {len(data)} bytes is over the limit of {cfg.max_image_bytes} bytes "
-                                "per image; send a smaller image")
+        raise RequestError(413, f"{where}={uri!r}: over the limit of {cfg.max_image_bytes} bytes per image; send a "
+                                "smaller image")
     return data
 
 
 def _decode(i: int, kind: str, data: bytes, cfg: ServeConfig) -> Image.Image:
     where = f"instances[{i}].{kind}"
     try:
-        return decode_image(io.BytesIO(data), cfg.max_image_pixels)
+        return decode_image(io.BytesIO(data), cfg.max_image_pixels, formats=SERVED_FORMATS)
+    except UnsupportedFormat as exc:
+        raise RequestError(400, f"{where}: a {exc.format} image; send a JPEG, PNG, WebP, BMP or GIF file (the "
+                                "formats evaluation reads)") from None
     except Image.DecompressionBombError as exc:
         raise RequestError(413, f"{where}: {exc}; send a smaller image (at most {cfg.max_image_pixels} pixels)") \
             from None

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from petqlora.data import dataset as data_lib
+from petqlora.serve import contract
 
 log = logging.getLogger("petqlora.serve.parity")
 
@@ -72,7 +73,9 @@ class ServerProcess:
     def __init__(self, args: list[str], *, timeout_s: float = 600, env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "petqlora.serve", *args, "--host", "127.0.0.1", "--port", str(self.port)]
+        # the routes as flags: AIP_* routes in this environment (a serving container) must not move them
+        self.args = [sys.executable, "-m", "petqlora.serve", *args, "--host", "127.0.0.1", "--port", str(self.port),
+                     "--health-route", contract.HEALTH_ROUTE, "--predict-route", contract.PREDICT_ROUTE]
         self.timeout_s = timeout_s
         self.env = {**os.environ, **(env or {}), "PETQLORA_LOG_FORMAT": "text"}
         self.log_path = Path(tempfile.mkdtemp(prefix="petqlora-serve-")) / "server.log"
@@ -92,7 +95,7 @@ class ServerProcess:
                 raise ParityError(f"the server exited with code {self.process.returncode} before it was ready:\n"
                                   f"{self.log_tail()}")
             try:
-                if http_json(f"{self.url}/health", timeout=5)[0] == 200:
+                if http_json(self.url + contract.HEALTH_ROUTE, timeout=5)[0] == 200:
                     return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass  # not listening yet
@@ -160,7 +163,7 @@ def check_parity(*, adapter_dir: str, dataset_dir: str, evaluation_dir: str, mod
     with ServerProcess(args, timeout_s=timeout_s) as server:
         for first in range(0, len(files), cfg["batch_size"]):  # evaluate's batches, in its order
             batch = [{"b64": base64.b64encode(f.read_bytes()).decode()} for f in files[first:first + cfg["batch_size"]]]
-            status, body = http_json(f"{server.url}/predict", {"instances": batch})
+            status, body = http_json(server.url + contract.PREDICT_ROUTE, {"instances": batch})
             if status != 200:
                 raise ParityError(f"the server answered {status} to the images {first}-{first + len(batch) - 1}: "
                                   f"{body.get('error', body)}\n{server.log_tail()}")

@@ -30,6 +30,9 @@ def prediction(scores: np.ndarray, classes: list[str], top_k: int, model_version
     ``top_k`` most likely classes, most likely first.
     """
     s = np.asarray(scores, dtype=np.float64)
+    if np.isnan(s).any() or not np.isfinite(s.max()):  # a class may be -inf (impossible), not all, nor NaN
+        raise ValueError(f"the model's class scores are not all finite ({s.tolist()}): no prediction can be made "
+                         "from them (a numeric overflow; on a GPU, check the quantization and dtype)")
     p = np.exp(s - s.max())
     p /= p.sum()
     order = sorted(range(len(classes)), key=lambda i: (-p[i], i))[:top_k]
