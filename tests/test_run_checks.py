@@ -204,6 +204,26 @@ def test_check_parameters_component_passes_a_valid_run_and_reports_it(tmp_path):
     assert "| `lora_r` | `64` |" in text and "| `backend` | `{\"kind\": \"local\"}` |" in text
 
 
+VERTEX_BACKEND = {**BACKEND, "kind": "vertex_custom_job", "machine_type": "a3-highgpu-8g",
+                  "accelerator_type": "NVIDIA_H100_80GB", "accelerator_count": 8, "max_parallel": 2, "keep_jobs": 5}
+
+
+def test_the_first_step_takes_the_backend_s_numbers_as_kfp_hands_them_over():
+    # KFP's Struct turns a dict parameter's 8 into 8.0: the first step (run_check_parameters' check) must not
+    # refuse the run's own backend
+    kfp_backend = {k: float(v) if isinstance(v, int) else v for k, v in VERTEX_BACKEND.items()}
+    run = check_run(_component_values(**{**CLOUD, "backend": kfp_backend}),
+                    pipeline_root="gs://my-bucket/pipeline-root/123/run/check-parameters/report", context="here")
+    assert run.backend["accelerator_count"] == 8
+
+
+def test_a_bad_gpu_count_is_said_once_as_the_backend_s():
+    message = refused({**CLOUD, "backend": {**VERTEX_BACKEND, "accelerator_count": -8}}, pipeline_root=ROOT_URI,
+                      context="submit")
+    assert "backend.accelerator_count=-8: is not the number of GPUs of a3-highgpu-8g; fix: use 8" in message
+    assert "world_size" not in message and message.count("\n  - ") == 1, message
+
+
 # ------------------------------------------------------------------------------ run-local
 
 def _local_config(tmp_path: Path, **parameters) -> Path:

@@ -51,7 +51,8 @@ def check_run(values: Mapping[str, Any], *, text: bool = False, pipeline_root: s
     backend = _check_backend(p, run, bad, context)
     if backend is not None and backend.kind != "local":
         _check_in_bucket(p, run, backend, pipeline_root)
-    if backend is not None and backend.kind == "vertex_custom_job" and train_cfg is not None:
+    if backend is not None and backend.kind == "vertex_custom_job" and train_cfg is not None \
+            and not any(_field(item) == "backend.accelerator_count" for item in p.items):  # else said already
         from petqlora.train.config import check_world_size
 
         check_world_size(train_cfg, backend.accelerator_count, p)  # torchrun: one process per GPU
@@ -192,7 +193,10 @@ def _check_backend(p: Problems, run: PipelineParams, bad: set[str], context: str
     try:
         backend = Backend(project=run.project, region=run.region, **values)
     except ValueError as exc:
-        p.add("backend", values, str(exc))
+        if getattr(exc, "problems", None):  # a field's type: each problem names its field
+            _fold(p, exc, lambda item: f"backend.{item}")
+        else:
+            p.add("backend", values, str(exc))
         return None
     if backend.kind != "local":
         from petqlora.backends import EVALUATE_MODULE, TRAIN_MODULE

@@ -108,6 +108,12 @@ def _type_problem(tp: Any, value: Any) -> str | None:
     return "must be " + " or ".join(names.get(typing.get_origin(o) or o, str(o)) for o in _options(tp))
 
 
+# Public names of the two rules every typed value passes first (Backend, a plain dataclass, applies them too).
+def type_problem(tp: Any, value: Any) -> str | None:
+    """Why ``value`` is not of type ``tp`` (bool is no int, NaN and inf are no float), or None."""
+    return _type_problem(tp, value)
+
+
 def _field_problem(f: dataclasses.Field, tp: Any, value: Any, problems: Problems) -> bool:
     rule = f.metadata.get("rule")
     problem = _type_problem(tp, value) or (rule.problem(value) if rule else None)
@@ -134,6 +140,9 @@ def _coerce(tp: Any, value: Any) -> Any:
     if isinstance(value, list) and tuple in options:
         return tuple(value)
     return value
+
+
+coerce = _coerce
 
 
 def parse_text(tp: Any, text: str) -> Any:
