@@ -79,6 +79,29 @@ def test_schema_rules(name, value, expected):
     assert check_run({name: getattr(params.DEFAULTS, name)}, context="template")
 
 
+@pytest.mark.parametrize("values, expected", [
+    ({"val_fraction": 0.6, "test_fraction": 0.5}, "val_fraction + test_fraction=1.1: must be below 1"),
+    ({"max_per_class_train": 1}, "max_per_class_train=1: is below min_per_class_train=2"),
+    ({"source": ""}, "source='': must not be empty"),
+], ids=["fractions", "cap-below-minimum", "no-source"])
+def test_the_data_step_s_rules_are_checked_before_any_data_is_read(values, expected):
+    message = refused(values, context="template")
+    assert expected in message and "fix:" in message, message
+    assert check_run({"val_fraction": 0.5, "test_fraction": 0.4, "max_per_class_train": 2}, context="template")
+
+
+def test_a_seed_numpy_cannot_take_is_refused_before_training():
+    assert "seed=4294967296: must be in [0, 4294967295]" in refused({"seed": 2**32}, context="template")
+    assert check_run({"seed": 2**32 - 1}, context="template").seed == 2**32 - 1
+
+
+def test_the_experiment_is_checked_with_the_run():
+    message = refused({"experiment": "My Experiment"}, context="template")
+    assert "experiment='My Experiment': must be 1-128 lowercase letters, digits or '-'" in message
+    assert check_run({"experiment": "petqlora-pets"}, context="template").experiment == "petqlora-pets"
+    assert check_run({"experiment": ""}, context="template")  # none
+
+
 def test_train_options_are_checked_even_when_a_shared_field_is_refused():
     message = refused({**CLOUD, "lora_r": 16.5, "epochs": 0, "train_options": {"warmup_ratio": 2}},
                       pipeline_root=ROOT_URI, context="submit")

@@ -59,7 +59,8 @@ class PipelineParams:
                                       "evaluated zero-shot (image-text similarity) as a baseline; empty: none.")
     gate_on_contrastive: bool = field(False, "Registration must also beat the contrastive baseline by win_margin "
                                       "(otherwise it is reported, not gated).")
-    seed: int = field(42, "Seed of the splits, the batch order and the LoRA initialisation.", low=0)
+    seed: int = field(42, "Seed of the splits, the batch order and the LoRA initialisation.", low=0,
+                      high=2**32 - 1)  # numpy's legacy seed (train_adapter) takes 32 bits
     val_fraction: float = field(0.1, "Share of each class held out for validation (when the source has no "
                                 "split of its own).", low=0, high=1, low_open=True, high_open=True)
     test_fraction: float = field(0.1, "Share of each class held out for the test split every model is "

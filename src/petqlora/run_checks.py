@@ -6,7 +6,7 @@ registered. One ValueError lists every problem (parameter, value, rule, fix).
 defaults, by ``submit`` and ``schedule`` (their dry runs included) before any request, and again as the
 pipeline's first step (``check_parameters``), so a run started from the Vertex console with bad values
 fails in seconds, before any data is read or GPU asked for. Each rule lives where the value is used (the
-schema, TrainConfig, Backend, CloudRunJobConfig, the registry); this module builds those objects exactly as
+schema, PrepareDataConfig, TrainConfig, Backend, CloudRunJobConfig, the registry); this module builds those objects exactly as
 the steps will and gathers what they refuse.
 """
 
@@ -46,6 +46,7 @@ def check_run(values: Mapping[str, Any], *, text: bool = False, pipeline_root: s
         raise ValueError(f"context={context!r}: must be one of {', '.join(CONTEXTS)}")
     p = Problems("run parameters")
     run, bad = _parse_each(p, values, text)
+    _check_data(p, run, bad)
     train_cfg = _check_training(p, run, bad)
     _check_trials(p, run, bad)
     backend = _check_backend(p, run, bad, context)
@@ -58,6 +59,10 @@ def check_run(values: Mapping[str, Any], *, text: bool = False, pipeline_root: s
         check_world_size(train_cfg, backend.accelerator_count, p)  # torchrun: one process per GPU
     _check_registry(p, run, bad, context)
     _check_contrastive(p, run, bad, context)
+    if "experiment" not in bad and run.experiment:  # "" joins none
+        from petqlora.cloud.vertex_common import check_experiment
+
+        check_experiment(p, run.experiment)
     p.raise_if_any()
     return run
 
@@ -115,6 +120,20 @@ def _parse_each(p: Problems, values: Mapping[str, Any], text: bool) -> tuple[Pip
             _fold(p, exc, lambda item: _example_fix(item, defaults))
             bad.add(name)
     return PipelineParams(**good), bad
+
+
+def _check_data(p: Problems, run: PipelineParams, bad: set[str]) -> None:
+    """The PrepareDataConfig the prepare_data step builds from the parameters: its rules that join fields (the
+    fractions' sum, a cap below the classes' minimum) and the source's are checked before any data is read."""
+    from petqlora.data.prepare_config import PIPELINE_FIELDS, PrepareDataConfig, pipeline_options
+
+    if bad & {"source", *PIPELINE_FIELDS}:
+        return  # reported already
+    defaults = {"source": pipeline_params.DEFAULTS.source}
+    try:
+        PrepareDataConfig(source=run.source, **pipeline_options(**{k: getattr(run, k) for k in PIPELINE_FIELDS}))
+    except ValueError as exc:
+        _fold(p, exc, lambda item: _example_fix(item, defaults))
 
 
 def _train_fields() -> tuple[str, ...]:
