@@ -37,6 +37,8 @@ def _pairs(option: str, pairs: list) -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"{option} {pair!r}: write it as key=value")
+        if key in out:  # the last would silently win
+            raise ValueError(f"{option} {key}: is given twice ({out[key]!r}, then {value!r}); fix: give it once")
         out[key] = value
     return out
 
@@ -55,9 +57,9 @@ def _labels(pairs: list) -> dict:
 def _pipeline_parameters(pairs: list) -> dict:
     """--param key=value pairs, each parsed as the schema types it and checked against its rule (all
     problems in one error); only the parameters given are returned, the template holds the defaults."""
-    given = _pairs("--param", pairs)
-    parsed = params.parse(given, text=True)
-    return {name: getattr(parsed, name) for name in given}
+    from petqlora.run_checks import parse_parameters
+
+    return parse_parameters(_pairs("--param", pairs), text=True)
 
 
 def _add_submit_and_schedule(sub) -> None:

@@ -292,6 +292,54 @@ def test_run_local_cli_says_it_in_one_message_and_debug_shows_the_traceback(tmp_
         pipeline.main(["--debug", "run-local", "--output-dir", str(out), "--config", str(config)])
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("parameters:\n  lora_r: [\n", "is not valid YAML"),
+    ("parameters:\n  lora_r: 8\n  lora_r: 16\n", "the key 'lora_r' is given twice"),
+    ("- dataset\n- parameters\n", "must be a mapping of the sections dataset, models, parameters"),
+    (b"parameters: \xff\n", "is not UTF-8 text"),
+    (None, "is a folder, not a file"),
+], ids=["malformed", "duplicate-key", "list", "binary", "folder"])
+def test_a_config_file_that_cannot_be_read_is_refused_in_one_line(tmp_path, capsys, text, expected):
+    config, out = tmp_path / "local.yaml", tmp_path / "out"
+    if text is None:
+        config.mkdir()
+    else:
+        config.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert pipeline.main(["run-local", "--output-dir", str(out), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --config {config}: ") and expected in err and "fix:" in err, err
+    assert "Traceback" not in err and not (out / "pipeline_root").exists()
+
+
+@pytest.mark.parametrize("sections, expected", [
+    ({"dataset": {"synthetic": {"per_class": "abc"}}}, "dataset.synthetic.per_class='abc': must be an integer"),
+    ({"dataset": {"synthetc": {"per_class": 6}}}, "dataset.synthetc={'per_class': 6}: is not a dataset key"),
+    ({"dataset": {"path": "/nonexistent/pets"}}, "dataset.path='/nonexistent/pets': no such file or folder"),
+    ({"dataset": {"path": "/tmp", "synthetic": {}}}, "gives both path and synthetic"),
+    ({"models": {"contrastive_baseline": "tiny:gemma3"}},
+     "models.contrastive_baseline='tiny:gemma3': is not a tiny contrastive model"),
+    ({"models": {"base_model": "tiny:siglip"}}, "models.base_model='tiny:siglip': is not a tiny Gemma model"),
+    ({"models": {"gemma3_baseline": "/nonexistent/gemma"}}, "models.gemma3_baseline='/nonexistent/gemma': is not a "
+     "checkpoint folder"),
+], ids=["per-class", "unknown-key", "missing-path", "path-and-synthetic", "contrastive-variant", "gemma-variant",
+        "missing-folder"])
+def test_run_local_s_dataset_and_models_are_checked_before_anything_is_built(tmp_path, sections, expected):
+    from petqlora.local_run import run_local_pipeline
+
+    config = yaml.safe_load((ROOT / "configs/local.yaml").read_text())
+    for section, values in sections.items():
+        config[section] = {**config[section], **values} if section == "models" else values
+    path, out = tmp_path / "local.yaml", tmp_path / "out"
+    path.write_text(yaml.safe_dump(config))
+    def never(**_):  # what the check lets through would start the whole pipeline
+        pytest.fail("the pipeline started")
+
+    with pytest.raises(ValueError) as info:
+        run_local_pipeline(never, out, path)
+    assert expected in str(info.value) and "fix:" in str(info.value), str(info.value)
+    assert not any((out / name).exists() for name in ("pipeline_root", "models", "data"))  # nothing built or run
+
+
 # ------------------------------------------------------------------------------ submit and schedule dry runs
 
 @pytest.fixture(scope="module")
@@ -302,9 +350,11 @@ def template(tmp_path_factory) -> str:
 
 
 def _submit(template: str, *params_: str, dry_run: bool = True, command: str = "submit") -> list[str]:
+    """The command's arguments: a valid backend and serving image unless ``params_`` give their own."""
+    given = {p.split("=", 1)[0] for p in params_}
+    defaults = [p for p in (f"backend={json.dumps(BACKEND)}", f"serving_image={SERVING}") if p.split("=")[0] not in given]
     args = [command, "--project", "my-proj", "--region", "us-central1", "--pipeline-root", ROOT_URI,
-            "--template", template, "--param", f"backend={json.dumps(BACKEND)}", "--param", f"serving_image={SERVING}",
-            *(a for p in params_ for a in ("--param", p))]
+            "--template", template, *(a for p in (*defaults, *params_) for a in ("--param", p))]
     if command == "schedule":
         args += ["--cron", "TZ=Europe/Paris 0 3 * * 1"]
     return args + (["--dry-run"] if dry_run else [])
@@ -322,6 +372,19 @@ def test_dry_runs_make_every_check_the_real_run_makes(template, capsys, command,
     captured = capsys.readouterr()
     assert expected in captured.err and "Traceback" not in captured.err, captured.err
     assert captured.out == ""  # nothing was printed as if it would be sent
+
+
+@pytest.mark.parametrize("params_, expected", [
+    (["lora_r=8", "lora_r=16"], "--param lora_r: is given twice ('8', then '16'); fix: give it once"),
+    (['train_options={"checkpoint_every": 20, "checkpoint_every": 30}'],
+     "has the key 'checkpoint_every' twice; fix: give each key once"),
+    (["lora_r="], "lora_r='': must be an integer; fix: e.g. 64 (the default)"),
+], ids=["param-twice", "json-key-twice", "type-names-a-fix"])
+def test_a_parameter_given_twice_or_of_the_wrong_type_is_refused_with_the_fix(template, capsys, params_, expected):
+    assert pipeline.main(_submit(template, *params_)) == 2
+    captured = capsys.readouterr()
+    assert expected in captured.err and "Traceback" not in captured.err, captured.err
+    assert captured.out == ""
 
 
 def test_a_valid_dry_run_prints_the_request(template, capsys):

@@ -25,7 +25,7 @@ from petqlora.problems import Problems
 if TYPE_CHECKING:  # imported when checked: backends pulls in the logging and progress machinery
     from petqlora.backends import Backend
 
-__all__ = ["CONTEXTS", "check_run", "template_defaults"]
+__all__ = ["CONTEXTS", "check_run", "parse_parameters", "template_defaults"]
 
 # Where a run is checked, which decides what can be checked:
 #   template: compile: the recipe alone (where the run goes -- project, backend -- is given at submit);
@@ -65,6 +65,15 @@ def check_run(values: Mapping[str, Any], *, text: bool = False, pipeline_root: s
         check_experiment(p, run.experiment)
     p.raise_if_any()
     return run
+
+
+def parse_parameters(values: Mapping[str, Any], *, text: bool = False) -> dict[str, Any]:
+    """The parameters given (``values``; with ``text``, string values are command-line text), each parsed as the
+    schema types it, alone: one ValueError names every bad one, its rule and a fix."""
+    p = Problems("pipeline parameters")
+    run, _ = _parse_each(p, values, text)
+    p.raise_if_any()
+    return {name: getattr(run, name) for name in values}
 
 
 def template_defaults(template_path: str) -> dict[str, Any]:

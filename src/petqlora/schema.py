@@ -172,9 +172,36 @@ def parse_text(tp: Any, text: str) -> Any:
             raise ValueError("must be a finite number")
         return value
     try:
-        return _coerce(tp, json.loads(text))
+        return _coerce(tp, json.loads(text, object_pairs_hook=_unique_keys))
     except json.JSONDecodeError as exc:
         raise ValueError(f"is not valid JSON ({exc.msg} at character {exc.pos})") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are each given once (json.loads would keep the last silently)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"has the key {key!r} twice; fix: give each key once")
+        out[key] = value
+    return out
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as yaml.safe_load reads it, except that a key given twice in one mapping is refused (safe_load keeps
+    the last silently). Raises yaml.YAMLError."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(key_node, deep=deep) for key_node, _ in node.value]
+            for i, key in enumerate(keys):
+                if key in keys[:i]:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                            node.value[i][0].start_mark)
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)
 
 
 def from_mapping(cls: type, values: Mapping[str, Any], what: str, *, text: bool = False) -> Any:
