@@ -102,6 +102,19 @@ def test_the_experiment_is_checked_with_the_run():
     assert check_run({"experiment": ""}, context="template")  # none
 
 
+@pytest.mark.parametrize("values, expected", [
+    ({"gemma3_baseline": ""}, "gemma3_baseline='': must not be empty; fix: "),
+    ({"gemma4_baseline": " "}, "gemma4_baseline=' ': must not be empty; fix: "),
+    ({"model_name": ""}, "model_name='': must be 1-128 characters"),
+    ({"model_name": "my pets", "registry": "/gcs/my-bucket/registry.sqlite"},
+     "model_name='my pets': must be 1-128 chars of letters, digits, '.', '_' or '-'"),
+], ids=["gemma3", "gemma4", "empty-name", "local-registry-name"])
+def test_what_evaluation_and_registration_use_is_checked_before_training(values, expected):
+    message = refused({**CLOUD, **values}, pipeline_root=ROOT_URI, context="submit")
+    assert expected in message and "fix:" in message, message
+    assert submit_check(model_name="Pets model")  # a Vertex display name may hold spaces
+
+
 def test_train_options_are_checked_even_when_a_shared_field_is_refused():
     message = refused({**CLOUD, "lora_r": 16.5, "epochs": 0, "train_options": {"warmup_ratio": 2}},
                       pipeline_root=ROOT_URI, context="submit")

@@ -53,8 +53,12 @@ class PipelineParams:
                         "a local path or gs:// URI.")
     base_model: str = field("google/gemma-4-31b-it", "Gemma 4 checkpoint to fine-tune: a Hub id or a "
                             "/gcs/... checkpoint folder.")
-    gemma4_baseline: str = field("google/gemma-4-31b-it", "Gemma 4 checkpoint evaluated zero-shot as a baseline.")
-    gemma3_baseline: str = field("google/gemma-3-27b-it", "Gemma 3 checkpoint evaluated zero-shot as a baseline.")
+    gemma4_baseline: str = field("google/gemma-4-31b-it", "Gemma 4 checkpoint evaluated zero-shot as a baseline.",
+                                 nonempty=True, fix="give a Hub id or a /gcs/... checkpoint folder, e.g. "
+                                 "google/gemma-4-31b-it")
+    gemma3_baseline: str = field("google/gemma-3-27b-it", "Gemma 3 checkpoint evaluated zero-shot as a baseline.",
+                                 nonempty=True, fix="give a Hub id or a /gcs/... checkpoint folder, e.g. "
+                                 "google/gemma-3-27b-it")
     contrastive_baseline: str = field("google/siglip2-so400m-patch14-384", "SigLIP / SigLIP 2 / CLIP checkpoint "
                                       "evaluated zero-shot (image-text similarity) as a baseline; empty: none.")
     gate_on_contrastive: bool = field(False, "Registration must also beat the contrastive baseline by win_margin "

@@ -268,6 +268,10 @@ def _check_registry(p: Problems, run: PipelineParams, bad: set[str], context: st
         p.add("deploy", run.deploy, f"deploys to a Vertex endpoint, which needs registry=vertex (registry is {registry!r})",
               "pass deploy={} for a local run, or registry=vertex")
     if registry == "vertex":
+        if "model_name" not in bad:  # a Vertex display name; else refused at registration, after training
+            p.check(0 < len(run.model_name.strip()) <= 128, "model_name", run.model_name,
+                    "must be 1-128 characters (the Vertex Model Registry display name)",
+                    f"e.g. {pipeline_params.PIPELINE_NAME}")
         if context != "template" and "serving_image" not in bad:
             pipeline_params.check_vertex_registration(run, p)  # a template's serving image is given at submit
         if context != "template" and not bad & {"project", "region"}:
@@ -283,6 +287,10 @@ def _check_registry(p: Problems, run: PipelineParams, bad: set[str], context: st
                    "must be 'vertex' or the absolute path of a local SQLite registry (each step runs in its own "
                    "folder)", "pass registry=vertex, or e.g. /gcs/BUCKET/petqlora/registry.sqlite"):
         return
+    if "model_name" not in bad:
+        from petqlora.registry.local import check_model_name
+
+        check_model_name(p, "model_name", run.model_name)
     if context == "submit":
         p.check(registry.startswith("/gcs/"), "registry", registry,
                 "is not on Cloud Storage: a Vertex step sees files only through the /gcs/<bucket> mounts",
