@@ -172,13 +172,14 @@ def parse_text(tp: Any, text: str) -> Any:
             raise ValueError("must be a finite number")
         return value
     try:
-        return _coerce(tp, json.loads(text, object_pairs_hook=_unique_keys))
+        return _coerce(tp, json.loads(text, object_pairs_hook=unique_keys))
     except json.JSONDecodeError as exc:
         raise ValueError(f"is not valid JSON ({exc.msg} at character {exc.pos})") from None
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
-    """A JSON object whose keys are each given once (json.loads would keep the last silently)."""
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are each given once (json.loads would keep the last silently): an
+    ``object_pairs_hook``; raises ValueError naming the repeated key."""
     out: dict = {}
     for key, value in pairs:
         if key in out:
