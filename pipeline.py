@@ -37,6 +37,8 @@ def _pairs(option: str, pairs: list) -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"{option} {pair!r}: write it as key=value")
+        if key in out:  # the last would silently win
+            raise ValueError(f"{option} {key}: is given twice ({out[key]!r}, then {value!r}); fix: give it once")
         out[key] = value
     return out
 
@@ -55,9 +57,9 @@ def _labels(pairs: list) -> dict:
 def _pipeline_parameters(pairs: list) -> dict:
     """--param key=value pairs, each parsed as the schema types it and checked against its rule (all
     problems in one error); only the parameters given are returned, the template holds the defaults."""
-    given = _pairs("--param", pairs)
-    parsed = params.parse(given, text=True)
-    return {name: getattr(parsed, name) for name in given}
+    from petqlora.run_checks import parse_parameters
+
+    return parse_parameters(_pairs("--param", pairs), text=True)
 
 
 def _add_submit_and_schedule(sub) -> None:
@@ -214,7 +216,7 @@ def _command(args) -> int:
             project=args.project, region=args.region, display_name=args.model_name, artifact_uri=args.artifact_uri,
             serving_container_image_uri=args.serving_image, parent_model=None, version_aliases=["candidate"],
             labels=_labels(args.label), run_id=args.run_id, dry_run=args.dry_run,
-            evaluation=json.loads(Path(args.evaluation).read_text()) if args.evaluation else None)
+            evaluation=_evaluation_file(args.evaluation) if args.evaluation else None)
         return 0
     if args.command == "gpu-job":
         from petqlora.cloud import gpu_job
@@ -235,6 +237,17 @@ def _command(args) -> int:
         print(format_lineage(LocalRegistry(args.registry, read_only=True).get(args.ref)))
         return 0
     return 2
+
+
+def _evaluation_file(path: str) -> dict:
+    """register --evaluation: the evaluate step's evaluation.json, or one error naming the file."""
+    fix = "fix: pass the evaluate step's evaluation.json"
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"--evaluation {path}: cannot be read ({exc.strerror}); {fix}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--evaluation {path}: is not JSON ({exc}); {fix}") from None
 
 
 def vertex_lineage(args, credentials=None, api_endpoint=None) -> int:

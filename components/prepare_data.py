@@ -22,12 +22,13 @@ def prepare_data(
     hashed, chat-formatted train/validation/test splits. Caps of 0 mean no cap. source_fingerprint (from
     fingerprint_source) is recorded with the dataset, and as an input it keys the cache: a cached dataset
     is reused only while the source is unchanged."""
+    from petqlora.data.prepare_config import pipeline_options
     from petqlora.steps import log_metrics, run_prepare_data
 
     values = run_prepare_data(
-        source, dataset.path, report.path, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-        max_per_class_train=max_per_class_train or None, max_per_class_eval=max_per_class_eval or None,
-        on_bad_input=on_bad_input, source_fingerprint=source_fingerprint)
+        source, dataset.path, report.path, source_fingerprint=source_fingerprint, **pipeline_options(
+            seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, max_per_class_train=max_per_class_train,
+            max_per_class_eval=max_per_class_eval, on_bad_input=on_bad_input))
     dataset.metadata.update({"dataset_hash": values.pop("dataset_hash"), "source": source,
                              "source_fingerprint": source_fingerprint})
     log_metrics(metrics, values)

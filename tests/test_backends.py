@@ -55,3 +55,31 @@ def test_backend_kind_is_a_config_value():
         Backend(kind="k8s")
     with pytest.raises(ValueError, match=r"needs \['image', 'service_account', 'bucket'\]"):
         Backend(kind="cloud_run", project="my-proj", region="us-central1")
+
+
+VERTEX = dict(CLOUD, kind="vertex_custom_job", machine_type="a3-highgpu-8g", accelerator_type="NVIDIA_H100_80GB",
+              accelerator_count=8)
+
+
+def test_kfp_struct_floats_of_whole_numbers_are_the_backend_s_integers():
+    # KFP hands a dict parameter's numbers to a step as floats: {"accelerator_count": 8} arrives as 8.0
+    backend = Backend(**{**VERTEX, "accelerator_count": 8.0, "replica_count": 1.0, "boot_disk_gb": 500.0,
+                         "max_parallel": 2.0, "keep_jobs": 5.0, "progress_every_s": 30})
+    assert (backend.accelerator_count, backend.replica_count, backend.boot_disk_gb, backend.max_parallel,
+            backend.keep_jobs) == (8, 1, 500, 2, 5)
+    assert all(type(v) is int for v in (backend.accelerator_count, backend.max_parallel, backend.keep_jobs))
+    assert backend.job_config("petqlora.train.train_adapter").processes == 8
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("accelerator_count", "8", "accelerator_count='8': must be an integer"),
+    ("accelerator_count", 8.5, "accelerator_count=8.5: must be an integer"),
+    ("replica_count", True, "replica_count=True: must be an integer"),
+    ("max_parallel", True, "max_parallel=True: must be an integer or null"),
+    ("progress_every_s", float("inf"), "progress_every_s=inf: must be a finite number"),
+    ("kind", 5, "kind=5: must be a string"),
+])
+def test_a_backend_field_of_the_wrong_type_is_refused_naming_it(field, value, expected):
+    with pytest.raises(ValueError) as info:
+        Backend(**{**VERTEX, field: value})
+    assert expected in str(info.value) and "fix:" in str(info.value), str(info.value)

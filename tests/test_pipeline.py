@@ -283,6 +283,22 @@ def test_register_dry_run_shows_the_evaluation_it_would_import(tmp_path, capsys)
     assert imported["metrics"]["confusionMatrix"]["rows"] == [[1.0, 0.0], [1.0, 0.0]]
 
 
+@pytest.mark.parametrize("content, expected", [
+    (None, "cannot be read (No such file or directory)"),
+    ("{bad", "is not JSON (Expecting property name"),
+], ids=["missing", "malformed"])
+def test_register_names_an_evaluation_file_it_cannot_read(tmp_path, capsys, content, expected):
+    evaluation = tmp_path / "evaluation.json"
+    if content is not None:
+        evaluation.write_text(content)
+    assert pipeline.main(["register", "--project", "my-proj", "--region", "us-central1", "--artifact-uri",
+                          "gs://my-bucket/run/adapter", "--run-id", "by-hand-1", "--serving-image",
+                          "us-central1-docker.pkg.dev/my-proj/petqlora/trainer:0.1.0", "--evaluation",
+                          str(evaluation), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --evaluation {evaluation}: {expected}") and "fix: pass the evaluate step" in err, err
+
+
 @pytest.mark.parametrize("args, message", [
     (["lineage", "petqlora-gemma4-pets@1", "--dry-run"], "error: --dry-run needs --vertex"),
     (["submit", *RUN_ARGS, "--label", "Team=Pets", "--experiment", "Pets Weekly", "--dry-run"],

@@ -79,6 +79,42 @@ def test_schema_rules(name, value, expected):
     assert check_run({name: getattr(params.DEFAULTS, name)}, context="template")
 
 
+@pytest.mark.parametrize("values, expected", [
+    ({"val_fraction": 0.6, "test_fraction": 0.5}, "val_fraction + test_fraction=1.1: must be below 1"),
+    ({"max_per_class_train": 1}, "max_per_class_train=1: is below min_per_class_train=2"),
+    ({"source": ""}, "source='': must not be empty"),
+], ids=["fractions", "cap-below-minimum", "no-source"])
+def test_the_data_step_s_rules_are_checked_before_any_data_is_read(values, expected):
+    message = refused(values, context="template")
+    assert expected in message and "fix:" in message, message
+    assert check_run({"val_fraction": 0.5, "test_fraction": 0.4, "max_per_class_train": 2}, context="template")
+
+
+def test_a_seed_numpy_cannot_take_is_refused_before_training():
+    assert "seed=4294967296: must be in [0, 4294967295]" in refused({"seed": 2**32}, context="template")
+    assert check_run({"seed": 2**32 - 1}, context="template").seed == 2**32 - 1
+
+
+def test_the_experiment_is_checked_with_the_run():
+    message = refused({"experiment": "My Experiment"}, context="template")
+    assert "experiment='My Experiment': must be 1-128 lowercase letters, digits or '-'" in message
+    assert check_run({"experiment": "petqlora-pets"}, context="template").experiment == "petqlora-pets"
+    assert check_run({"experiment": ""}, context="template")  # none
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({"gemma3_baseline": ""}, "gemma3_baseline='': must not be empty; fix: "),
+    ({"gemma4_baseline": " "}, "gemma4_baseline=' ': must not be empty; fix: "),
+    ({"model_name": ""}, "model_name='': must be 1-128 characters"),
+    ({"model_name": "my pets", "registry": "/gcs/my-bucket/registry.sqlite"},
+     "model_name='my pets': must be 1-128 chars of letters, digits, '.', '_' or '-'"),
+], ids=["gemma3", "gemma4", "empty-name", "local-registry-name"])
+def test_what_evaluation_and_registration_use_is_checked_before_training(values, expected):
+    message = refused({**CLOUD, **values}, pipeline_root=ROOT_URI, context="submit")
+    assert expected in message and "fix:" in message, message
+    assert submit_check(model_name="Pets model")  # a Vertex display name may hold spaces
+
+
 def test_train_options_are_checked_even_when_a_shared_field_is_refused():
     message = refused({**CLOUD, "lora_r": 16.5, "epochs": 0, "train_options": {"warmup_ratio": 2}},
                       pipeline_root=ROOT_URI, context="submit")
@@ -204,6 +240,26 @@ def test_check_parameters_component_passes_a_valid_run_and_reports_it(tmp_path):
     assert "| `lora_r` | `64` |" in text and "| `backend` | `{\"kind\": \"local\"}` |" in text
 
 
+VERTEX_BACKEND = {**BACKEND, "kind": "vertex_custom_job", "machine_type": "a3-highgpu-8g",
+                  "accelerator_type": "NVIDIA_H100_80GB", "accelerator_count": 8, "max_parallel": 2, "keep_jobs": 5}
+
+
+def test_the_first_step_takes_the_backend_s_numbers_as_kfp_hands_them_over():
+    # KFP's Struct turns a dict parameter's 8 into 8.0: the first step (run_check_parameters' check) must not
+    # refuse the run's own backend
+    kfp_backend = {k: float(v) if isinstance(v, int) else v for k, v in VERTEX_BACKEND.items()}
+    run = check_run(_component_values(**{**CLOUD, "backend": kfp_backend}),
+                    pipeline_root="gs://my-bucket/pipeline-root/123/run/check-parameters/report", context="here")
+    assert run.backend["accelerator_count"] == 8
+
+
+def test_a_bad_gpu_count_is_said_once_as_the_backend_s():
+    message = refused({**CLOUD, "backend": {**VERTEX_BACKEND, "accelerator_count": -8}}, pipeline_root=ROOT_URI,
+                      context="submit")
+    assert "backend.accelerator_count=-8: is not the number of GPUs of a3-highgpu-8g; fix: use 8" in message
+    assert "world_size" not in message and message.count("\n  - ") == 1, message
+
+
 # ------------------------------------------------------------------------------ run-local
 
 def _local_config(tmp_path: Path, **parameters) -> Path:
@@ -249,6 +305,54 @@ def test_run_local_cli_says_it_in_one_message_and_debug_shows_the_traceback(tmp_
         pipeline.main(["--debug", "run-local", "--output-dir", str(out), "--config", str(config)])
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("parameters:\n  lora_r: [\n", "is not valid YAML"),
+    ("parameters:\n  lora_r: 8\n  lora_r: 16\n", "the key 'lora_r' is given twice"),
+    ("- dataset\n- parameters\n", "must be a mapping of the sections dataset, models, parameters"),
+    (b"parameters: \xff\n", "is not UTF-8 text"),
+    (None, "is a folder, not a file"),
+], ids=["malformed", "duplicate-key", "list", "binary", "folder"])
+def test_a_config_file_that_cannot_be_read_is_refused_in_one_line(tmp_path, capsys, text, expected):
+    config, out = tmp_path / "local.yaml", tmp_path / "out"
+    if text is None:
+        config.mkdir()
+    else:
+        config.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert pipeline.main(["run-local", "--output-dir", str(out), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --config {config}: ") and expected in err and "fix:" in err, err
+    assert "Traceback" not in err and not (out / "pipeline_root").exists()
+
+
+@pytest.mark.parametrize("sections, expected", [
+    ({"dataset": {"synthetic": {"per_class": "abc"}}}, "dataset.synthetic.per_class='abc': must be an integer"),
+    ({"dataset": {"synthetc": {"per_class": 6}}}, "dataset.synthetc={'per_class': 6}: is not a dataset key"),
+    ({"dataset": {"path": "/nonexistent/pets"}}, "dataset.path='/nonexistent/pets': no such file or folder"),
+    ({"dataset": {"path": "/tmp", "synthetic": {}}}, "gives both path and synthetic"),
+    ({"models": {"contrastive_baseline": "tiny:gemma3"}},
+     "models.contrastive_baseline='tiny:gemma3': is not a tiny contrastive model"),
+    ({"models": {"base_model": "tiny:siglip"}}, "models.base_model='tiny:siglip': is not a tiny Gemma model"),
+    ({"models": {"gemma3_baseline": "/nonexistent/gemma"}}, "models.gemma3_baseline='/nonexistent/gemma': is not a "
+     "checkpoint folder"),
+], ids=["per-class", "unknown-key", "missing-path", "path-and-synthetic", "contrastive-variant", "gemma-variant",
+        "missing-folder"])
+def test_run_local_s_dataset_and_models_are_checked_before_anything_is_built(tmp_path, sections, expected):
+    from petqlora.local_run import run_local_pipeline
+
+    config = yaml.safe_load((ROOT / "configs/local.yaml").read_text())
+    for section, values in sections.items():
+        config[section] = {**config[section], **values} if section == "models" else values
+    path, out = tmp_path / "local.yaml", tmp_path / "out"
+    path.write_text(yaml.safe_dump(config))
+    def never(**_):  # what the check lets through would start the whole pipeline
+        pytest.fail("the pipeline started")
+
+    with pytest.raises(ValueError) as info:
+        run_local_pipeline(never, out, path)
+    assert expected in str(info.value) and "fix:" in str(info.value), str(info.value)
+    assert not any((out / name).exists() for name in ("pipeline_root", "models", "data"))  # nothing built or run
+
+
 # ------------------------------------------------------------------------------ submit and schedule dry runs
 
 @pytest.fixture(scope="module")
@@ -259,9 +363,11 @@ def template(tmp_path_factory) -> str:
 
 
 def _submit(template: str, *params_: str, dry_run: bool = True, command: str = "submit") -> list[str]:
+    """The command's arguments: a valid backend and serving image unless ``params_`` give their own."""
+    given = {p.split("=", 1)[0] for p in params_}
+    defaults = [p for p in (f"backend={json.dumps(BACKEND)}", f"serving_image={SERVING}") if p.split("=")[0] not in given]
     args = [command, "--project", "my-proj", "--region", "us-central1", "--pipeline-root", ROOT_URI,
-            "--template", template, "--param", f"backend={json.dumps(BACKEND)}", "--param", f"serving_image={SERVING}",
-            *(a for p in params_ for a in ("--param", p))]
+            "--template", template, *(a for p in (*defaults, *params_) for a in ("--param", p))]
     if command == "schedule":
         args += ["--cron", "TZ=Europe/Paris 0 3 * * 1"]
     return args + (["--dry-run"] if dry_run else [])
@@ -279,6 +385,19 @@ def test_dry_runs_make_every_check_the_real_run_makes(template, capsys, command,
     captured = capsys.readouterr()
     assert expected in captured.err and "Traceback" not in captured.err, captured.err
     assert captured.out == ""  # nothing was printed as if it would be sent
+
+
+@pytest.mark.parametrize("params_, expected", [
+    (["lora_r=8", "lora_r=16"], "--param lora_r: is given twice ('8', then '16'); fix: give it once"),
+    (['train_options={"checkpoint_every": 20, "checkpoint_every": 30}'],
+     "has the key 'checkpoint_every' twice; fix: give each key once"),
+    (["lora_r="], "lora_r='': must be an integer; fix: e.g. 64 (the default)"),
+], ids=["param-twice", "json-key-twice", "type-names-a-fix"])
+def test_a_parameter_given_twice_or_of_the_wrong_type_is_refused_with_the_fix(template, capsys, params_, expected):
+    assert pipeline.main(_submit(template, *params_)) == 2
+    captured = capsys.readouterr()
+    assert expected in captured.err and "Traceback" not in captured.err, captured.err
+    assert captured.out == ""
 
 
 def test_a_valid_dry_run_prints_the_request(template, capsys):

@@ -97,6 +97,7 @@ def test_bad_trials_are_refused_naming_the_trial_the_key_the_rule_and_the_fix(tr
     message = _refusal(trials)
     assert message.startswith("invalid run parameters:")
     assert expected in message, message
+    assert all("; fix: " in line for line in message.splitlines()[1:]), message  # each problem names its fix
 
 
 def test_every_bad_trial_is_named_in_one_message():

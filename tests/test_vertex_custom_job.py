@@ -399,3 +399,7 @@ def test_gpu_job_refuses_a_bad_backend_in_one_message(capsys):
     argv[argv.index("--output") + 1] = "gs://elsewhere/out"
     assert cli.main(argv) == 2
     assert "--output gs://elsewhere/out: must be a gs:// URI in the backend's bucket" in capsys.readouterr().err
+    argv = _gpu_job("--dry-run")
+    argv[argv.index("--backend") + 1] = argv[argv.index("--backend") + 1].replace("{", '{"kind": "local", ', 1)
+    assert cli.main(argv) == 2  # the last "kind" would silently win
+    assert "has the key 'kind' twice; fix: give each key once" in capsys.readouterr().err

@@ -47,10 +47,22 @@ def test_the_default_machine_is_one_rtx_pro_6000():
     ({"min_replica_count": 3, "max_replica_count": 2}, "max_replica_count=2: must be >= min_replica_count (3)"),
     ({"accelerator_count": 0}, "accelerator_count=0: must be >= 1"),
     ({"gpus": 1}, "gpus=1: is not a known field"),
-], ids=["wrong-gpu", "wrong-count", "l4-too-small", "unknown-machine", "replicas", "zero", "unknown-field"])
+    ({"service_account": "petqlora-serve"}, "service_account='petqlora-serve': must be a service account email"),
+], ids=["wrong-gpu", "wrong-count", "l4-too-small", "unknown-machine", "replicas", "zero", "unknown-field",
+        "service-account"])
 def test_machine_pairs_are_checked(values, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
         parse_machine(values)
+
+
+def test_a_machine_s_problems_each_name_a_fix():
+    from petqlora.cloud.serving_machines import machine_problems
+
+    problems = machine_problems({"max_replica_count": True, "min_replica_count": 0})
+    assert len(problems) == 2 and all("; fix: " in item for item in problems), problems
+    assert "max_replica_count=True: must be an integer; fix: e.g. 1 (the default)" in problems
+    sa = "petqlora-serve@my-proj.iam.gserviceaccount.com"
+    assert parse_machine({"service_account": sa}).service_account == sa and parse_machine({}).service_account == ""
 
 
 # ------------------------------------------------------------------------------------------ deploy
@@ -234,12 +246,13 @@ def test_the_dry_run_commands_print_the_requests_without_credentials(no_credenti
     (["deploy", "projects/other/locations/us-central1/models/1@2"], "not in my-proj/us-central1"),
     (["deploy", "m@Not An Alias"], "neither a number nor an alias"),
     (["deploy", "m", "--min-replica-count", "0"], "min_replica_count=0: must be >= 1"),
+    (["deploy", "m", "--service-account", "bogus"], "service_account='bogus': must be a service account email"),
     (["batch-predict", "m", "--input", "/data/images/", "--output", "gs://pets-out/p"], "input='/data/images/'"),
     (["batch-predict", "m", "--input", "gs://pets-in/x.csv", "--output", "gs://pets-out/p"],
      "- input='gs://pets-in/x.csv': not a .jsonl file"),
     (["batch-predict", "m", "--input", "gs://pets-in/x.jsonl", "--output", "gs://pets-out/p",
       "--instances-per-request", "64"], "instances_per_request=64: must be an integer in 1-32"),
-], ids=["pair", "project", "alias", "replicas", "local-input", "format", "batch-size"])
+], ids=["pair", "project", "alias", "replicas", "service-account", "local-input", "format", "batch-size"])
 def test_bad_inputs_end_in_one_message_and_exit_2(argv, words, no_credentials, capsys):
     assert pipeline.main([*argv, "--project", PROJECT, "--region", REGION, "--dry-run"]) == 2
     err = capsys.readouterr().err

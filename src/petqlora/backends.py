@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import subprocess
@@ -23,6 +25,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from petqlora import schema
 from petqlora.cloud.names import check_entrypoint_module
 from petqlora.cloud.storage import local_path
 from petqlora.logs import LOG_FORMAT_ENV, ChildLogRelay
@@ -141,6 +144,7 @@ class Backend:
     boot_disk_gb: int = 500
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.kind not in BACKEND_KINDS:
             raise ValueError(f"backend={self.kind!r} must be one of {', '.join(map(repr, BACKEND_KINDS))}")
         if (isinstance(self.progress_every_s, bool) or not isinstance(self.progress_every_s, (int, float))
@@ -168,6 +172,22 @@ class Backend:
         except ValueError:
             raise ValueError(f"backend bucket={self.bucket!r}: is not a bucket name; fix: give the bare name, "
                              "e.g. 'my-bucket' (no gs://, no path)") from None
+
+    def _check_types(self) -> None:
+        """Each field as its annotation types it: KFP hands a dict parameter's numbers over as floats, so a whole
+        one is taken as the integer it spells ({"accelerator_count": 8} arrives as 8.0); any other wrong type (a
+        bool or "8" for an integer, inf) is refused, naming the field."""
+        p = Problems("backend")
+        hints = schema.types_of(Backend)
+        examples = {**{f.name: f.default for f in dataclasses.fields(Backend)}, "max_parallel": 2,
+                    **json.loads(_EXAMPLES["vertex_custom_job"])}
+        for f in dataclasses.fields(self):
+            value = schema.coerce(hints[f.name], getattr(self, f.name))
+            object.__setattr__(self, f.name, value)  # frozen: the typed value replaces its spelling
+            problem = schema.type_problem(hints[f.name], value)
+            if problem:
+                p.add(f.name, value, problem, f"e.g. {json.dumps(examples[f.name])}")
+        p.raise_if_any()
 
     @property
     def mount_path(self) -> str:

@@ -32,13 +32,74 @@ TASK_DIRS = {"dataset": ("prepare-data", "dataset"), "token_boundary_report": ("
 
 
 def load_local_config(path: Path) -> dict:
+    """The config file: a YAML mapping of the sections dataset, models, parameters. What cannot be read as one
+    (malformed YAML, a key given twice, a list, a folder) raises one ValueError naming the file and the fix."""
     if not path.exists():
         raise FileNotFoundError(f"--config {path}: no such file; start from configs/local.yaml")
-    config = yaml.safe_load(path.read_text()) or {}
+    fix = "fix: pass a YAML file of the sections dataset, models, parameters, e.g. configs/local.yaml"
+    if path.is_dir():
+        raise ValueError(f"--config {path}: is a folder, not a file; {fix}")
+    try:
+        config = schema.load_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ValueError(f"--config {path}: is not UTF-8 text; {fix}") from None
+    except yaml.YAMLError as exc:  # its marks name the line and column
+        raise ValueError(f"--config {path}: is not valid YAML ({' '.join(str(exc).split())}); fix: correct it "
+                         "there (configs/local.yaml shows the layout)") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--config {path}: must be a mapping of the sections dataset, models, parameters, not a "
+                         f"{type(config).__name__}; {fix}")
     unknown = sorted(set(config) - {"dataset", "models", "parameters"})
     if unknown:
-        raise ValueError(f"{path}: unknown sections {unknown}; allowed: dataset, models, parameters")
+        raise ValueError(f"--config {path}: unknown sections {unknown}; fix: use only dataset, models, parameters")
     return config
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticDataset:
+    """The `dataset: synthetic:` section: a generated image folder (data.synthetic)."""
+
+    per_class: int = schema.field(60, "Images generated per breed.", low=1)
+    seed: int = schema.field(0, "Seed of the generated images.", low=0)
+
+
+def _check_sources(p: Problems, section: dict, models: dict, dataset: str | None) -> None:
+    """The dataset section (or --dataset) and the models, as resolve_dataset and resolve_model will read them:
+    checked before any checkpoint or image is built."""
+    from petqlora.evaluation.tiny_contrastive import VARIANTS as CONTRASTIVE_VARIANTS
+    from petqlora.gemma.tiny_models import VARIANTS
+
+    for key in sorted(set(section) - {"path", "synthetic"}):
+        p.add(f"dataset.{key}", section[key], "is not a dataset key",
+              "use path (a dataset folder or manifest) or synthetic (a generated one)")
+    if "path" in section and "synthetic" in section:
+        p.add("dataset", section, "gives both path and synthetic", "keep one of them")
+    if dataset is not None:
+        p.check(Path(dataset).exists(), "--dataset", dataset, "no such file or folder", "pass an existing dataset")
+    elif "path" in section:
+        p.check(isinstance(section["path"], str) and Path(section["path"]).exists(), "dataset.path", section["path"],
+                "no such file or folder", "give an existing dataset folder or manifest, or synthetic: {per_class: 60}")
+    else:
+        try:
+            schema.from_mapping(SyntheticDataset, section.get("synthetic") or {}, "dataset.synthetic")
+        except ValueError as exc:
+            defaults = dataclasses.asdict(SyntheticDataset())
+            for item in getattr(exc, "problems", None) or (str(exc),):
+                name = item.split("=", 1)[0]
+                fix = f"; fix: e.g. {defaults[name]} (the default)" if name in defaults and "; fix: " not in item else ""
+                p.items.append(f"dataset.synthetic.{item}{fix}")
+    for name, spec in models.items():
+        tiny = VARIANTS if name != "contrastive_baseline" else CONTRASTIVE_VARIANTS
+        kind = "Gemma" if name != "contrastive_baseline" else "contrastive"
+        if not isinstance(spec, str) or not spec:
+            continue  # the run checks say what a parameter of another type or an empty one is
+        if spec.startswith("tiny:"):
+            p.check(spec.split(":", 1)[1] in tiny, f"models.{name}", spec, f"is not a tiny {kind} model",
+                    f"use one of {', '.join(f'tiny:{v}' for v in tiny)}")
+        else:
+            p.check(Path(spec).is_dir(), f"models.{name}", spec, "is not a checkpoint folder",
+                    f"give a local checkpoint folder (config.json, *.safetensors, tokenizer and processor files) "
+                    f"or one of {', '.join(f'tiny:{v}' for v in tiny)}")
 
 
 def resolve_model(spec: str, models_dir: Path) -> str:
@@ -114,10 +175,17 @@ def run_parameters(config: dict, config_path: Path, dataset: str | None, output_
         p.add(f"parameters.{key}", given[key], "is set by run-local itself (source from `dataset`, the checkpoints "
               "from `models`, a local registry and backend)", f"drop {key} from parameters")
     p.raise_if_any()
+    _check_sources(p, section, models, dataset)
     source = dataset or section.get("path") or str(output_dir / "data" / "synthetic_pets")
     values = dict(given, **models, source=source, registry=str(output_dir / "registry.sqlite"),
                   backend={"kind": "local"}, project="local", region="local", code_revision=code_revision())
-    checked = check_run(values, pipeline_root=str(output_dir / "pipeline_root"), context="here")
+    try:
+        checked = check_run(values, pipeline_root=str(output_dir / "pipeline_root"), context="here")
+    except ValueError as exc:
+        if not p:
+            raise
+        p.items.extend(getattr(exc, "problems", None) or (str(exc),))  # every problem of the file at once
+    p.raise_if_any()
     built = {k: resolve_model(v, output_dir / "models") for k, v in models.items()}
     source = resolve_dataset(section, dataset, output_dir / "data")
     return schema.to_json_dict(dataclasses.replace(checked, **built, source=source))

@@ -53,13 +53,18 @@ class PipelineParams:
                         "a local path or gs:// URI.")
     base_model: str = field("google/gemma-4-31b-it", "Gemma 4 checkpoint to fine-tune: a Hub id or a "
                             "/gcs/... checkpoint folder.")
-    gemma4_baseline: str = field("google/gemma-4-31b-it", "Gemma 4 checkpoint evaluated zero-shot as a baseline.")
-    gemma3_baseline: str = field("google/gemma-3-27b-it", "Gemma 3 checkpoint evaluated zero-shot as a baseline.")
+    gemma4_baseline: str = field("google/gemma-4-31b-it", "Gemma 4 checkpoint evaluated zero-shot as a baseline.",
+                                 nonempty=True, fix="give a Hub id or a /gcs/... checkpoint folder, e.g. "
+                                 "google/gemma-4-31b-it")
+    gemma3_baseline: str = field("google/gemma-3-27b-it", "Gemma 3 checkpoint evaluated zero-shot as a baseline.",
+                                 nonempty=True, fix="give a Hub id or a /gcs/... checkpoint folder, e.g. "
+                                 "google/gemma-3-27b-it")
     contrastive_baseline: str = field("google/siglip2-so400m-patch14-384", "SigLIP / SigLIP 2 / CLIP checkpoint "
                                       "evaluated zero-shot (image-text similarity) as a baseline; empty: none.")
     gate_on_contrastive: bool = field(False, "Registration must also beat the contrastive baseline by win_margin "
                                       "(otherwise it is reported, not gated).")
-    seed: int = field(42, "Seed of the splits, the batch order and the LoRA initialisation.", low=0)
+    seed: int = field(42, "Seed of the splits, the batch order and the LoRA initialisation.", low=0,
+                      high=2**32 - 1)  # numpy's legacy seed (train_adapter) takes 32 bits
     val_fraction: float = field(0.1, "Share of each class held out for validation (when the source has no "
                                 "split of its own).", low=0, high=1, low_open=True, high_open=True)
     test_fraction: float = field(0.1, "Share of each class held out for the test split every model is "

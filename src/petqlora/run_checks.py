@@ -6,7 +6,7 @@ registered. One ValueError lists every problem (parameter, value, rule, fix).
 defaults, by ``submit`` and ``schedule`` (their dry runs included) before any request, and again as the
 pipeline's first step (``check_parameters``), so a run started from the Vertex console with bad values
 fails in seconds, before any data is read or GPU asked for. Each rule lives where the value is used (the
-schema, TrainConfig, Backend, CloudRunJobConfig, the registry); this module builds those objects exactly as
+schema, PrepareDataConfig, TrainConfig, Backend, CloudRunJobConfig, the registry); this module builds those objects exactly as
 the steps will and gathers what they refuse.
 """
 
@@ -25,7 +25,7 @@ from petqlora.problems import Problems
 if TYPE_CHECKING:  # imported when checked: backends pulls in the logging and progress machinery
     from petqlora.backends import Backend
 
-__all__ = ["CONTEXTS", "check_run", "template_defaults"]
+__all__ = ["CONTEXTS", "check_run", "parse_parameters", "template_defaults"]
 
 # Where a run is checked, which decides what can be checked:
 #   template: compile: the recipe alone (where the run goes -- project, backend -- is given at submit);
@@ -46,19 +46,34 @@ def check_run(values: Mapping[str, Any], *, text: bool = False, pipeline_root: s
         raise ValueError(f"context={context!r}: must be one of {', '.join(CONTEXTS)}")
     p = Problems("run parameters")
     run, bad = _parse_each(p, values, text)
+    _check_data(p, run, bad)
     train_cfg = _check_training(p, run, bad)
     _check_trials(p, run, bad)
     backend = _check_backend(p, run, bad, context)
     if backend is not None and backend.kind != "local":
         _check_in_bucket(p, run, backend, pipeline_root)
-    if backend is not None and backend.kind == "vertex_custom_job" and train_cfg is not None:
+    if backend is not None and backend.kind == "vertex_custom_job" and train_cfg is not None \
+            and not any(_field(item) == "backend.accelerator_count" for item in p.items):  # else said already
         from petqlora.train.config import check_world_size
 
         check_world_size(train_cfg, backend.accelerator_count, p)  # torchrun: one process per GPU
     _check_registry(p, run, bad, context)
     _check_contrastive(p, run, bad, context)
+    if "experiment" not in bad and run.experiment:  # "" joins none
+        from petqlora.cloud.vertex_common import check_experiment
+
+        check_experiment(p, run.experiment)
     p.raise_if_any()
     return run
+
+
+def parse_parameters(values: Mapping[str, Any], *, text: bool = False) -> dict[str, Any]:
+    """The parameters given (``values``; with ``text``, string values are command-line text), each parsed as the
+    schema types it, alone: one ValueError names every bad one, its rule and a fix."""
+    p = Problems("pipeline parameters")
+    run, _ = _parse_each(p, values, text)
+    p.raise_if_any()
+    return {name: getattr(run, name) for name in values}
 
 
 def template_defaults(template_path: str) -> dict[str, Any]:
@@ -114,6 +129,20 @@ def _parse_each(p: Problems, values: Mapping[str, Any], text: bool) -> tuple[Pip
             _fold(p, exc, lambda item: _example_fix(item, defaults))
             bad.add(name)
     return PipelineParams(**good), bad
+
+
+def _check_data(p: Problems, run: PipelineParams, bad: set[str]) -> None:
+    """The PrepareDataConfig the prepare_data step builds from the parameters: its rules that join fields (the
+    fractions' sum, a cap below the classes' minimum) and the source's are checked before any data is read."""
+    from petqlora.data.prepare_config import PIPELINE_FIELDS, PrepareDataConfig, pipeline_options
+
+    if bad & {"source", *PIPELINE_FIELDS}:
+        return  # reported already
+    defaults = {"source": pipeline_params.DEFAULTS.source}
+    try:
+        PrepareDataConfig(source=run.source, **pipeline_options(**{k: getattr(run, k) for k in PIPELINE_FIELDS}))
+    except ValueError as exc:
+        _fold(p, exc, lambda item: _example_fix(item, defaults))
 
 
 def _train_fields() -> tuple[str, ...]:
@@ -192,7 +221,10 @@ def _check_backend(p: Problems, run: PipelineParams, bad: set[str], context: str
     try:
         backend = Backend(project=run.project, region=run.region, **values)
     except ValueError as exc:
-        p.add("backend", values, str(exc))
+        if getattr(exc, "problems", None):  # a field's type: each problem names its field
+            _fold(p, exc, lambda item: f"backend.{item}")
+        else:
+            p.add("backend", values, str(exc))
         return None
     if backend.kind != "local":
         from petqlora.backends import EVALUATE_MODULE, TRAIN_MODULE
@@ -236,6 +268,10 @@ def _check_registry(p: Problems, run: PipelineParams, bad: set[str], context: st
         p.add("deploy", run.deploy, f"deploys to a Vertex endpoint, which needs registry=vertex (registry is {registry!r})",
               "pass deploy={} for a local run, or registry=vertex")
     if registry == "vertex":
+        if "model_name" not in bad:  # a Vertex display name; else refused at registration, after training
+            p.check(0 < len(run.model_name.strip()) <= 128, "model_name", run.model_name,
+                    "must be 1-128 characters (the Vertex Model Registry display name)",
+                    f"e.g. {pipeline_params.PIPELINE_NAME}")
         if context != "template" and "serving_image" not in bad:
             pipeline_params.check_vertex_registration(run, p)  # a template's serving image is given at submit
         if context != "template" and not bad & {"project", "region"}:
@@ -251,6 +287,10 @@ def _check_registry(p: Problems, run: PipelineParams, bad: set[str], context: st
                    "must be 'vertex' or the absolute path of a local SQLite registry (each step runs in its own "
                    "folder)", "pass registry=vertex, or e.g. /gcs/BUCKET/petqlora/registry.sqlite"):
         return
+    if "model_name" not in bad:
+        from petqlora.registry.local import check_model_name
+
+        check_model_name(p, "model_name", run.model_name)
     if context == "submit":
         p.check(registry.startswith("/gcs/"), "registry", registry,
                 "is not on Cloud Storage: a Vertex step sees files only through the /gcs/<bucket> mounts",

@@ -41,11 +41,12 @@ class Rule:
         return f"must be {self.interval()}" if below or above else None
 
     def interval(self) -> str:
+        low, high = (f"{b:g}" if isinstance(b, float) else str(b) for b in (self.low, self.high))  # 2**32-1 in full
         if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
+            return f"{'>' if self.low_open else '>='} {low}"
         if self.low is None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"{'<' if self.high_open else '<='} {high}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
 
 def field(default: Any, help: str, **rule: Any) -> Any:
@@ -108,6 +109,12 @@ def _type_problem(tp: Any, value: Any) -> str | None:
     return "must be " + " or ".join(names.get(typing.get_origin(o) or o, str(o)) for o in _options(tp))
 
 
+# Public names of the two rules every typed value passes first (Backend, a plain dataclass, applies them too).
+def type_problem(tp: Any, value: Any) -> str | None:
+    """Why ``value`` is not of type ``tp`` (bool is no int, NaN and inf are no float), or None."""
+    return _type_problem(tp, value)
+
+
 def _field_problem(f: dataclasses.Field, tp: Any, value: Any, problems: Problems) -> bool:
     rule = f.metadata.get("rule")
     problem = _type_problem(tp, value) or (rule.problem(value) if rule else None)
@@ -136,6 +143,9 @@ def _coerce(tp: Any, value: Any) -> Any:
     return value
 
 
+coerce = _coerce
+
+
 def parse_text(tp: Any, text: str) -> Any:
     """A command-line string as the field's type: ``64`` for an int, ``true`` for a bool, JSON for a dict.
     Raises ValueError with the rule when the text is not of that type."""
@@ -162,9 +172,37 @@ def parse_text(tp: Any, text: str) -> Any:
             raise ValueError("must be a finite number")
         return value
     try:
-        return _coerce(tp, json.loads(text))
+        return _coerce(tp, json.loads(text, object_pairs_hook=unique_keys))
     except json.JSONDecodeError as exc:
         raise ValueError(f"is not valid JSON ({exc.msg} at character {exc.pos})") from None
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are each given once (json.loads would keep the last silently): an
+    ``object_pairs_hook``; raises ValueError naming the repeated key."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"has the key {key!r} twice; fix: give each key once")
+        out[key] = value
+    return out
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as yaml.safe_load reads it, except that a key given twice in one mapping is refused (safe_load keeps
+    the last silently). Raises yaml.YAMLError."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(key_node, deep=deep) for key_node, _ in node.value]
+            for i, key in enumerate(keys):
+                if key in keys[:i]:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                            node.value[i][0].start_mark)
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)
 
 
 def from_mapping(cls: type, values: Mapping[str, Any], what: str, *, text: bool = False) -> Any:

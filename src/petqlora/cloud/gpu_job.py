@@ -47,10 +47,14 @@ def _backend(args: argparse.Namespace) -> Backend:
     from petqlora.problems import Problems
     from petqlora.run_checks import _check_backend
 
+    from petqlora.schema import unique_keys
+
     try:
-        values = json.loads(args.backend)
+        values = json.loads(args.backend, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         raise ValueError(f"--backend {args.backend!r}: is not JSON ({exc}); fix: e.g. '{_EXAMPLE}'") from None
+    except ValueError as exc:  # a key given twice
+        raise ValueError(f"--backend {args.backend!r}: {exc}") from None
     if not isinstance(values, dict) or values.get("kind") not in params.BACKEND_KINDS[1:]:
         raise ValueError(f"--backend: must be a JSON object whose kind is one of {', '.join(params.BACKEND_KINDS[1:])}"
                          f" (a local step is `python -m MODULE`); fix: e.g. '{_EXAMPLE}'")

@@ -12,6 +12,7 @@ leaves ~5 GiB beside the weights and is refused for that reason. Pure: no SDK im
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -83,6 +84,12 @@ def _check_pairs(m: ServingMachine, p: Problems, wrong: set[str]) -> None:
                   f"its {gpu} has {ACCELERATOR_MEMORY_GB[gpu]} GB, under the {MIN_GPU_MEMORY_GB} GB the server needs "
                   "for Gemma 4 31B in 4-bit on one GPU", "use g4-standard-48 (1 x NVIDIA_RTX_PRO_6000, 96 GB) or "
                   "a3-highgpu-1g (1 x NVIDIA_H100_80GB)")
+    if "service_account" not in wrong and m.service_account:  # else refused by Vertex only at deployment
+        from petqlora.cloud.names import SERVICE_ACCOUNT_RE
+
+        p.check(bool(SERVICE_ACCOUNT_RE.match(m.service_account)), "service_account", m.service_account,
+                "must be a service account email", "use '<name>@<project>.iam.gserviceaccount.com', or leave it "
+                "empty for Vertex's default one")
     if not {"min_replica_count", "max_replica_count"} & wrong:
         p.check(m.max_replica_count >= m.min_replica_count, "max_replica_count", m.max_replica_count,
                 f"must be >= min_replica_count ({m.min_replica_count})", "raise max_replica_count")
@@ -95,7 +102,17 @@ def parse_machine(values: Mapping[str, Any], what: str = "serving machine") -> S
             and not {"accelerator_type", "accelerator_count"} & set(values):
         gpu, count = GPUS_OF_MACHINE[values["machine_type"]]
         values = {**values, "accelerator_type": gpu, "accelerator_count": count}
-    return schema.from_mapping(ServingMachine, values, what)
+    try:
+        return schema.from_mapping(ServingMachine, values, what)
+    except ValueError as exc:  # a problem whose rule names no fix (a type, a range) gets the field's default
+        p = Problems(what)
+        defaults = dataclasses.asdict(ServingMachine())
+        for item in getattr(exc, "problems", None) or (str(exc),):
+            name = item.split("=", 1)[0]
+            p.items.append(item if "; fix: " in item or name not in defaults
+                           else f"{item}; fix: e.g. {json.dumps(defaults[name])} (the default)")
+        p.raise_if_any()
+        raise
 
 
 def machine_problems(values: Mapping[str, Any]) -> list[str]:

@@ -13,9 +13,19 @@ from petqlora.params import PipelineParams
 from petqlora.problems import Problems
 from petqlora.schema import field, required, same_as
 
-__all__ = ["LEAKAGE_POLICIES", "PrepareDataConfig"]
+__all__ = ["LEAKAGE_POLICIES", "PIPELINE_FIELDS", "PrepareDataConfig", "pipeline_options"]
 
 LEAKAGE_POLICIES = ("fail", "drop")
+# The pipeline parameters the step takes besides the source (its component's inputs).
+PIPELINE_FIELDS = ("seed", "val_fraction", "test_fraction", "max_per_class_train", "max_per_class_eval",
+                   "on_bad_input")
+
+
+def pipeline_options(**values) -> dict:
+    """The config's values from the pipeline parameters ``PIPELINE_FIELDS``, as the prepare_data step builds it
+    and the run checks build it before the run: a cap of 0 there is no cap (None) here."""
+    caps = ("max_per_class_train", "max_per_class_eval")
+    return {**values, **{name: values[name] or None for name in caps}}
 
 
 def _shared(name: str):

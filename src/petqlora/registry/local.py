@@ -342,14 +342,18 @@ def _retry_locked(statement: Callable[[], Any], attempts: int = 50) -> Any:
             time.sleep(0.05 * (attempt + 1))
 
 
+def check_model_name(p: Problems, field: str, name: Any) -> bool:
+    """A model name this registry takes (the run checks apply it to `model_name` before training)."""
+    return p.check(isinstance(name, str) and bool(_NAME_RE.match(name)), field, name,
+                   "must be 1-128 chars of letters, digits, '.', '_' or '-' (no '@')", "pass e.g. 'petqlora-gemma4'")
+
+
 def _validate_register(
     name: Any, artifact_uri: Any, run_id: Any, metrics: Any, labels: Any, aliases: Any, lineage: Any,
     make_default: Any,
 ) -> None:
     p = Problems("arguments for LocalRegistry.register")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        p.add("name", name, "must be 1-128 chars of letters, digits, '.', '_' or '-' (no '@')",
-              "pass e.g. 'petqlora-gemma4'")
+    check_model_name(p, "name", name)
     if not isinstance(artifact_uri, str) or not artifact_uri.strip():
         p.add("artifact_uri", artifact_uri, "must be a non-empty URI or path", "pass the adapter's directory")
     if not isinstance(run_id, str) or not run_id.strip():

@@ -4,6 +4,7 @@ compares with the registered version's to skip a sweep already trained on the sa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -96,7 +97,9 @@ def check_trials(trials: Any, base: Mapping[str, Any], fixed: Mapping[str, Any],
     run's own training fields passed (otherwise a trial's config is not built: its problem would be the run's).
     Returns the config fingerprint of each trial (None for a refused one)."""
     from petqlora.registry.champion import config_fingerprint
+    from petqlora.train.config import TrainConfig
 
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     if not isinstance(trials, list):
         problems.add("trials", trials, "must be a JSON list of objects", f"e.g. [{{}}, {_EXAMPLE}]")
         return []
@@ -112,7 +115,12 @@ def check_trials(trials: Any, base: Mapping[str, Any], fixed: Mapping[str, Any],
         values = trial_values(base, normalized(overrides))
 
         def where(item: str) -> str:  # the base passed: every problem of the trial's config is the trial's
-            return f"train_options.{item}" if item.split("=", 1)[0] in values["train_options"] else item
+            name = item.split("=", 1)[0]
+            if name not in values["train_options"]:
+                return item
+            if "; fix: " in item or name not in defaults:
+                return f"train_options.{item}"
+            return f"train_options.{item}; fix: e.g. {json.dumps(defaults[name])} (the default)"
 
         try:
             fingerprints[i] = config_fingerprint(_train_config(values, fixed))
