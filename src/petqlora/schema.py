@@ -84,7 +84,8 @@ def _options(tp: Any) -> tuple[Any, ...]:
     return (tp,)
 
 
-def _type_problem(tp: Any, value: Any) -> str | None:
+def type_problem(tp: Any, value: Any) -> str | None:
+    """Why ``value`` is not of type ``tp`` (bool is no int, NaN and inf are no float), or None."""
     for option in _options(tp):
         base = typing.get_origin(option) or option
         if option is type(None) and value is None:
@@ -109,15 +110,9 @@ def _type_problem(tp: Any, value: Any) -> str | None:
     return "must be " + " or ".join(names.get(typing.get_origin(o) or o, str(o)) for o in _options(tp))
 
 
-# Public names of the two rules every typed value passes first (Backend, a plain dataclass, applies them too).
-def type_problem(tp: Any, value: Any) -> str | None:
-    """Why ``value`` is not of type ``tp`` (bool is no int, NaN and inf are no float), or None."""
-    return _type_problem(tp, value)
-
-
 def _field_problem(f: dataclasses.Field, tp: Any, value: Any, problems: Problems) -> bool:
     rule = f.metadata.get("rule")
-    problem = _type_problem(tp, value) or (rule.problem(value) if rule else None)
+    problem = type_problem(tp, value) or (rule.problem(value) if rule else None)
     if problem:
         problems.add(f.name, value, problem, rule.fix if rule else None)
     return bool(problem)
@@ -131,7 +126,7 @@ def check(obj: Any, problems: Problems, names: tuple[str, ...] | None = None) ->
             if (names is None or f.name in names) and _field_problem(f, hints[f.name], getattr(obj, f.name), problems)}
 
 
-def _coerce(tp: Any, value: Any) -> Any:
+def coerce(tp: Any, value: Any) -> Any:
     """JSON, YAML and KFP spellings of a typed value: KFP's Struct turns 20 into 20.0, JSON has no tuple."""
     options = [typing.get_origin(o) or o for o in _options(tp)]
     if isinstance(value, float) and value.is_integer() and int in options and float not in options:
@@ -141,9 +136,6 @@ def _coerce(tp: Any, value: Any) -> Any:
     if isinstance(value, list) and tuple in options:
         return tuple(value)
     return value
-
-
-coerce = _coerce
 
 
 def parse_text(tp: Any, text: str) -> Any:
@@ -172,7 +164,7 @@ def parse_text(tp: Any, text: str) -> Any:
             raise ValueError("must be a finite number")
         return value
     try:
-        return _coerce(tp, json.loads(text, object_pairs_hook=unique_keys))
+        return coerce(tp, json.loads(text, object_pairs_hook=unique_keys))
     except json.JSONDecodeError as exc:
         raise ValueError(f"is not valid JSON ({exc.msg} at character {exc.pos})") from None
 
@@ -226,7 +218,7 @@ def from_mapping(cls: type, values: Mapping[str, Any], what: str, *, text: bool 
         if key not in hints:
             continue
         try:
-            parsed[key] = parse_text(hints[key], value) if text and isinstance(value, str) else _coerce(hints[key], value)
+            parsed[key] = parse_text(hints[key], value) if text and isinstance(value, str) else coerce(hints[key], value)
         except ValueError as exc:
             problems.add(key, value, str(exc))
             continue
