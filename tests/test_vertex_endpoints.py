@@ -245,6 +245,7 @@ def test_the_dry_run_commands_print_the_requests_without_credentials(no_credenti
      "carries 1 x NVIDIA_RTX_PRO_6000"),
     (["deploy", "projects/other/locations/us-central1/models/1@2"], "not in my-proj/us-central1"),
     (["deploy", "m@Not An Alias"], "neither a number nor an alias"),
+    (["deploy", "m@"], "model='m@': ends in '@' without a version"),
     (["deploy", "m", "--min-replica-count", "0"], "min_replica_count=0: must be >= 1"),
     (["deploy", "m", "--service-account", "bogus"], "service_account='bogus': must be a service account email"),
     (["batch-predict", "m", "--input", "/data/images/", "--output", "gs://pets-out/p"], "input='/data/images/'"),
@@ -252,7 +253,7 @@ def test_the_dry_run_commands_print_the_requests_without_credentials(no_credenti
      "- input='gs://pets-in/x.csv': not a .jsonl file"),
     (["batch-predict", "m", "--input", "gs://pets-in/x.jsonl", "--output", "gs://pets-out/p",
       "--instances-per-request", "64"], "instances_per_request=64: must be an integer in 1-32"),
-], ids=["pair", "project", "alias", "replicas", "service-account", "local-input", "format", "batch-size"])
+], ids=["pair", "project", "alias", "empty-version", "replicas", "service-account", "local-input", "format", "batch-size"])
 def test_bad_inputs_end_in_one_message_and_exit_2(argv, words, no_credentials, capsys):
     assert pipeline.main([*argv, "--project", PROJECT, "--region", REGION, "--dry-run"]) == 2
     err = capsys.readouterr().err

@@ -87,7 +87,9 @@ def parse_model_ref(p: Problems, ref: Any, project: Any, region: Any) -> ModelRe
                   "pass --project and --region of the model")
         name, version = ref.split("@", 1)[0], m["version"] or "default"
     else:
-        name, _, version = ref.partition("@")
+        name, at, version = ref.partition("@")
+        p.check(not at or bool(version), "model", ref, "ends in '@' without a version",
+                "pass NAME@3, NAME@default, or NAME alone for its default version")
         version = version or "default"
         p.check(0 < len(name) <= 128, "model", ref, "display names are 1-128 characters", "pass e.g. petqlora-gemma4-pets@3")
     p.check(bool(_VERSION_RE.match(version)), "model", ref, f"version {version!r} is neither a number nor an alias",
