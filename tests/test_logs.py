@@ -43,6 +43,8 @@ def restore_logging():
     ({}, "text"),
     ({"CLOUD_RUN_JOB": "petqlora-train-adapter"}, "json"),  # a Cloud Run Job task
     ({"K_SERVICE": "classifier"}, "json"),  # a Cloud Run service
+    ({"AIP_DEPLOYED_MODEL_ID": "4021", "AIP_HTTP_PORT": "8080"}, "json"),  # the server on a Vertex endpoint
+    ({"AIP_HTTP_PORT": "8080", "AIP_PREDICT_ROUTE": "/predict"}, "text"),  # the same server started by hand
     ({"CLOUD_ML_JOB_ID": "123"}, "json"),  # a Vertex AI custom job: what a pipeline step runs as
     ({"CLOUD_RUN_JOB": "j", "PETQLORA_LOG_FORMAT": "text"}, "text"),  # the explicit choice wins
     ({"PETQLORA_LOG_FORMAT": " JSON "}, "json"),

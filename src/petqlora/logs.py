@@ -30,9 +30,11 @@ __all__ = ["LOG_FORMAT_ENV", "ChildLogRelay", "CloudLoggingFormatter", "log_form
 # "json" or "text": overrides the detection below. run_local sets it to "json" for its child.
 LOG_FORMAT_ENV = "PETQLORA_LOG_FORMAT"
 # Variables the platform sets in every container it runs: Cloud Run Jobs (CLOUD_RUN_JOB, with
-# CLOUD_RUN_EXECUTION and CLOUD_RUN_TASK_*), Cloud Run services (K_SERVICE), and Vertex AI custom jobs, which is
-# what a Vertex pipeline step runs as (CLOUD_ML_JOB_ID: aiplatform's training_utils.environment_variables reads it).
-CLOUD_ENV_VARS = ("CLOUD_RUN_JOB", "K_SERVICE", "CLOUD_ML_JOB_ID")
+# CLOUD_RUN_EXECUTION and CLOUD_RUN_TASK_*), Cloud Run services (K_SERVICE), Vertex AI custom jobs, which is
+# what a Vertex pipeline step runs as (CLOUD_ML_JOB_ID: aiplatform's training_utils.environment_variables reads it),
+# and Vertex prediction containers, the server on an endpoint or in batch prediction (AIP_DEPLOYED_MODEL_ID: set
+# by Vertex, not configurable; AIP_HTTP_PORT is no signal, an image may set it itself).
+CLOUD_ENV_VARS = ("CLOUD_RUN_JOB", "K_SERVICE", "CLOUD_ML_JOB_ID", "AIP_DEPLOYED_MODEL_ID")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
