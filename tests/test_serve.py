@@ -303,7 +303,7 @@ def test_gs_adapter_and_gs_instances_through_the_storage_emulator(adapter, datas
             assert by_uri[1]["predictions"][0]["probabilities"] == pytest.approx(
                 inline[1]["predictions"][0]["probabilities"], abs=1e-6)
             status, body = server.predict({"instances": [{"gcs_uri": "gs://pets-models/uploads/missing.jpg"}]})
-            assert status == 400 and "cannot be read" in body["error"]
+            assert status == 404 and "cannot be read" in body["error"] and "no such object" in body["error"], body
             status, body = server.predict({"instances": [{"gcs_uri": "gs://pets-models/uploads/huge.jpg"}]})
             assert status == 413 and "over the limit of 100000 bytes per image" in body["error"], body
         # a base model recorded at its training job's /gcs mount, read where nothing is mounted

@@ -116,3 +116,40 @@ def test_unknown_route_and_method_are_json_errors(served):
     assert served.post_raw(b"", method="GET")[0] == 405
     status, body = http_json(served.url + "/nope")
     assert status == 404 and "the routes are GET /health and POST /predict" in body["error"]
+
+
+@pytest.mark.parametrize("failure, status, words", [
+    ("forbidden", 403, "Grant roles/storage.objectViewer"),
+    ("missing", 404, "no such object"),
+    ("bad-bucket", 400, "invalid bucket name"),
+    ("unavailable", 502, "503"),
+])
+def test_a_gs_instance_that_cannot_be_read_gets_the_status_of_why(failure, status, words):
+    """Who must act decides the status: the caller (400, 404), the operator granting the server's service account
+    (403), or nobody but a retry (502, which batch prediction must not take for a bad instance)."""
+    from google.api_core import exceptions
+
+    from petqlora.cloud import storage
+    from petqlora.serve.config import ServeConfig
+    from petqlora.serve.instances import RequestError, parse_request
+
+    def read_gcs(uri, max_bytes):
+        if failure == "bad-bucket":
+            return storage.split_gcs("gs://Bad_Bucket!/x.jpg")
+        raised = {"forbidden": exceptions.Forbidden("caller lacks storage.objects.get"),
+                  "missing": exceptions.NotFound("no such object"),
+                  "unavailable": exceptions.ServiceUnavailable("backend error")}[failure]
+
+        class Client:  # the bucket exists: a NotFound is the object's
+            def lookup_bucket(self, name):
+                return object()
+
+        def download():
+            raise raised
+
+        return storage._guarded(uri, "read", Client(), download)  # the real read's translation of API errors
+
+    cfg = ServeConfig(adapter="/tmp/unused", allowed_gcs_prefixes=("gs://pets/",))
+    with pytest.raises(RequestError) as info:
+        parse_request(json.dumps({"instances": [{"gcs_uri": "gs://pets/a.jpg"}]}).encode(), cfg, 3, read_gcs)
+    assert info.value.status == status and words in info.value.message, info.value.message

@@ -9,8 +9,9 @@ objects or for a file list, whose files it base64-encodes under the key ``b64``)
 
 A ``gcs_uri`` is read only under ServeConfig.allowed_gcs_prefixes (none by default: refused with 403).
 Status codes: 400 malformed (not JSON, wrong shape, unknown field, not an image of a format evaluation reads:
-JPEG, PNG, WebP, BMP, GIF), 403 a gs:// URI outside the allowed prefixes, 413 over a cap (request bytes,
-instance count, image bytes, image pixels; a gs:// object is read no further than the cap).
+JPEG, PNG, WebP, BMP, GIF), 403 a gs:// URI outside the allowed prefixes or one the server's service account
+may not read, 404 no such gs:// bucket or object, 413 over a cap (request bytes, instance count, image bytes,
+image pixels; a gs:// object is read no further than the cap); 502 when Cloud Storage itself fails (retry).
 """
 
 from __future__ import annotations
@@ -140,8 +141,8 @@ def _read_allowed(i: int, uri: str, cfg: ServeConfig, read_gcs: Callable[..., by
         from petqlora.cloud.storage import read_bytes as read_gcs
     try:
         data = read_gcs(uri, max_bytes=cfg.max_image_bytes)  # a huge object is not downloaded to be refused
-    except Exception as exc:  # StorageAccessError, a malformed bucket name: the client's request, not the server
-        raise RequestError(400, f"{where}={uri!r}: cannot be read ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an answer; the server keeps serving
+        raise RequestError(_read_status(exc), f"{where}={uri!r}: cannot be read ({exc})") from None
     if len(data) > cfg.max_image_bytes:
         raise RequestError(413, f"{where}={uri!r}: over the limit of {cfg.max_image_bytes} bytes per image; send a "
                                 "smaller image")
@@ -161,3 +162,19 @@ def _decode(i: int, kind: str, data: bytes, cfg: ServeConfig) -> Image.Image:
     except Exception as exc:  # PIL raises many kinds for bad bytes: UnidentifiedImageError, OSError, SyntaxError...
         raise RequestError(400, f"{where}: not a decodable image ({type(exc).__name__}: {exc}); send the bytes of a "
                                 "JPEG, PNG, WebP, BMP or GIF file") from None
+
+
+def _read_status(exc: Exception) -> int:
+    """The HTTP status of a failed gs:// read: 400 a malformed URI, 403 no permission (the message names the
+    role to grant), 404 no such bucket or object, 502 Cloud Storage itself failed (worth a retry: a batch
+    prediction job must not take it for a bad instance)."""
+    from google.api_core import exceptions
+
+    if isinstance(exc, ValueError):
+        return 400
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(cause, exceptions.Forbidden):
+        return 403
+    if isinstance(cause, exceptions.NotFound):
+        return 404
+    return 502
