@@ -192,8 +192,8 @@ def test_an_image_that_is_not_ours_is_not_silently_rewritten():
 # ---- submit and schedule
 
 
-def _dry_run(capsys, command: str, *flags: str) -> dict:
-    args = [command, *RUN, "--dry-run", "--image-registry", REGISTRY, *flags]
+def _dry_run(capsys, command: str, *flags: str, run: list[str] = RUN) -> dict:
+    args = [command, *run, "--dry-run", "--image-registry", REGISTRY, *flags]
     if command == "schedule":
         args += ["--cron", "TZ=UTC 0 3 * * 1"]
     assert pipeline.main(args) == 0
@@ -218,8 +218,10 @@ def test_caching_flags_reach_the_request(capsys, command):
 
 
 def test_the_request_names_the_user_s_images(capsys):
+    without_backend = RUN[:RUN.index("--param")]  # this run's backend names no image
     job = _dry_run(capsys, "submit", "--param", 'backend={"kind": "cloud_run", "service_account": '
-                   '"job@my-proj.iam.gserviceaccount.com", "bucket": "my-bucket", "hf_token_secret": "hf-token"}')
+                   '"job@my-proj.iam.gserviceaccount.com", "bucket": "my-bucket", "hf_token_secret": "hf-token"}',
+                   run=without_backend)
     executors = job["pipeline_spec"]["deploymentSpec"]["executors"].values()
     assert {e["container"]["image"] for e in executors} == {f"{REGISTRY}/pipeline:{__version__}"}
     values = job["runtime_config"]["parameter_values"]
