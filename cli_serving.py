@@ -7,6 +7,8 @@ petqlora.cloud.vertex_endpoints and vertex_batch, the machine settings petqlora.
 import argparse
 
 from petqlora.cloud.serving_machines import FIELDS, ServingMachine
+from petqlora.cloud.vertex_batch import DISPLAY_NAME, INSTANCES_PER_REQUEST
+from petqlora.serve.contract import MAX_INSTANCES
 
 SERVING_COMMANDS = ("deploy", "batch-predict")
 _DEFAULT = ServingMachine()
@@ -49,8 +51,9 @@ def add_serving_commands(sub) -> None:
                    "line), gs://.../images.txt (a file list: one gs:// image URI a line) or gs://.../folder/ (its "
                    "images, listed into OUTPUT/inputs/file-list.txt first)")
     p.add_argument("--output", required=True, metavar="GS_URI", help="gs://BUCKET/PREFIX the predictions go under")
-    p.add_argument("--instances-per-request", type=int, default=16, help="images per request (1-32; default %(default)s)")
-    p.add_argument("--display-name", default="petqlora-batch-prediction", help="the job's name (default: %(default)s)")
+    p.add_argument("--instances-per-request", type=int, default=INSTANCES_PER_REQUEST,
+                   help=f"images per request (1-{MAX_INSTANCES}; default %(default)s)")
+    p.add_argument("--display-name", default=DISPLAY_NAME, help="the job's name (default: %(default)s)")
 
 
 def run_serving(args, labels: dict) -> int:

@@ -153,3 +153,19 @@ def test_a_gs_instance_that_cannot_be_read_gets_the_status_of_why(failure, statu
     with pytest.raises(RequestError) as info:
         parse_request(json.dumps({"instances": [{"gcs_uri": "gs://pets/a.jpg"}]}).encode(), cfg, 3, read_gcs)
     assert info.value.status == status and words in info.value.message, info.value.message
+
+
+def test_the_default_body_cap_holds_a_full_request_of_the_largest_images():
+    """A request within the instance caps is never refused for its size as a whole: max_instances images of
+    max_image_bytes, base64 in the JSON batch prediction sends, fit max_request_bytes; batch prediction's own
+    default stays within max_instances."""
+    import math
+
+    from petqlora.cloud.vertex_batch import INSTANCES_PER_REQUEST
+    from petqlora.serve.config import ServeConfig
+
+    cfg = ServeConfig(adapter="/tmp/unused")
+    one = len(json.dumps({"b64": ""})) + 4 * math.ceil(cfg.max_image_bytes / 3)
+    body = len(json.dumps({"instances": [], "parameters": {"top_k": 37}})) + cfg.max_instances * (one + 2)
+    assert body <= cfg.max_request_bytes, (body, cfg.max_request_bytes)
+    assert INSTANCES_PER_REQUEST <= cfg.max_instances

@@ -8,7 +8,7 @@ The input is one of Vertex's batch input formats:
              {"b64": ...}, the same instance shape;
   a folder   gs://.../images/ (ending in "/"): its images are listed into a file list written under the
              output prefix (OUTPUT/inputs/file-list.txt), then read as file-list.
-Instances go to the server 16 a request (at most 32: the server refuses more). ``batch_prediction_request``
+Instances go to the server 16 a request (at most the server's cap, serve.contract.MAX_INSTANCES). ``batch_prediction_request``
 builds the request purely; ``batch_prediction_requests`` is the dry run (vertex_endpoints explains the
 lookups).
 """
@@ -36,11 +36,12 @@ from petqlora.cloud.vertex_endpoints import (
     with_lookup,
 )
 from petqlora.problems import Problems
+from petqlora.serve.contract import MAX_INSTANCES
 
 __all__ = ["IMAGE_SUFFIXES", "batch_predict", "batch_prediction_request", "batch_prediction_requests", "input_format"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-# Instances per request batch prediction sends: the server refuses more than its max_instances (32 by default).
+# Instances per request batch prediction sends: the server refuses more than its max_instances.
 INSTANCES_PER_REQUEST = 16
 DISPLAY_NAME = "petqlora-batch-prediction"
 
@@ -95,8 +96,9 @@ def _batch_args(ref: Any, project: Any, region: Any, machine: Any, input_uri: An
             p.items.append(str(exc))
     check_gs_uri(p, "output", output_uri_prefix, "pass a gs://BUCKET/PREFIX where the predictions go")
     p.check(isinstance(instances_per_request, int) and not isinstance(instances_per_request, bool)
-            and 1 <= instances_per_request <= 32, "instances_per_request", instances_per_request,
-            "must be an integer in 1-32 (the server refuses more than 32 instances a request)", "pass e.g. 16")
+            and 1 <= instances_per_request <= MAX_INSTANCES, "instances_per_request", instances_per_request,
+            f"must be an integer in 1-{MAX_INSTANCES} (the server refuses more than {MAX_INSTANCES} instances a "
+            "request)", f"pass e.g. {INSTANCES_PER_REQUEST}")
     p.check(isinstance(display_name, str) and 0 < len(display_name) <= 128, "display_name", display_name,
             "must be 1-128 characters", "pass e.g. petqlora-batch")
     final = {}

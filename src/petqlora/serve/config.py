@@ -34,11 +34,15 @@ class ServeConfig:
     batch_size: int = same_as(EvalConfig, "batch_size")
     top_k: int = field(5, "Classes per prediction when the request's parameters.top_k does not say.", low=1)
     # The caps bound one request's memory: 32 images of 20 MP are ~2 GB as RGB before the processor resizes them.
-    max_instances: int = field(32, "Most instances in one request; more is refused with 413.", low=1)
-    max_image_bytes: int = field(10_000_000, "Largest image accepted, in bytes after base64 decoding.", low=1)
+    max_instances: int = field(contract.MAX_INSTANCES, "Most instances in one request; more is refused with 413.",
+                               low=1)
+    max_image_bytes: int = field(contract.MAX_IMAGE_BYTES, "Largest image accepted, in bytes after base64 "
+                                 "decoding.", low=1)
     max_image_pixels: int = field(20_000_000, "Largest image accepted, in pixels, read from its header before "
                                   "decoding (a decompression-bomb guard; a 12 MP phone photo passes).", low=1)
-    max_request_bytes: int = field(100_000_000, "Largest request body read, in bytes.", low=1)
+    max_request_bytes: int = field(contract.MAX_REQUEST_BYTES, "Largest request body read, in bytes; the default "
+                                   "holds max_instances images of max_image_bytes in base64 (what batch prediction "
+                                   "sends).", low=1)
     allowed_gcs_prefixes: tuple[str, ...] = field((), "gs:// prefixes a gcs_uri instance may be read from; "
                                                   "empty: gcs_uri instances are refused.")
     cache_dir: str = field("/tmp/petqlora-serve", "Where a gs:// adapter or base model without a /gcs mount is "

@@ -19,3 +19,9 @@ ENV_PORT = "AIP_HTTP_PORT"
 ENV_HEALTH_ROUTE = "AIP_HEALTH_ROUTE"
 ENV_PREDICT_ROUTE = "AIP_PREDICT_ROUTE"
 ENV_STORAGE_URI = "AIP_STORAGE_URI"
+
+# The request caps the server applies by default (ServeConfig), which batch prediction's requests must fit:
+# at most MAX_INSTANCES images a request, each at most MAX_IMAGE_BYTES. The body cap follows from them.
+MAX_INSTANCES = 32
+MAX_IMAGE_BYTES = 10_000_000
+MAX_REQUEST_BYTES = MAX_INSTANCES * MAX_IMAGE_BYTES * 4 // 3 + 1_000_000  # base64 of each, and the JSON around
